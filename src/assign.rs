@@ -1,0 +1,187 @@
+//! Assignment: which version, in which mode, a task of a workflow runs.
+//!
+//! The controller publishes an immutable [`Routing`] snapshot after every state change; the
+//! request path only reads it (see `server::Shared::routing`), so assignment takes no lock and
+//! allocates nothing beyond the response. Bucketing is murmur3-32 over `"{salt}:{subject}"`
+//! (seed 0, as Unleash does) modulo 10 000 basis points: a subject is on the candidate iff its
+//! bucket is below the segment's weight, so raising a weight never moves anyone off it.
+
+use std::collections::HashMap;
+use std::io::Read;
+
+use crate::config::Segment;
+use crate::event::Mode;
+use crate::rollout::Phase;
+
+/// Buckets per 100 %: weights are in basis points.
+pub const BUCKETS: u32 = 10_000;
+
+/// The subject's bucket (0..10 000) under `salt`.
+pub fn bucket(salt: &str, subject: &str) -> u16 {
+    let mut input = salt.as_bytes().chain(&b":"[..]).chain(subject.as_bytes());
+    // Reading from memory cannot fail.
+    let hash = murmur3::murmur3_32(&mut input, 0).unwrap_or(0);
+    (hash % BUCKETS) as u16
+}
+
+/// The routing view of one rollout.
+#[derive(Debug, Clone)]
+pub struct RolloutRoute {
+    pub name: String,
+    /// Fixed per rollout so that restarts and weight changes stay sticky.
+    pub salt: String,
+    pub baseline: usize,
+    pub candidate: usize,
+    pub segments: Vec<Segment>,
+    pub weights_bps: Vec<u16>,
+    pub stage: Option<String>,
+    pub phase: Phase,
+    pub candidate_mode: Mode,
+}
+
+/// The routing view of one workflow.
+#[derive(Debug, Clone)]
+pub struct WorkflowRoute {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub stable: usize,
+    /// A guard tripped: the stable version runs read-only.
+    pub stable_mode: Mode,
+    pub rollout: Option<RolloutRoute>,
+}
+
+/// Everything assignment needs, immutable once published.
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    pub workflows: Vec<WorkflowRoute>,
+    index: HashMap<String, usize>,
+}
+
+/// Why a task got its version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// No rollout: the stable version.
+    Stable,
+    /// A rollout, but no segment matched the attributes.
+    NoSegment,
+    /// The subject's bucket fell inside the candidate's share.
+    Split,
+    /// The subject's bucket fell outside the candidate's share.
+    Baseline,
+    /// The rollout is rolled back: baseline for everyone.
+    RolledBack,
+    /// No subject was given, so no bucket: the baseline.
+    NoSubject,
+}
+
+impl Reason {
+    pub fn text(self) -> &'static str {
+        match self {
+            Reason::Stable => "no active rollout: stable version",
+            Reason::NoSegment => "no segment matched: baseline",
+            Reason::Split => "in the candidate's share of the segment",
+            Reason::Baseline => "outside the candidate's share of the segment",
+            Reason::RolledBack => "rollout rolled back: baseline",
+            Reason::NoSubject => "no subject to bucket: baseline",
+        }
+    }
+}
+
+/// One assignment; borrows names from the snapshot.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Assignment<'a> {
+    pub workflow: &'a str,
+    pub workflow_index: usize,
+    pub version: &'a str,
+    pub version_index: usize,
+    pub mode: Mode,
+    pub segment: Option<&'a str>,
+    pub rollout: Option<&'a str>,
+    pub stage: Option<&'a str>,
+    pub reason: Reason,
+}
+
+impl Routing {
+    pub fn new(workflows: Vec<WorkflowRoute>) -> Routing {
+        let index = workflows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.name.clone(), i))
+            .collect();
+        Routing { workflows, index }
+    }
+
+    pub fn workflow(&self, name: &str) -> Option<&WorkflowRoute> {
+        self.index.get(name).map(|&i| &self.workflows[i])
+    }
+
+    /// Assigns a task. `attribute` looks up the task's attributes by key.
+    pub fn assign<'a, 'b>(
+        &'a self,
+        workflow: &str,
+        subject: Option<&str>,
+        attribute: impl Fn(&str) -> Option<&'b str>,
+    ) -> Option<Assignment<'a>> {
+        let workflow_index = *self.index.get(workflow)?;
+        let w = &self.workflows[workflow_index];
+        let pick = |version: usize, mode: Mode, segment, reason| Assignment {
+            workflow: &w.name,
+            workflow_index,
+            version: &w.versions[version],
+            version_index: version,
+            mode,
+            segment,
+            rollout: w.rollout.as_ref().map(|r| r.name.as_str()),
+            stage: w.rollout.as_ref().and_then(|r| r.stage.as_deref()),
+            reason,
+        };
+        let Some(r) = &w.rollout else {
+            return Some(pick(w.stable, w.stable_mode, None, Reason::Stable));
+        };
+        let Some(seg) = r.segments.iter().position(|s| s.matches(&attribute)) else {
+            return Some(pick(r.baseline, Mode::Full, None, Reason::NoSegment));
+        };
+        let segment = Some(r.segments[seg].name.as_str());
+        if r.phase == Phase::RolledBack {
+            return Some(pick(r.baseline, Mode::Full, segment, Reason::RolledBack));
+        }
+        let Some(subject) = subject else {
+            return Some(pick(r.baseline, Mode::Full, segment, Reason::NoSubject));
+        };
+        if bucket(&r.salt, subject) < r.weights_bps[seg] {
+            Some(pick(r.candidate, r.candidate_mode, segment, Reason::Split))
+        } else {
+            Some(pick(r.baseline, Mode::Full, segment, Reason::Baseline))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_matches_plain_murmur3_of_the_joined_key() {
+        for (salt, subject) in [
+            ("support-reply-v8", "ticket-4411"),
+            ("a", ""),
+            ("rollout", "ünïcode-subject-123"),
+        ] {
+            let joined = format!("{salt}:{subject}");
+            let expected =
+                murmur3::murmur3_32(&mut joined.as_bytes(), 0).expect("in memory") % BUCKETS;
+            assert_eq!(u32::from(bucket(salt, subject)), expected);
+        }
+    }
+
+    #[test]
+    fn buckets_are_roughly_uniform() {
+        let below: usize = (0..10_000)
+            .filter(|i| bucket("salt", &format!("user-{i}")) < 500)
+            .count();
+        assert!(
+            (400..600).contains(&below),
+            "{below} of 10 000 in a 5 % slice"
+        );
+    }
+}

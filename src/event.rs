@@ -1,0 +1,255 @@
+//! Task events: what an application reports after running a workflow version, and their
+//! validation. Each item of a batch is checked alone so a malformed one never sinks the rest.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Millis, parse_rfc3339};
+use crate::gate::Signal;
+
+/// How a version was allowed to act for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Full,
+    ReadOnly,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Full => "full",
+            Mode::ReadOnly => "read_only",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Review {
+    Approved,
+    Rejected,
+}
+
+/// A validated task event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    pub event_id: String,
+    pub workflow: String,
+    pub version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ts: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<Review>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub signals: BTreeMap<String, f64>,
+}
+
+impl TaskEvent {
+    /// The numeric observation of `signal` in this event, if it was reported. Rates observe
+    /// 1.0 for a hit (a fallback, a rejected review) and 0.0 otherwise.
+    pub fn observation(&self, signal: &Signal) -> Option<f64> {
+        match signal {
+            Signal::Quality => self.quality,
+            Signal::LatencyMs => self.latency_ms,
+            Signal::CostUsd => self.cost_usd,
+            Signal::Fallback => self.fallback.map(|f| if f { 1.0 } else { 0.0 }),
+            Signal::Review => self
+                .review
+                .map(|r| if r == Review::Rejected { 1.0 } else { 0.0 }),
+            Signal::Custom(name) => self.signals.get(name).copied(),
+        }
+    }
+
+    /// Looks up an attribute for segment matching.
+    pub fn attribute(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+/// The wire shape, permissive so that every field's problem can be named.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireEvent {
+    event_id: Option<String>,
+    workflow: Option<String>,
+    version: Option<String>,
+    subject: Option<String>,
+    #[serde(default)]
+    attributes: BTreeMap<String, serde_json::Value>,
+    mode: Option<Mode>,
+    ts: Option<String>,
+    quality: Option<f64>,
+    latency_ms: Option<f64>,
+    cost_usd: Option<f64>,
+    fallback: Option<bool>,
+    review: Option<Review>,
+    #[serde(default)]
+    signals: BTreeMap<String, f64>,
+}
+
+/// Longest accepted `event_id`, in bytes.
+pub const MAX_EVENT_ID: usize = 200;
+
+/// Checks one JSON item's shape and ranges (not whether the workflow exists: the engine does).
+pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
+    let w: WireEvent = serde_path_to_error::deserialize(item).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("`{path}`: {}", e.inner())
+        }
+    })?;
+    let event_id = w.event_id.ok_or("missing `event_id`")?;
+    if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
+        return Err(format!("`event_id` must be 1 to {MAX_EVENT_ID} bytes"));
+    }
+    let workflow = w.workflow.ok_or("missing `workflow`")?;
+    let version = w.version.ok_or("missing `version`")?;
+    if let Some(q) = w.quality {
+        if !(0.0..=1.0).contains(&q) {
+            return Err(format!("`quality` {q} is out of range 0..1"));
+        }
+    }
+    for (name, value) in [("latency_ms", w.latency_ms), ("cost_usd", w.cost_usd)] {
+        if let Some(v) = value {
+            if !v.is_finite() || v < 0.0 {
+                return Err(format!("`{name}` {v} must be a number ≥ 0"));
+            }
+        }
+    }
+    for (name, value) in &w.signals {
+        if Signal::parse(name).is_none_or(|s| !matches!(s, Signal::Custom(_))) {
+            return Err(format!(
+                "custom signal `{name}` must be a snake_case name that is not a built-in signal"
+            ));
+        }
+        if !value.is_finite() {
+            return Err(format!("custom signal `{name}` must be a finite number"));
+        }
+    }
+    let ts = match w.ts {
+        None => None,
+        Some(text) => Some(
+            parse_rfc3339(&text).ok_or_else(|| format!("`ts` {text:?} is not an RFC 3339 time"))?,
+        ),
+    };
+    let mut attributes = BTreeMap::new();
+    for (key, value) in w.attributes {
+        let value = match value {
+            serde_json::Value::String(s) => s,
+            serde_json::Value::Number(n) => n.to_string(),
+            serde_json::Value::Bool(b) => b.to_string(),
+            _ => {
+                return Err(format!(
+                    "attribute `{key}` must be a string, number or boolean"
+                ));
+            }
+        };
+        attributes.insert(key, value);
+    }
+    Ok(TaskEvent {
+        event_id,
+        workflow,
+        version,
+        subject: w.subject,
+        attributes,
+        mode: w.mode.unwrap_or_default(),
+        ts,
+        quality: w.quality,
+        latency_ms: w.latency_ms,
+        cost_usd: w.cost_usd,
+        fallback: w.fallback,
+        review: w.review,
+        signals: w.signals,
+    })
+}
+
+/// Splits a request body into items: a JSON array, or NDJSON (one object per line).
+/// A line that is not JSON becomes an error at its index; the others still parse.
+pub fn split_batch(body: &[u8]) -> Result<Vec<Result<serde_json::Value, String>>, String> {
+    let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
+    let trimmed = text.trim_start();
+    if trimmed.starts_with('[') {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(trimmed).map_err(|e| format!("body is not a JSON array: {e}"))?;
+        return Ok(items.into_iter().map(Ok).collect());
+    }
+    Ok(text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| serde_json::from_str(line).map_err(|e| format!("line is not JSON: {e}")))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn minimal_event_parses() {
+        let e =
+            parse_event(json!({"event_id": "a", "workflow": "w", "version": "v1"})).expect("valid");
+        assert_eq!(e.mode, Mode::Full);
+        assert_eq!(e.observation(&Signal::Quality), None);
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        for (item, needle) in [
+            (json!({"workflow": "w", "version": "v"}), "event_id"),
+            (
+                json!({"event_id": "a", "workflow": "w", "version": "v", "quality": 1.5}),
+                "quality",
+            ),
+            (
+                json!({"event_id": "a", "workflow": "w", "version": "v", "latency_ms": -1}),
+                "latency_ms",
+            ),
+            (
+                json!({"event_id": "a", "workflow": "w", "version": "v", "review": "maybe"}),
+                "review",
+            ),
+            (
+                json!({"event_id": "a", "workflow": "w", "version": "v", "ts": "yesterday"}),
+                "ts",
+            ),
+            (
+                json!({"event_id": "a", "workflow": "w", "version": "v", "nope": 1}),
+                "nope",
+            ),
+            (
+                json!({"event_id": "a", "workflow": "w", "version": "v", "quality": "high"}),
+                "invalid type",
+            ),
+        ] {
+            let err = parse_event(item).unwrap_err();
+            assert!(err.contains(needle), "{err} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn ndjson_keeps_good_lines() {
+        let items = split_batch(b"{\"a\":1}\nnot json\n\n{\"b\":2}\n").expect("splits");
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_ok() && items[1].is_err() && items[2].is_ok());
+    }
+}

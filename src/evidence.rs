@@ -1,0 +1,212 @@
+//! Per-stage evidence: running statistics per (segment, arm, signal) for one rollout.
+//!
+//! Counts, means and variances (Welford) for numeric signals, HDR histograms where a gate asks
+//! for a quantile, Bernoulli counts for rates. Evidence covers one *epoch*: it restarts whenever
+//! the rollout's stage or mode changes, so stages are never pooled (pooling across a ramp is the
+//! Simpson's-paradox trap in the statistics notes).
+
+use hdrhistogram::Histogram;
+
+use crate::event::TaskEvent;
+use crate::gate::{Signal, Stat};
+
+/// Histogram values are stored as `value × SCALE` (micro-units), two significant digits.
+const SCALE: f64 = 1_000_000.0;
+
+/// Running mean and variance, optionally with a histogram for quantiles.
+#[derive(Debug, Clone, Default)]
+pub struct Moments {
+    pub n: u64,
+    pub mean: f64,
+    m2: f64,
+    hist: Option<Histogram<u64>>,
+}
+
+impl Moments {
+    fn with_histogram() -> Moments {
+        let hist = Histogram::new(2).ok().map(|mut h: Histogram<u64>| {
+            h.auto(true);
+            h
+        });
+        Moments {
+            hist,
+            ..Moments::default()
+        }
+    }
+
+    pub fn push(&mut self, x: f64) {
+        self.n += 1;
+        let delta = x - self.mean;
+        self.mean += delta / self.n as f64;
+        self.m2 += delta * (x - self.mean);
+        if let Some(h) = &mut self.hist {
+            // Auto-resizing histograms accept any u64; a failure only loses quantile precision.
+            let _ = h.record((x.max(0.0) * SCALE).round() as u64);
+        }
+    }
+
+    /// Sample variance (n − 1).
+    pub fn variance(&self) -> f64 {
+        if self.n < 2 {
+            0.0
+        } else {
+            self.m2 / (self.n - 1) as f64
+        }
+    }
+
+    /// The value at rank `rank` (1-based) of the sorted sample, from the histogram.
+    pub fn at_rank(&self, rank: u64) -> Option<f64> {
+        let h = self.hist.as_ref()?;
+        if rank == 0 || rank > h.len() {
+            return None;
+        }
+        let q = rank as f64 / h.len() as f64;
+        Some(h.value_at_quantile(q) as f64 / SCALE)
+    }
+
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let h = self.hist.as_ref()?;
+        (h.len() > 0).then(|| h.value_at_quantile(q) as f64 / SCALE)
+    }
+}
+
+/// Successes out of trials (fallbacks out of tasks, rejects out of reviewed tasks).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Bernoulli {
+    pub n: u64,
+    pub hits: u64,
+}
+
+impl Bernoulli {
+    pub fn rate(&self) -> f64 {
+        if self.n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.n as f64
+        }
+    }
+}
+
+/// The accumulator for one signal.
+#[derive(Debug, Clone)]
+pub enum Accum {
+    Numeric(Moments),
+    Rate(Bernoulli),
+}
+
+impl Accum {
+    pub fn samples(&self) -> u64 {
+        match self {
+            Accum::Numeric(m) => m.n,
+            Accum::Rate(b) => b.n,
+        }
+    }
+
+    /// The point value of `stat` (mean, quantile or rate).
+    pub fn value(&self, stat: Stat) -> Option<f64> {
+        match (self, stat) {
+            (_, _) if self.samples() == 0 => None,
+            (Accum::Numeric(m), Stat::Mean) => Some(m.mean),
+            (Accum::Numeric(m), Stat::Quantile(p)) => m.quantile(p),
+            (Accum::Rate(b), _) => Some(b.rate()),
+            (Accum::Numeric(_), _) => None,
+        }
+    }
+
+    fn push(&mut self, x: f64) {
+        match self {
+            Accum::Numeric(m) => m.push(x),
+            Accum::Rate(b) => {
+                b.n += 1;
+                b.hits += u64::from(x >= 0.5);
+            }
+        }
+    }
+}
+
+/// Which signals a rollout tracks, and whether each needs a histogram.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracked {
+    pub signal: Signal,
+    pub histogram: bool,
+}
+
+/// Evidence for one arm (baseline or candidate) in one segment.
+#[derive(Debug, Clone)]
+pub struct ArmEvidence {
+    pub tasks: u64,
+    pub signals: Vec<Accum>,
+}
+
+impl ArmEvidence {
+    fn new(tracked: &[Tracked]) -> ArmEvidence {
+        let signals = tracked
+            .iter()
+            .map(|t| match (t.signal.is_rate(), t.histogram) {
+                (true, _) => Accum::Rate(Bernoulli::default()),
+                (false, true) => Accum::Numeric(Moments::with_histogram()),
+                (false, false) => Accum::Numeric(Moments::default()),
+            })
+            .collect();
+        ArmEvidence { tasks: 0, signals }
+    }
+}
+
+/// Which side of the split a task ran on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Arm {
+    Baseline,
+    Candidate,
+}
+
+/// All evidence of one rollout's current epoch.
+#[derive(Debug, Clone)]
+pub struct Evidence {
+    pub tracked: Vec<Tracked>,
+    /// Per rollout segment: `[baseline, candidate]`.
+    pub cells: Vec<[ArmEvidence; 2]>,
+}
+
+impl Evidence {
+    pub fn new(tracked: Vec<Tracked>, segments: usize) -> Evidence {
+        let cells = (0..segments)
+            .map(|_| [ArmEvidence::new(&tracked), ArmEvidence::new(&tracked)])
+            .collect();
+        Evidence { tracked, cells }
+    }
+
+    /// An empty copy with the same shape: the start of a new epoch.
+    pub fn fresh(&self) -> Evidence {
+        Evidence::new(self.tracked.clone(), self.cells.len())
+    }
+
+    pub fn arm(&self, segment: usize, arm: Arm) -> Option<&ArmEvidence> {
+        self.cells.get(segment).map(|c| &c[arm as usize])
+    }
+
+    pub fn signal_index(&self, signal: &Signal) -> Option<usize> {
+        self.tracked.iter().position(|t| &t.signal == signal)
+    }
+
+    pub fn record(&mut self, segment: usize, arm: Arm, event: &TaskEvent) {
+        let Some(cell) = self.cells.get_mut(segment) else {
+            return;
+        };
+        let evidence = &mut cell[arm as usize];
+        evidence.tasks += 1;
+        for (t, acc) in self.tracked.iter().zip(&mut evidence.signals) {
+            if let Some(x) = event.observation(&t.signal) {
+                acc.push(x);
+            }
+        }
+    }
+
+    /// Candidate tasks across every segment.
+    pub fn candidate_tasks(&self) -> u64 {
+        self.cells
+            .iter()
+            .map(|c| c[Arm::Candidate as usize].tasks)
+            .sum()
+    }
+}

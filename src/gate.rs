@@ -1,0 +1,679 @@
+//! Gates: a threshold on one statistic of one signal, and its verdict on the evidence.
+//!
+//! Every check is turned into an interval for a *breach margin* `D` (positive = worse than the
+//! threshold) from an always-valid confidence sequence ([`crate::stats`]). The check fails when
+//! the whole interval is above zero, passes when the whole interval is below zero, and is
+//! inconclusive otherwise — so `pass` means "within the threshold with the declared confidence",
+//! not "no alarm yet". Below [`MIN_SAMPLES_PER_ARM`] a check is always inconclusive.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::evidence::{Accum, Bernoulli, Moments};
+use crate::rollout::Action;
+use crate::stats::{Interval, mean_halfwidth, quantile_ranks};
+
+/// No verdict other than `inconclusive` below this many samples in an arm: plug-in variances
+/// with few events inflate false alarms (notes §5.8: 35 % with no minimum).
+pub const MIN_SAMPLES_PER_ARM: u64 = 100;
+
+/// A per-task measurement.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Signal {
+    Quality,
+    LatencyMs,
+    CostUsd,
+    Fallback,
+    Review,
+    Custom(String),
+}
+
+impl Signal {
+    pub fn parse(text: &str) -> Option<Signal> {
+        Some(match text {
+            "quality" => Signal::Quality,
+            "latency_ms" => Signal::LatencyMs,
+            "cost_usd" => Signal::CostUsd,
+            "fallback" => Signal::Fallback,
+            "review" => Signal::Review,
+            other => {
+                let ok = other.len() <= 64
+                    && other.starts_with(|c: char| c.is_ascii_lowercase())
+                    && other
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    return None;
+                }
+                Signal::Custom(other.to_string())
+            }
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Signal::Quality => "quality",
+            Signal::LatencyMs => "latency_ms",
+            Signal::CostUsd => "cost_usd",
+            Signal::Fallback => "fallback",
+            Signal::Review => "review",
+            Signal::Custom(name) => name,
+        }
+    }
+
+    /// Bernoulli signals (counted as rates) rather than numeric ones.
+    pub fn is_rate(&self) -> bool {
+        matches!(self, Signal::Fallback | Signal::Review)
+    }
+
+    /// Whether a larger value is worse. Only quality improves upward.
+    pub fn higher_is_worse(&self) -> bool {
+        !matches!(self, Signal::Quality)
+    }
+}
+
+/// The statistic a gate thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    Mean,
+    /// p50 … p99, as a fraction (0.95).
+    Quantile(f64),
+    Rate,
+    RejectRate,
+}
+
+impl Stat {
+    pub fn parse(text: &str) -> Option<Stat> {
+        match text {
+            "mean" => Some(Stat::Mean),
+            "rate" => Some(Stat::Rate),
+            "reject_rate" => Some(Stat::RejectRate),
+            _ => {
+                let digits = text.strip_prefix('p')?;
+                if digits.len() != 2 || !digits.chars().all(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+                let p: u32 = digits.parse().ok()?;
+                (1..=99)
+                    .contains(&p)
+                    .then_some(Stat::Quantile(f64::from(p) / 100.0))
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Stat::Mean => "mean".into(),
+            Stat::Quantile(p) => format!("p{:02}", (p * 100.0).round() as u32),
+            Stat::Rate => "rate".into(),
+            Stat::RejectRate => "reject_rate".into(),
+        }
+    }
+
+    pub fn applies_to(&self, signal: &Signal) -> Result<(), String> {
+        let ok = match (self, signal) {
+            (Stat::Rate, Signal::Fallback) | (Stat::RejectRate, Signal::Review) => true,
+            (Stat::Rate | Stat::RejectRate, _) => false,
+            (_, Signal::Fallback | Signal::Review) => false,
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            let expected = match signal {
+                Signal::Fallback => "rate",
+                Signal::Review => "reject_rate",
+                _ => "mean or p50..p99",
+            };
+            Err(format!(
+                "stat `{}` does not apply to signal `{}`; expected {expected}",
+                self.name(),
+                signal.name()
+            ))
+        }
+    }
+}
+
+/// One threshold of a gate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Check {
+    Max(f64),
+    Min(f64),
+    MaxRatio(f64),
+    MaxIncrease(f64),
+    MaxDrop(f64),
+}
+
+impl Check {
+    pub fn is_relative(&self) -> bool {
+        matches!(
+            self,
+            Check::MaxRatio(_) | Check::MaxIncrease(_) | Check::MaxDrop(_)
+        )
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Max(_) => "max",
+            Check::Min(_) => "min",
+            Check::MaxRatio(_) => "max_ratio",
+            Check::MaxIncrease(_) => "max_increase",
+            Check::MaxDrop(_) => "max_drop",
+        }
+    }
+
+    pub fn threshold(&self) -> f64 {
+        match *self {
+            Check::Max(v)
+            | Check::Min(v)
+            | Check::MaxRatio(v)
+            | Check::MaxIncrease(v)
+            | Check::MaxDrop(v) => v,
+        }
+    }
+
+    /// The absolute limit this check puts on the candidate, given the baseline's value.
+    fn limit(&self, baseline: Option<f64>) -> Option<f64> {
+        match *self {
+            Check::Max(v) | Check::Min(v) => Some(v),
+            Check::MaxRatio(r) => baseline.map(|b| b * r),
+            Check::MaxIncrease(i) => baseline.map(|b| b + i),
+            Check::MaxDrop(d) => baseline.map(|b| b - d),
+        }
+    }
+
+    /// Whether a breach is the candidate being below the limit.
+    fn breach_is_below(&self) -> bool {
+        matches!(self, Check::Min(_) | Check::MaxDrop(_))
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.threshold())
+    }
+}
+
+/// A validated gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateSpec {
+    /// `signal_stat`, e.g. `latency_ms_p95`.
+    pub name: String,
+    pub signal: Signal,
+    pub stat: Stat,
+    pub checks: Vec<Check>,
+    pub on_breach: Action,
+}
+
+/// The outcome of a gate or a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    Inconclusive,
+}
+
+impl Verdict {
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Fail => "fail",
+            Verdict::Inconclusive => "inconclusive",
+        }
+    }
+
+    /// The value of `stagegate_gate_verdict`.
+    pub fn gauge(self) -> i64 {
+        match self {
+            Verdict::Pass => 1,
+            Verdict::Inconclusive => 0,
+            Verdict::Fail => -1,
+        }
+    }
+}
+
+/// One arm's numbers behind a verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ArmSummary {
+    pub value: Option<f64>,
+    pub samples: u64,
+}
+
+/// The numbers behind one check.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CheckReport {
+    pub check: String,
+    /// The absolute limit on the candidate (for relative checks: derived from the baseline).
+    pub limit: Option<f64>,
+    /// Confidence bounds on how far past the limit the candidate is (positive = breach).
+    pub margin_lower: Option<f64>,
+    pub margin_upper: Option<f64>,
+    pub verdict: Verdict,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// A gate's verdict in one segment.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct GateVerdict {
+    pub gate: String,
+    pub segment: String,
+    pub verdict: Verdict,
+    pub candidate: ArmSummary,
+    pub baseline: ArmSummary,
+    /// The error budget each check of this gate was held to.
+    pub alpha: f64,
+    pub checks: Vec<CheckReport>,
+}
+
+/// What a gate looks at in one segment.
+pub struct GateInput<'a> {
+    pub candidate: &'a Accum,
+    /// `None` when the segment sends the baseline no traffic at this stage.
+    pub baseline: Option<&'a Accum>,
+    pub alpha: f64,
+    pub design_samples: f64,
+}
+
+/// Evaluates `gate` on one segment's evidence.
+pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVerdict {
+    let checks: Vec<CheckReport> = gate
+        .checks
+        .iter()
+        .map(|c| evaluate_check(gate, c, input))
+        .collect();
+    let applicable: Vec<&CheckReport> = checks
+        .iter()
+        .filter(|c| c.note.as_deref() != Some(NO_BASELINE))
+        .collect();
+    let verdict = if applicable.iter().any(|c| c.verdict == Verdict::Fail) {
+        Verdict::Fail
+    } else if !applicable.is_empty() && applicable.iter().all(|c| c.verdict == Verdict::Pass) {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    let summary = |a: Option<&Accum>| ArmSummary {
+        value: a.and_then(|a| a.value(gate.stat)),
+        samples: a.map_or(0, Accum::samples),
+    };
+    GateVerdict {
+        gate: gate.name.clone(),
+        segment: segment.to_string(),
+        verdict,
+        candidate: summary(Some(input.candidate)),
+        baseline: summary(input.baseline),
+        alpha: input.alpha,
+        checks,
+    }
+}
+
+const NO_BASELINE: &str = "not applicable: the segment sends the baseline no traffic at this stage";
+
+fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> CheckReport {
+    let report = |limit: Option<f64>,
+                  margin: Option<Interval>,
+                  verdict: Verdict,
+                  note: Option<String>| CheckReport {
+        check: check.to_string(),
+        limit,
+        margin_lower: margin.map(|m| m.lower).filter(|v| v.is_finite()),
+        margin_upper: margin.map(|m| m.upper).filter(|v| v.is_finite()),
+        verdict,
+        note,
+    };
+    let baseline = if check.is_relative() {
+        match input.baseline {
+            None => return report(None, None, Verdict::Inconclusive, Some(NO_BASELINE.into())),
+            Some(b) => Some(b),
+        }
+    } else {
+        None
+    };
+    let limit = check.limit(baseline.and_then(|b| b.value(gate.stat)));
+    let short = [Some(input.candidate), baseline]
+        .into_iter()
+        .flatten()
+        .map(Accum::samples)
+        .min()
+        .unwrap_or(0);
+    if short < MIN_SAMPLES_PER_ARM {
+        let note = format!("needs {MIN_SAMPLES_PER_ARM} samples per arm, has {short}");
+        return report(limit, None, Verdict::Inconclusive, Some(note));
+    }
+    let margin = match (gate.stat, input.candidate, baseline) {
+        (Stat::Quantile(p), Accum::Numeric(c), b) => {
+            let b = match b {
+                Some(Accum::Numeric(b)) => Some(b),
+                _ => None,
+            };
+            quantile_margin(check, p, c, b, input)
+        }
+        (_, Accum::Numeric(c), b) => {
+            let b = match b {
+                Some(Accum::Numeric(b)) => Some(b),
+                _ => None,
+            };
+            mean_margin(check, c, b, input)
+        }
+        (_, Accum::Rate(c), b) => {
+            let b = match b {
+                Some(Accum::Rate(b)) => Some(b),
+                _ => None,
+            };
+            rate_margin(check, c, b, input)
+        }
+    };
+    let verdict = if margin.lower > 0.0 {
+        Verdict::Fail
+    } else if margin.upper < 0.0 {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    report(limit, Some(margin), verdict, None)
+}
+
+/// `D` and its variance coefficients for a linear check on two arms' estimates:
+/// `D = sign · (x_c − r·x_b − offset)`; returns `(D, r, sign)`.
+fn linear(check: &Check, c: f64, b: Option<f64>) -> (f64, f64, f64) {
+    let b = b.unwrap_or(0.0);
+    match *check {
+        Check::Max(m) => (c - m, 0.0, 1.0),
+        Check::Min(m) => (m - c, 0.0, -1.0),
+        Check::MaxRatio(r) => (c - r * b, r, 1.0),
+        Check::MaxIncrease(i) => (c - b - i, 1.0, 1.0),
+        Check::MaxDrop(d) => (b - d - c, 1.0, -1.0),
+    }
+}
+
+/// Harmonic sample count of two arms (the effective `t` of a difference).
+fn effective_t(n_c: f64, n_b: Option<f64>) -> f64 {
+    match n_b {
+        Some(n_b) => n_c * n_b / (n_c + n_b),
+        None => n_c,
+    }
+}
+
+fn mean_margin(check: &Check, c: &Moments, b: Option<&Moments>, input: &GateInput<'_>) -> Interval {
+    let (d, r, _) = linear(check, c.mean, b.map(|b| b.mean));
+    let var_d = c.variance() / c.n as f64 + b.map_or(0.0, |b| r * r * b.variance() / b.n as f64);
+    let t = effective_t(c.n as f64, b.map(|b| b.n as f64));
+    Interval::around(
+        d,
+        mean_halfwidth(var_d * t, t, input.design_samples, input.alpha),
+    )
+}
+
+fn rate_margin(
+    check: &Check,
+    c: &Bernoulli,
+    b: Option<&Bernoulli>,
+    input: &GateInput<'_>,
+) -> Interval {
+    let (d, r, _) = linear(check, c.rate(), b.map(Bernoulli::rate));
+    // Variance under the null, never the plug-in alone (notes §5.3): for a difference, the
+    // pooled rate; for an absolute limit, the limit's own Bernoulli variance. A Laplace
+    // estimate keeps it above zero when no event has happened yet.
+    let var_d = match b {
+        Some(b) => {
+            let pooled = (c.hits + b.hits + 1) as f64 / (c.n + b.n + 2) as f64;
+            pooled * (1.0 - pooled) * (1.0 / c.n as f64 + r * r / b.n as f64)
+        }
+        None => {
+            let p0 = check.threshold().clamp(0.0, 1.0);
+            let laplace = (c.hits + 1) as f64 / (c.n + 2) as f64;
+            (p0 * (1.0 - p0)).max(laplace * (1.0 - laplace)) / c.n as f64
+        }
+    };
+    let t = effective_t(c.n as f64, b.map(|b| b.n as f64));
+    Interval::around(
+        d,
+        mean_halfwidth(var_d * t, t, input.design_samples, input.alpha),
+    )
+}
+
+/// Order-statistic confidence bounds on one arm's `p`-quantile.
+fn quantile_bounds(m: &Moments, p: f64, design: f64, alpha: f64) -> Interval {
+    let (lo, hi) = quantile_ranks(m.n, p, design, alpha);
+    Interval {
+        lower: lo.and_then(|r| m.at_rank(r)).unwrap_or(f64::NEG_INFINITY),
+        upper: hi.and_then(|r| m.at_rank(r)).unwrap_or(f64::INFINITY),
+    }
+}
+
+fn quantile_margin(
+    check: &Check,
+    p: f64,
+    c: &Moments,
+    b: Option<&Moments>,
+    input: &GateInput<'_>,
+) -> Interval {
+    // Each arm's bound at α/2 when two arms are involved, so the pair holds at α.
+    let alpha = if b.is_some() {
+        input.alpha / 2.0
+    } else {
+        input.alpha
+    };
+    let qc = quantile_bounds(c, p, input.design_samples, alpha);
+    let qb = b
+        .map(|b| quantile_bounds(b, p, input.design_samples, alpha))
+        .unwrap_or(Interval {
+            lower: 0.0,
+            upper: 0.0,
+        });
+    let (_, r, sign) = linear(check, 0.0, None);
+    let offset = match *check {
+        Check::Max(m) | Check::Min(m) => m,
+        Check::MaxIncrease(i) => i,
+        Check::MaxDrop(d) => -d,
+        Check::MaxRatio(_) => 0.0,
+    };
+    // D = sign · (q_c − r·q_b − offset); bound each end with the arms' worst cases.
+    let low = qc.lower - r * qb.upper - offset;
+    let high = qc.upper - r * qb.lower - offset;
+    let (lower, upper) = if sign > 0.0 {
+        (low, high)
+    } else {
+        (-high, -low)
+    };
+    debug_assert!(check.breach_is_below() == (sign < 0.0));
+    Interval {
+        lower: if lower.is_nan() {
+            f64::NEG_INFINITY
+        } else {
+            lower
+        },
+        upper: if upper.is_nan() { f64::INFINITY } else { upper },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::TaskEvent;
+    use crate::evidence::Arm;
+    use crate::evidence::{Evidence, Tracked};
+
+    fn gate(signal: Signal, stat: Stat, checks: Vec<Check>) -> GateSpec {
+        GateSpec {
+            name: "g".into(),
+            signal,
+            stat,
+            checks,
+            on_breach: Action::Rollback,
+        }
+    }
+
+    fn event(quality: f64, latency: f64) -> TaskEvent {
+        let mut e = crate::event::parse_event(
+            serde_json::json!({"event_id": "x", "workflow": "w", "version": "v"}),
+        )
+        .expect("valid");
+        e.quality = Some(quality);
+        e.latency_ms = Some(latency);
+        e
+    }
+
+    fn evidence(pairs: &[(Arm, f64, f64)]) -> Evidence {
+        let tracked = vec![
+            Tracked {
+                signal: Signal::Quality,
+                histogram: false,
+            },
+            Tracked {
+                signal: Signal::LatencyMs,
+                histogram: true,
+            },
+        ];
+        let mut ev = Evidence::new(tracked, 1);
+        for &(arm, q, l) in pairs {
+            ev.record(0, arm, &event(q, l));
+        }
+        ev
+    }
+
+    fn run(g: &GateSpec, ev: &Evidence, with_baseline: bool) -> GateVerdict {
+        let idx = ev.signal_index(&g.signal).expect("tracked");
+        let input = GateInput {
+            candidate: &ev.arm(0, Arm::Candidate).expect("cell").signals[idx],
+            baseline: with_baseline.then(|| &ev.arm(0, Arm::Baseline).expect("cell").signals[idx]),
+            alpha: 0.01,
+            design_samples: 500.0,
+        };
+        evaluate(g, "s", &input)
+    }
+
+    fn noisy(arm: Arm, n: usize, q: f64, l: f64, seed: u64) -> Vec<(Arm, f64, f64)> {
+        let mut rng = crate::stats::tests_rng(seed);
+        (0..n)
+            .map(|_| {
+                (
+                    arm,
+                    (q + 0.05 * rng.normal()).clamp(0.0, 1.0),
+                    (l * (1.0 + 0.2 * rng.normal())).max(1.0),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn few_terrible_samples_are_inconclusive() {
+        let ev = evidence(&vec![(Arm::Candidate, 0.0, 99_999.0); 25]);
+        let g = gate(Signal::Quality, Stat::Mean, vec![Check::Min(0.8)]);
+        let v = run(&g, &ev, false);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
+        assert!(
+            v.checks[0]
+                .note
+                .as_deref()
+                .unwrap_or("")
+                .contains("needs 100")
+        );
+    }
+
+    #[test]
+    fn clear_quality_drop_fails_and_healthy_passes() {
+        let mut pairs = noisy(Arm::Baseline, 400, 0.9, 1000.0, 1);
+        pairs.extend(noisy(Arm::Candidate, 400, 0.7, 1000.0, 2));
+        let g = gate(
+            Signal::Quality,
+            Stat::Mean,
+            vec![Check::Min(0.8), Check::MaxDrop(0.03)],
+        );
+        assert_eq!(run(&g, &evidence(&pairs), true).verdict, Verdict::Fail);
+
+        let mut pairs = noisy(Arm::Baseline, 400, 0.9, 1000.0, 3);
+        pairs.extend(noisy(Arm::Candidate, 400, 0.9, 1000.0, 4));
+        assert_eq!(run(&g, &evidence(&pairs), true).verdict, Verdict::Pass);
+    }
+
+    #[test]
+    fn latency_quantile_ratio_detects_regression() {
+        let mut pairs = noisy(Arm::Baseline, 1000, 0.9, 1000.0, 5);
+        pairs.extend(noisy(Arm::Candidate, 1000, 0.9, 2000.0, 6));
+        let g = gate(
+            Signal::LatencyMs,
+            Stat::Quantile(0.95),
+            vec![Check::Max(4000.0), Check::MaxRatio(1.25)],
+        );
+        let v = run(&g, &evidence(&pairs), true);
+        assert_eq!(v.verdict, Verdict::Fail, "{v:?}");
+        assert_eq!(
+            v.checks[0].verdict,
+            Verdict::Pass,
+            "p95 ≈ 2 660 is confidently under the absolute 4 000"
+        );
+
+        let mut pairs = noisy(Arm::Baseline, 1000, 0.9, 1000.0, 7);
+        pairs.extend(noisy(Arm::Candidate, 1000, 0.9, 1000.0, 8));
+        let v = run(&g, &evidence(&pairs), true);
+        assert_eq!(v.verdict, Verdict::Pass, "{v:?}");
+    }
+
+    #[test]
+    fn relative_checks_without_baseline_traffic_are_not_applicable() {
+        let pairs = noisy(Arm::Candidate, 400, 0.9, 1000.0, 9);
+        let g = gate(
+            Signal::Quality,
+            Stat::Mean,
+            vec![Check::Min(0.8), Check::MaxDrop(0.03)],
+        );
+        let v = run(&g, &evidence(&pairs), false);
+        assert_eq!(v.verdict, Verdict::Pass);
+        assert_eq!(v.checks[1].note.as_deref(), Some(NO_BASELINE));
+    }
+
+    #[test]
+    fn false_alarm_rate_on_healthy_data_stays_within_budget() {
+        // 200 seeds of an identical baseline and candidate, evaluated after every 25 events per
+        // arm up to 2 000: a run "false-alarms" if any look fails. At α = 0.05 at most 5 %.
+        let g = gate(Signal::Quality, Stat::Mean, vec![Check::MaxDrop(0.0)]);
+        let rate_g = gate(Signal::Fallback, Stat::Rate, vec![Check::MaxIncrease(0.0)]);
+        let mut alarms = 0;
+        let mut rate_alarms = 0;
+        for seed in 0..200u64 {
+            let mut rng = crate::stats::tests_rng(seed + 100);
+            let tracked = vec![
+                Tracked {
+                    signal: Signal::Quality,
+                    histogram: false,
+                },
+                Tracked {
+                    signal: Signal::Fallback,
+                    histogram: false,
+                },
+            ];
+            let mut ev = Evidence::new(tracked, 1);
+            let (mut alarm, mut rate_alarm) = (false, false);
+            for i in 1..=2000 {
+                for arm in [Arm::Baseline, Arm::Candidate] {
+                    let mut e = event((0.85 + 0.1 * rng.normal()).clamp(0.0, 1.0), 1.0);
+                    e.fallback = Some(rng.uniform() < 0.05);
+                    ev.record(0, arm, &e);
+                }
+                if i % 25 == 0 {
+                    for (g, flag) in [(&g, &mut alarm), (&rate_g, &mut rate_alarm)] {
+                        let idx = ev.signal_index(&g.signal).expect("tracked");
+                        let input = GateInput {
+                            candidate: &ev.arm(0, Arm::Candidate).expect("cell").signals[idx],
+                            baseline: Some(&ev.arm(0, Arm::Baseline).expect("cell").signals[idx]),
+                            alpha: 0.05,
+                            design_samples: 500.0,
+                        };
+                        *flag |= evaluate(g, "s", &input).verdict == Verdict::Fail;
+                    }
+                }
+            }
+            alarms += usize::from(alarm);
+            rate_alarms += usize::from(rate_alarm);
+        }
+        assert!(alarms <= 10, "mean gate false-alarmed in {alarms}/200 runs");
+        assert!(
+            rate_alarms <= 10,
+            "rate gate false-alarmed in {rate_alarms}/200 runs"
+        );
+    }
+}

@@ -1,0 +1,20 @@
+//! stagegate: a staged-rollout canary controller for AI workflow versions.
+//!
+//! The decision core (`config`, `assign`, `stats`, `evidence`, `gate`, `rollout`, `engine`,
+//! `receipt`, `event`) is pure: no I/O, time passed in. The shell (`server`, `api`, `store`,
+//! `metrics`) wraps it. See ARCHITECTURE.md for the codemap.
+
+pub mod api;
+pub mod assign;
+pub mod clock;
+pub mod config;
+pub mod engine;
+pub mod event;
+pub mod evidence;
+pub mod gate;
+pub mod metrics;
+pub mod receipt;
+pub mod rollout;
+pub mod server;
+pub mod stats;
+pub mod store;

@@ -1,0 +1,139 @@
+//! The `stagegate` binary: argument parsing and the process edge (`anyhow` lives here only).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use stagegate::clock::SystemClock;
+use stagegate::config::{Plan, render_plan};
+use stagegate::server::{Input, Shared, run_controller, run_pruner, run_ticker};
+
+#[derive(Parser)]
+#[command(
+    name = "stagegate",
+    version,
+    about = "Staged-rollout canary controller for AI workflow versions"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the controller and its HTTP API.
+    Serve {
+        #[arg(long, default_value = Plan::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+    /// Validate a config file and print the plan.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve { config } => serve(&config),
+        Cmd::Check { config } => check(&config),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &Path) -> anyhow::Result<()> {
+    let plan = Plan::load(path)?;
+    print!("{}", render_plan(&plan));
+    println!(
+        "\nok: {} workflow(s), {} rollout(s)",
+        plan.workflows.len(),
+        plan.rollouts.len()
+    );
+    Ok(())
+}
+
+fn serve(path: &Path) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("STAGEGATE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let plan = Plan::load(path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let listen = plan.server.listen.clone();
+        let (shared, inputs) = Shared::start(plan, path.to_path_buf(), Arc::new(SystemClock))?;
+        let listener = tokio::net::TcpListener::bind(&listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        let addr = listener.local_addr()?;
+        let controller = tokio::spawn(run_controller(shared.clone(), inputs));
+        tokio::spawn(run_ticker(shared.clone()));
+        tokio::spawn(run_pruner(shared.clone()));
+        tokio::spawn(reload_on_sighup(shared.clone()));
+        tracing::info!(%addr, "listening");
+        println!("listening on {addr}");
+        axum::serve(listener, stagegate::api::router(shared.clone()))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+            .context("serving")?;
+        shared
+            .ready
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let _ = shared.inputs.send(Input::Shutdown).await;
+        let _ = controller.await;
+        tracing::info!("stopped");
+        Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn reload_on_sighup(shared: Arc<Shared>) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            let _ = shared
+                .inputs
+                .send(Input::Reload {
+                    actor: "sighup".into(),
+                    reply: None,
+                })
+                .await;
+        }
+    }
+}

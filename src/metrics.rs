@@ -1,0 +1,305 @@
+//! Prometheus metrics: one [`Metrics`] value owning its registry, one method per domain event.
+//!
+//! Label values come only from config names (rollouts, segments, gates, versions, notifiers)
+//! and fixed vocabularies (states, actions, outcomes) — never from subjects, event ids or free
+//! text — so the number of series stays bounded.
+
+use prometheus::{
+    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::engine::Engine;
+use crate::evidence::Arm;
+use crate::gate::Stat;
+use crate::receipt::Receipt;
+use crate::rollout::Phase;
+
+pub struct Metrics {
+    registry: Registry,
+    rollout_info: IntGaugeVec,
+    rollout_state: IntGaugeVec,
+    stage_index: IntGaugeVec,
+    stage_age: IntGaugeVec,
+    stage_expected: IntGaugeVec,
+    weight: GaugeVec,
+    gate_verdict: IntGaugeVec,
+    signal_value: GaugeVec,
+    signal_samples: IntGaugeVec,
+    workflow_read_only: IntGaugeVec,
+    decisions: IntCounterVec,
+    automatic_rollbacks: IntCounterVec,
+    assignments: IntCounterVec,
+    events: IntCounterVec,
+    notifications: IntCounterVec,
+}
+
+/// The `workflow` label for events naming a workflow the config does not know.
+pub const UNKNOWN_WORKFLOW: &str = "_unknown";
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn fgauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        Metrics {
+            rollout_info: gauge(
+                &r,
+                "stagegate_rollout_info",
+                "A configured rollout (always 1).",
+                &["rollout", "workflow", "baseline", "candidate"],
+            ),
+            rollout_state: gauge(
+                &r,
+                "stagegate_rollout_state",
+                "1 for the rollout's current state.",
+                &["rollout", "state"],
+            ),
+            stage_index: gauge(
+                &r,
+                "stagegate_rollout_stage_index",
+                "Current stage index (-1: candidate has no traffic).",
+                &["rollout"],
+            ),
+            stage_age: gauge(
+                &r,
+                "stagegate_rollout_stage_age_seconds",
+                "Seconds since the current stage began.",
+                &["rollout"],
+            ),
+            stage_expected: gauge(
+                &r,
+                "stagegate_rollout_stage_expected_seconds",
+                "The current stage's min_duration in seconds.",
+                &["rollout"],
+            ),
+            weight: fgauge(
+                &r,
+                "stagegate_rollout_weight_percent",
+                "Candidate traffic share per segment.",
+                &["rollout", "segment"],
+            ),
+            gate_verdict: gauge(
+                &r,
+                "stagegate_gate_verdict",
+                "1 pass, 0 inconclusive, -1 fail.",
+                &["rollout", "segment", "gate"],
+            ),
+            signal_value: fgauge(
+                &r,
+                "stagegate_signal_value",
+                "A gate's statistic this stage.",
+                &["rollout", "segment", "version", "signal"],
+            ),
+            signal_samples: gauge(
+                &r,
+                "stagegate_signal_samples",
+                "Samples behind stagegate_signal_value.",
+                &["rollout", "segment", "version", "signal"],
+            ),
+            workflow_read_only: gauge(
+                &r,
+                "stagegate_workflow_read_only",
+                "1 when a guard switched the workflow to read-only.",
+                &["workflow"],
+            ),
+            decisions: counter(
+                &r,
+                "stagegate_decisions_total",
+                "Decisions taken.",
+                &["rollout", "action", "actor"],
+            ),
+            automatic_rollbacks: counter(
+                &r,
+                "stagegate_automatic_rollbacks_total",
+                "Rollbacks the controller took by itself.",
+                &["rollout", "gate"],
+            ),
+            assignments: counter(
+                &r,
+                "stagegate_assignments_total",
+                "Assignments served.",
+                &["workflow", "version", "mode"],
+            ),
+            events: counter(
+                &r,
+                "stagegate_events_total",
+                "Task events received.",
+                &["workflow", "outcome"],
+            ),
+            notifications: counter(
+                &r,
+                "stagegate_notifications_total",
+                "Notifications sent.",
+                &["notifier", "outcome"],
+            ),
+            registry: r,
+        }
+    }
+
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+
+    /// Pre-resolved assignment counters, `[full, read_only]`, so the assign path only bumps an
+    /// atomic.
+    pub fn assignment_counters(&self, workflow: &str, version: &str) -> [IntCounter; 2] {
+        [
+            self.assignments
+                .with_label_values(&[workflow, version, "full"]),
+            self.assignments
+                .with_label_values(&[workflow, version, "read_only"]),
+        ]
+    }
+
+    pub fn events(&self, workflow: &str, outcome: &str, n: u64) {
+        if n > 0 {
+            self.events
+                .with_label_values(&[workflow, outcome])
+                .inc_by(n);
+        }
+    }
+
+    pub fn notification(&self, notifier: &str, outcome: &str) {
+        self.notifications
+            .with_label_values(&[notifier, outcome])
+            .inc();
+    }
+
+    /// Counts a persisted decision.
+    pub fn decision(&self, receipt: &Receipt) {
+        let scope = if receipt.rollout.is_empty() {
+            receipt.workflow.as_str()
+        } else {
+            receipt.rollout.as_str()
+        };
+        self.decisions
+            .with_label_values(&[
+                scope,
+                receipt.action.name(),
+                if receipt.is_automatic() {
+                    "controller"
+                } else {
+                    "operator"
+                },
+            ])
+            .inc();
+        if receipt.is_automatic() && receipt.action == crate::rollout::Action::Rollback {
+            let gate = receipt.trigger.as_ref().map_or("", |t| t.gate.as_str());
+            self.automatic_rollbacks
+                .with_label_values(&[scope, gate])
+                .inc();
+        }
+    }
+
+    /// Sets every gauge from the engine's current state.
+    pub fn observe(&self, engine: &Engine, now: u64) {
+        for g in [
+            &self.rollout_info,
+            &self.rollout_state,
+            &self.stage_index,
+            &self.stage_age,
+            &self.stage_expected,
+            &self.gate_verdict,
+            &self.signal_samples,
+            &self.workflow_read_only,
+        ] {
+            g.reset();
+        }
+        self.weight.reset();
+        self.signal_value.reset();
+        for (i, plan) in engine.plan.rollouts.iter().enumerate() {
+            let rt = &engine.rollouts[i];
+            let r = plan.name.as_str();
+            self.rollout_info
+                .with_label_values(&[r, &plan.workflow, &plan.baseline, &plan.candidate])
+                .set(1);
+            for phase in Phase::ALL {
+                self.rollout_state
+                    .with_label_values(&[r, phase.name()])
+                    .set(i64::from(phase == rt.state.phase));
+            }
+            self.stage_index
+                .with_label_values(&[r])
+                .set(rt.state.stage.map_or(-1, |s| s as i64));
+            self.stage_age
+                .with_label_values(&[r])
+                .set((now.saturating_sub(rt.state.stage_started) / 1000) as i64);
+            let expected = rt
+                .state
+                .stage
+                .and_then(|s| plan.stages.get(s))
+                .map_or(0, |s| s.min_duration / 1000);
+            self.stage_expected
+                .with_label_values(&[r])
+                .set(expected as i64);
+            for (s, seg) in plan.segments.iter().enumerate() {
+                self.weight
+                    .with_label_values(&[r, &seg.name])
+                    .set(f64::from(rt.state.weight_bps(plan, s)) / 100.0);
+                for (arm, version) in [
+                    (Arm::Baseline, &plan.baseline),
+                    (Arm::Candidate, &plan.candidate),
+                ] {
+                    let Some(cell) = rt.evidence.arm(s, arm) else {
+                        continue;
+                    };
+                    for gate in &plan.gates {
+                        let Some(idx) = rt.evidence.signal_index(&gate.signal) else {
+                            continue;
+                        };
+                        let acc = &cell.signals[idx];
+                        let labels = [r, seg.name.as_str(), version.as_str(), gate.name.as_str()];
+                        self.signal_samples
+                            .with_label_values(&labels)
+                            .set(acc.samples() as i64);
+                        if let Some(v) = acc.value(gate.stat) {
+                            self.signal_value.with_label_values(&labels).set(v);
+                        }
+                        let _ = Stat::Mean;
+                    }
+                }
+            }
+            for v in crate::rollout::verdicts(plan, &rt.state, &rt.evidence) {
+                self.gate_verdict
+                    .with_label_values(&[r, &v.segment, &v.gate])
+                    .set(v.verdict.gauge());
+            }
+        }
+        for g in &engine.guards {
+            self.workflow_read_only
+                .with_label_values(&[&g.workflow])
+                .set(i64::from(g.state.read_only));
+        }
+    }
+}

@@ -1,0 +1,645 @@
+//! The rollout state machine: states, actions, and the pure functions that decide.
+//!
+//! [`assess`] looks at a rollout's state and evidence at a given time and returns the verdicts
+//! and, when something must change, a [`Decision`]. [`operate`] does the same for an operator's
+//! command or refuses it with the rule it breaks. Neither does I/O or reads a clock; the caller
+//! persists the decision with its receipt and only then applies it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{Millis, human_duration};
+use crate::config::RolloutPlan;
+use crate::evidence::{Arm, Evidence};
+use crate::gate::{GateInput, GateVerdict, Verdict, evaluate};
+
+/// What the controller (or an operator) does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Expand,
+    Hold,
+    Narrow,
+    ReadOnly,
+    Rollback,
+    Pause,
+    Resume,
+    Promote,
+    /// A config reload changed the rollout's policy.
+    Reconfigure,
+}
+
+impl Action {
+    /// The actions a gate may take on breach.
+    pub fn parse_breach(text: &str) -> Option<Action> {
+        Some(match text {
+            "hold" => Action::Hold,
+            "narrow" => Action::Narrow,
+            "read_only" => Action::ReadOnly,
+            "rollback" => Action::Rollback,
+            "pause" => Action::Pause,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Expand => "expand",
+            Action::Hold => "hold",
+            Action::Narrow => "narrow",
+            Action::ReadOnly => "read_only",
+            Action::Rollback => "rollback",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Promote => "promote",
+            Action::Reconfigure => "reconfigure",
+        }
+    }
+
+    /// Which breach action wins when several gates fail at once.
+    fn severity(self) -> u8 {
+        match self {
+            Action::Rollback => 5,
+            Action::ReadOnly => 4,
+            Action::Narrow => 3,
+            Action::Pause => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A rollout's state, as `stagegate_rollout_state` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Progressing,
+    Paused,
+    Narrowed,
+    ReadOnly,
+    RolledBack,
+    Promoted,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Progressing,
+        Phase::Paused,
+        Phase::Narrowed,
+        Phase::ReadOnly,
+        Phase::RolledBack,
+        Phase::Promoted,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Progressing => "progressing",
+            Phase::Paused => "paused",
+            Phase::Narrowed => "narrowed",
+            Phase::ReadOnly => "read_only",
+            Phase::RolledBack => "rolled_back",
+            Phase::Promoted => "promoted",
+        }
+    }
+}
+
+/// Set by an automatic containment; a resume must meet the lane's re-enable rule.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReenableDue {
+    pub since: Millis,
+    pub cause: Action,
+}
+
+/// A rollout's durable state. Evidence is not part of it: it is rebuilt from stored events.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutState {
+    pub phase: Phase,
+    /// `None`: the candidate has no traffic (rolled back, or narrowed below the first stage).
+    pub stage: Option<usize>,
+    pub stage_started: Millis,
+    /// Bumped whenever the evidence window restarts (a stage or mode change).
+    pub epoch: u64,
+    pub narrows: u32,
+    /// The candidate may only act in read-only mode.
+    pub read_only: bool,
+    pub reenable: Option<ReenableDue>,
+    /// While paused: the phase a plain resume returns to.
+    pub paused_from: Option<Phase>,
+}
+
+impl RolloutState {
+    pub fn initial(now: Millis) -> RolloutState {
+        RolloutState {
+            phase: Phase::Progressing,
+            stage: Some(0),
+            stage_started: now,
+            epoch: 1,
+            narrows: 0,
+            read_only: false,
+            reenable: None,
+            paused_from: None,
+        }
+    }
+
+    /// Candidate share of `segment` in basis points.
+    pub fn weight_bps(&self, plan: &RolloutPlan, segment: usize) -> u16 {
+        match self.stage {
+            Some(s) if self.phase != Phase::RolledBack => plan
+                .stages
+                .get(s)
+                .and_then(|st| st.weights_bps.get(segment))
+                .copied()
+                .unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn stage_name<'a>(&self, plan: &'a RolloutPlan) -> Option<&'a str> {
+        self.stage
+            .and_then(|s| plan.stages.get(s))
+            .map(|s| s.name.as_str())
+    }
+
+    fn enter_stage(&mut self, stage: Option<usize>, now: Millis) {
+        self.stage = stage;
+        self.stage_started = now;
+        self.epoch += 1;
+    }
+}
+
+/// Who took a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "snake_case")]
+pub enum Actor {
+    Controller,
+    Operator(String),
+}
+
+impl Actor {
+    /// The `actor` label of `stagegate_decisions_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Actor::Controller => "controller",
+            Actor::Operator(_) => "operator",
+        }
+    }
+}
+
+/// The gate and segment that caused an automatic decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trigger {
+    pub gate: String,
+    pub segment: String,
+}
+
+/// A state change, before it is persisted and applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub action: Action,
+    pub actor: Actor,
+    pub reason: String,
+    pub trigger: Option<Trigger>,
+    pub before: RolloutState,
+    pub after: RolloutState,
+    pub verdicts: Vec<GateVerdict>,
+}
+
+/// A rollout's verdicts now, what it waits for, and the decision if one is due.
+#[derive(Debug, Clone)]
+pub struct Assessment {
+    pub verdicts: Vec<GateVerdict>,
+    /// Why it is holding, when it is.
+    pub waiting: Option<String>,
+    pub decision: Option<Decision>,
+}
+
+/// Every gate's verdict in every segment that currently sends the candidate traffic.
+pub fn verdicts(plan: &RolloutPlan, state: &RolloutState, evidence: &Evidence) -> Vec<GateVerdict> {
+    let alpha = plan.alpha_per_check();
+    let design = plan.design_samples();
+    let mut out = Vec::new();
+    for (s, segment) in plan.segments.iter().enumerate() {
+        let weight = state.weight_bps(plan, s);
+        if weight == 0 {
+            continue;
+        }
+        let (Some(cand), Some(base)) = (
+            evidence.arm(s, Arm::Candidate),
+            evidence.arm(s, Arm::Baseline),
+        ) else {
+            continue;
+        };
+        for gate in &plan.gates {
+            let Some(idx) = evidence.signal_index(&gate.signal) else {
+                continue;
+            };
+            let input = GateInput {
+                candidate: &cand.signals[idx],
+                baseline: (weight < 10_000).then(|| &base.signals[idx]),
+                alpha,
+                design_samples: design,
+            };
+            out.push(evaluate(gate, &segment.name, &input));
+        }
+    }
+    out
+}
+
+/// Decides what, if anything, the controller does to a rollout at `now`.
+pub fn assess(
+    plan: &RolloutPlan,
+    state: &RolloutState,
+    evidence: &Evidence,
+    now: Millis,
+) -> Assessment {
+    let verdicts = verdicts(plan, state, evidence);
+    let hold = |why: String, verdicts: Vec<GateVerdict>| Assessment {
+        verdicts,
+        waiting: Some(why),
+        decision: None,
+    };
+    match state.phase {
+        Phase::Progressing | Phase::Narrowed | Phase::ReadOnly => {}
+        Phase::Paused => return hold("paused: an operator decides".into(), verdicts),
+        Phase::RolledBack => return hold("rolled back: resume to start again".into(), verdicts),
+        Phase::Promoted => {
+            return Assessment {
+                verdicts,
+                waiting: None,
+                decision: None,
+            };
+        }
+    }
+    let Some(stage) = state.stage else {
+        return hold("narrowed to zero: resume to start again".into(), verdicts);
+    };
+
+    // A breach: the most severe failing gate's action wins.
+    let breach = plan
+        .gates
+        .iter()
+        .filter_map(|g| {
+            let failing = verdicts
+                .iter()
+                .find(|v| v.gate == g.name && v.verdict == Verdict::Fail)?;
+            Some((g.on_breach, failing))
+        })
+        .max_by_key(|(action, _)| action.severity());
+    if let Some((action, failing)) = breach {
+        let trigger = Trigger {
+            gate: failing.gate.clone(),
+            segment: failing.segment.clone(),
+        };
+        let escalate = action == Action::Narrow && state.narrows >= plan.max_narrows;
+        let action = if escalate { Action::Rollback } else { action };
+        let relevant = match state.phase {
+            Phase::ReadOnly => action == Action::Rollback,
+            _ => action != Action::Hold,
+        };
+        if relevant {
+            let mut reason = format!(
+                "gate {} failed in segment {} (candidate {} vs limit {})",
+                failing.gate,
+                failing.segment,
+                fmt_opt(failing.candidate.value),
+                fmt_opt(
+                    failing
+                        .checks
+                        .iter()
+                        .find(|c| c.verdict == Verdict::Fail)
+                        .and_then(|c| c.limit)
+                ),
+            );
+            if escalate {
+                reason.push_str(&format!(
+                    "; narrow escalated to rollback after {} narrow(s)",
+                    state.narrows
+                ));
+            }
+            let after = contain(state, action, stage, now);
+            let decision = Decision {
+                action,
+                actor: Actor::Controller,
+                reason,
+                trigger: Some(trigger),
+                before: state.clone(),
+                after,
+                verdicts: verdicts.clone(),
+            };
+            return Assessment {
+                verdicts,
+                waiting: None,
+                decision: Some(decision),
+            };
+        }
+        if state.phase != Phase::ReadOnly {
+            return hold(
+                format!(
+                    "holding: gate {} failed in segment {} (on_breach: hold)",
+                    trigger.gate, trigger.segment
+                ),
+                verdicts,
+            );
+        }
+    }
+    if state.phase == Phase::ReadOnly {
+        return hold(
+            "read-only fallback: resume with the lane's re-enable proof".into(),
+            verdicts,
+        );
+    }
+
+    // Expansion needs every gate to pass, the stage's time and its samples.
+    let plan_stage = &plan.stages[stage];
+    let Some(next) = plan.stages.get(stage + 1) else {
+        return hold("at the last stage".into(), verdicts);
+    };
+    let pending: Vec<String> = verdicts
+        .iter()
+        .filter(|v| v.verdict != Verdict::Pass)
+        .map(|v| format!("{}@{} {}", v.gate, v.segment, v.verdict.name()))
+        .collect();
+    if !pending.is_empty() {
+        return hold(
+            format!("waiting for gates to pass: {}", pending.join(", ")),
+            verdicts,
+        );
+    }
+    let elapsed = now.saturating_sub(state.stage_started);
+    if elapsed < plan_stage.min_duration {
+        return hold(
+            format!(
+                "stage needs {} more",
+                human_duration(plan_stage.min_duration - elapsed)
+            ),
+            verdicts,
+        );
+    }
+    let samples = evidence.candidate_tasks();
+    if samples < plan_stage.min_samples {
+        return hold(
+            format!(
+                "stage needs {} candidate samples, has {samples}",
+                plan_stage.min_samples
+            ),
+            verdicts,
+        );
+    }
+    if next.manual_approval {
+        return hold(
+            format!(
+                "awaiting an operator's promote to enter stage {}",
+                next.name
+            ),
+            verdicts,
+        );
+    }
+    let mut after = state.clone();
+    after.enter_stage(Some(stage + 1), now);
+    after.phase = if stage + 2 == plan.stages.len() {
+        Phase::Promoted
+    } else {
+        Phase::Progressing
+    };
+    let reason = format!(
+        "every gate passed in every exposed segment after {} with {samples} candidate samples",
+        human_duration(elapsed)
+    );
+    let decision = Decision {
+        action: Action::Expand,
+        actor: Actor::Controller,
+        reason,
+        trigger: None,
+        before: state.clone(),
+        after,
+        verdicts: verdicts.clone(),
+    };
+    Assessment {
+        verdicts,
+        waiting: None,
+        decision: Some(decision),
+    }
+}
+
+/// The state after an automatic breach action.
+fn contain(state: &RolloutState, action: Action, stage: usize, now: Millis) -> RolloutState {
+    let mut after = state.clone();
+    let due = Some(ReenableDue {
+        since: now,
+        cause: action,
+    });
+    match action {
+        Action::Narrow => {
+            after.narrows += 1;
+            after.phase = Phase::Narrowed;
+            let back = stage.checked_sub(1);
+            if back.is_none() {
+                after.reenable = due;
+            }
+            after.enter_stage(back, now);
+        }
+        Action::ReadOnly => {
+            after.phase = Phase::ReadOnly;
+            after.read_only = true;
+            after.reenable = due;
+            after.epoch += 1;
+        }
+        Action::Rollback => {
+            after.phase = Phase::RolledBack;
+            after.read_only = false;
+            after.reenable = due;
+            after.enter_stage(None, now);
+        }
+        Action::Pause => {
+            after.paused_from = Some(state.phase);
+            after.phase = Phase::Paused;
+        }
+        _ => {}
+    }
+    after
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".into(), |v| format!("{v:.4}"))
+}
+
+/// An operator's command.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    Pause { reason: String },
+    Resume { reason: String, ack: bool },
+    Promote { reason: String, full: bool },
+    Rollback { reason: String },
+}
+
+impl Command {
+    pub fn action(&self) -> Action {
+        match self {
+            Command::Pause { .. } => Action::Pause,
+            Command::Resume { .. } => Action::Resume,
+            Command::Promote { .. } => Action::Promote,
+            Command::Rollback { .. } => Action::Rollback,
+        }
+    }
+
+    fn reason(&self) -> &str {
+        match self {
+            Command::Pause { reason }
+            | Command::Resume { reason, .. }
+            | Command::Promote { reason, .. }
+            | Command::Rollback { reason } => reason,
+        }
+    }
+}
+
+/// Why an operator's command was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Refusal {
+    /// The request lacks something it must carry (a reason).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The rollout's state does not allow it.
+    #[error("{0}")]
+    Conflict(String),
+    /// A rule refuses it: the lane's re-enable proof is incomplete.
+    #[error("re-enable refused: missing {}", .missing.join("; "))]
+    ReenableProof { missing: Vec<String> },
+}
+
+/// What a resume must prove, checked against the lane's re-enable rule.
+pub fn missing_proof(
+    plan: &RolloutPlan,
+    due: &ReenableDue,
+    ack: bool,
+    healthy_read_only: u64,
+    now: Millis,
+) -> Vec<String> {
+    let rule = &plan.lane.reenable;
+    let mut missing = Vec::new();
+    if rule.ack && !ack {
+        missing.push("ack: set \"ack\": true to acknowledge the lane's repair action".into());
+    }
+    let elapsed = now.saturating_sub(due.since);
+    if elapsed < rule.cooldown {
+        missing.push(format!(
+            "cooldown: {} of {} remain",
+            human_duration(rule.cooldown - elapsed),
+            human_duration(rule.cooldown)
+        ));
+    }
+    if healthy_read_only < rule.healthy_read_only_samples {
+        missing.push(format!(
+            "healthy_read_only_samples: {healthy_read_only} of {} healthy read-only candidate tasks observed",
+            rule.healthy_read_only_samples
+        ));
+    }
+    missing
+}
+
+/// Decides an operator's command, or refuses it.
+pub fn operate(
+    plan: &RolloutPlan,
+    state: &RolloutState,
+    healthy_read_only: u64,
+    actor: &str,
+    command: &Command,
+    verdicts: Vec<GateVerdict>,
+    now: Millis,
+) -> Result<Decision, Refusal> {
+    if command.reason().trim().is_empty() {
+        return Err(Refusal::BadRequest(
+            "a non-empty `reason` is required".into(),
+        ));
+    }
+    let mut after = state.clone();
+    match command {
+        Command::Pause { .. } => {
+            if state.phase == Phase::Paused {
+                return Err(Refusal::Conflict("already paused".into()));
+            }
+            after.paused_from = Some(state.phase);
+            after.phase = Phase::Paused;
+        }
+        Command::Resume { ack, .. } => {
+            let from = match state.phase {
+                Phase::Paused => state.paused_from.unwrap_or(Phase::Progressing),
+                Phase::ReadOnly | Phase::RolledBack => state.phase,
+                Phase::Narrowed if state.stage.is_none() => state.phase,
+                _ => {
+                    return Err(Refusal::Conflict(format!(
+                        "nothing to resume: the rollout is {}",
+                        state.phase.name()
+                    )));
+                }
+            };
+            if let Some(due) = &state.reenable {
+                let missing = missing_proof(plan, due, *ack, healthy_read_only, now);
+                if !missing.is_empty() {
+                    return Err(Refusal::ReenableProof { missing });
+                }
+            }
+            after.reenable = None;
+            after.paused_from = None;
+            match from {
+                Phase::RolledBack | Phase::Narrowed
+                    if state.stage.is_none() || from == Phase::RolledBack =>
+                {
+                    after.narrows = 0;
+                    after.read_only = false;
+                    after.phase = Phase::Progressing;
+                    after.enter_stage(Some(0), now);
+                }
+                Phase::ReadOnly => {
+                    after.read_only = false;
+                    after.phase = Phase::Progressing;
+                    after.epoch += 1;
+                }
+                other => after.phase = other,
+            }
+        }
+        Command::Promote { full, .. } => {
+            if state.reenable.is_some()
+                || matches!(
+                    state.phase,
+                    Phase::RolledBack | Phase::ReadOnly | Phase::Paused
+                )
+            {
+                return Err(Refusal::Conflict(format!(
+                    "cannot promote a rollout that is {}; resume it first",
+                    state.phase.name()
+                )));
+            }
+            if state.phase == Phase::Promoted {
+                return Err(Refusal::Conflict("already at the last stage".into()));
+            }
+            let last = plan.stages.len() - 1;
+            let next = if *full {
+                last
+            } else {
+                state.stage.map_or(0, |s| (s + 1).min(last))
+            };
+            after.enter_stage(Some(next), now);
+            after.phase = if next == last {
+                Phase::Promoted
+            } else {
+                Phase::Progressing
+            };
+        }
+        Command::Rollback { .. } => {
+            if state.phase == Phase::RolledBack {
+                return Err(Refusal::Conflict("already rolled back".into()));
+            }
+            after.phase = Phase::RolledBack;
+            after.read_only = false;
+            after.paused_from = None;
+            after.enter_stage(None, now);
+        }
+    }
+    Ok(Decision {
+        action: command.action(),
+        actor: Actor::Operator(actor.to_string()),
+        reason: command.reason().to_string(),
+        trigger: None,
+        before: state.clone(),
+        after,
+        verdicts,
+    })
+}

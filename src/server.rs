@@ -1,0 +1,550 @@
+//! The async shell around the decision core: shared state, the controller loop, ingestion.
+//!
+//! Every state change enters through one closed enum, [`Input`], consumed by one loop task
+//! ([`run_controller`]): a tick, an operator command, a config reload, shutdown. For each
+//! decision the loop persists state and receipt atomically, then applies it to the engine,
+//! publishes a new routing snapshot, and updates metrics — in that order. Ingestion runs on
+//! request tasks: it routes under a brief engine lock, commits the batch durably, then adds
+//! it to evidence.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use arc_swap::ArcSwap;
+use prometheus::IntCounter;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::assign::Routing;
+use crate::clock::Clock;
+use crate::config::{ConfigError, Plan, Role};
+use crate::engine::Engine;
+use crate::event::{TaskEvent, parse_event, split_batch};
+use crate::metrics::{Metrics, UNKNOWN_WORKFLOW};
+use crate::receipt::Receipt;
+use crate::rollout::{Command, Refusal};
+use crate::store::{BatchItem, Change, Store, StoreError, StoredEvent};
+
+/// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
+pub struct Snapshot {
+    pub routing: Routing,
+    /// `[workflow][version]` → `[full, read_only]` assignment counters.
+    pub counters: Vec<Vec<[IntCounter; 2]>>,
+}
+
+impl Snapshot {
+    fn build(engine: &Engine, metrics: &Metrics) -> Snapshot {
+        let routing = engine.routing();
+        let counters = routing
+            .workflows
+            .iter()
+            .map(|w| {
+                w.versions
+                    .iter()
+                    .map(|v| metrics.assignment_counters(&w.name, v))
+                    .collect()
+            })
+            .collect();
+        Snapshot { routing, counters }
+    }
+}
+
+/// A bearer token resolved from the environment.
+pub struct Token {
+    pub secret: String,
+    pub name: String,
+    pub role: Role,
+}
+
+/// Who may call: `None` means no `auth:` section, every endpoint open.
+pub struct Tokens {
+    pub tokens: Option<Vec<Token>>,
+    pub open_assign: bool,
+}
+
+impl Tokens {
+    fn from_plan(plan: &Plan) -> Tokens {
+        let tokens = plan.auth.tokens.as_ref().map(|list| {
+            list.iter()
+                .filter_map(|t| match std::env::var(&t.token_env) {
+                    Ok(secret) if !secret.is_empty() => Some(Token { secret, name: t.name.clone(), role: t.role }),
+                    _ => {
+                        tracing::warn!(token = %t.name, env = %t.token_env, "token variable unset: this token is disabled");
+                        None
+                    }
+                })
+                .collect()
+        });
+        Tokens {
+            tokens,
+            open_assign: plan.auth.open_assign,
+        }
+    }
+}
+
+/// State shared by the HTTP handlers and the controller loop.
+pub struct Shared {
+    /// Read on every assignment without a lock; only the controller loop stores a new one.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// The decision core. A std mutex held for microseconds (routing, recording, assessing),
+    /// never across an `.await`, so readers of the snapshot never wait on it.
+    pub engine: Mutex<Engine>,
+    pub plan: ArcSwap<Plan>,
+    pub tokens: ArcSwap<Tokens>,
+    pub store: Store,
+    pub metrics: Metrics,
+    pub clock: Arc<dyn Clock>,
+    pub config_path: PathBuf,
+    pub inputs: mpsc::Sender<Input>,
+    pub ready: AtomicBool,
+}
+
+/// Why an operator input failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("no rollout named `{0}`")]
+    UnknownRollout(String),
+    #[error("no guarded workflow named `{0}`")]
+    UnknownWorkflow(String),
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("the controller is shutting down")]
+    ShuttingDown,
+}
+
+/// Every way a state change can start.
+pub enum Input {
+    Tick,
+    Command {
+        rollout: String,
+        actor: String,
+        command: Command,
+        reply: oneshot::Sender<Result<Receipt, InputError>>,
+    },
+    ResumeWorkflow {
+        workflow: String,
+        actor: String,
+        reason: String,
+        ack: bool,
+        reply: oneshot::Sender<Result<Receipt, InputError>>,
+    },
+    Reload {
+        actor: String,
+        reply: Option<oneshot::Sender<Result<Vec<Receipt>, InputError>>>,
+    },
+    Shutdown,
+}
+
+/// The outcome of one ingest batch.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct IngestOutcome {
+    pub accepted: u64,
+    pub duplicates: u64,
+    pub rejected: Vec<Rejected>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct Rejected {
+    pub index: usize,
+    pub error: String,
+}
+
+impl Shared {
+    /// Opens the store, rebuilds state from it, and returns the shared state plus the receiving
+    /// end of the controller's input channel.
+    pub fn start(
+        plan: Plan,
+        config_path: PathBuf,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
+        let store = Store::open(&plan.server.data_dir)?;
+        let loaded = store.load()?;
+        let now = clock.now();
+        let plan = Arc::new(plan);
+        let mut engine = Engine::new(
+            plan.clone(),
+            loaded.rollouts.clone(),
+            loaded.guards.clone(),
+            now,
+        );
+        for (i, r) in plan.rollouts.iter().enumerate() {
+            if !loaded.rollouts.contains_key(&r.name) {
+                store.put_state(&Change::Rollout {
+                    name: &r.name,
+                    state: &engine.rollouts[i].state,
+                })?;
+            }
+        }
+        let mut replayed = 0usize;
+        for stored in &loaded.events {
+            if let Ok(route) = engine.route(&stored.event) {
+                if route
+                    .scope(&engine)
+                    .is_some_and(|(scope, epoch)| scope == stored.scope && epoch == stored.epoch)
+                {
+                    engine.record(&route, &stored.event);
+                    replayed += 1;
+                }
+            }
+        }
+        tracing::info!(store = %store.path().display(), replayed, "store opened");
+        let metrics = Metrics::new();
+        metrics.observe(&engine, now);
+        let snapshot = Snapshot::build(&engine, &metrics);
+        let (tx, rx) = mpsc::channel(64);
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            tokens: ArcSwap::from_pointee(Tokens::from_plan(&plan)),
+            plan: ArcSwap::new(plan),
+            engine: Mutex::new(engine),
+            store,
+            metrics,
+            clock,
+            config_path,
+            inputs: tx,
+            ready: AtomicBool::new(true),
+        });
+        Ok((shared, rx))
+    }
+
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        // A panic while holding the lock would poison it; the engine's state is still the last
+        // consistent one (mutations are single assignments), so keep serving.
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Validates, deduplicates and durably stores a batch, then adds it to evidence.
+    pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<IngestOutcome, String> {
+        let items = split_batch(body)?;
+        let mut outcome = IngestOutcome::default();
+        let mut valid: Vec<(usize, TaskEvent)> = Vec::with_capacity(items.len());
+        for (index, item) in items.into_iter().enumerate() {
+            match item.and_then(parse_event) {
+                Ok(event) => valid.push((index, event)),
+                Err(error) => outcome.rejected.push(Rejected { index, error }),
+            }
+        }
+        let mut unknown_rejects = outcome.rejected.len() as u64;
+        // Route under the lock; keep only what the plan knows.
+        let mut routed = Vec::with_capacity(valid.len());
+        {
+            let engine = self.engine();
+            for (index, event) in valid {
+                match engine.route(&event) {
+                    Ok(route) => {
+                        let scope = route.scope(&engine);
+                        routed.push((route, scope, event));
+                    }
+                    Err(error) => {
+                        if engine.plan.workflow(&event.workflow).is_some() {
+                            self.metrics.events(&event.workflow, "rejected", 1);
+                        } else {
+                            unknown_rejects += 1;
+                        }
+                        outcome.rejected.push(Rejected { index, error });
+                    }
+                }
+            }
+        }
+        self.metrics
+            .events(UNKNOWN_WORKFLOW, "rejected", unknown_rejects);
+        outcome.rejected.sort_by_key(|r| r.index);
+        if routed.is_empty() {
+            return Ok(outcome);
+        }
+        let shared = Arc::clone(self);
+        let now = self.clock.now();
+        let (fresh, routed) = tokio::task::spawn_blocking(move || {
+            let items: Vec<BatchItem<'_>> = routed
+                .iter()
+                .map(|(_, scope, event)| BatchItem {
+                    event_id: &event.event_id,
+                    stored: scope.as_ref().map(|(scope, epoch)| StoredEvent {
+                        scope: scope.clone(),
+                        epoch: *epoch,
+                        event: event.clone(),
+                    }),
+                })
+                .collect();
+            let fresh = shared.store.ingest(&items, now);
+            (fresh, routed)
+        })
+        .await
+        .map_err(|e| format!("ingest task failed: {e}"))?;
+        let fresh = fresh.map_err(|e| e.to_string())?;
+        let mut engine = self.engine();
+        for ((route, _, event), new) in routed.iter().zip(fresh) {
+            if new {
+                engine.record(route, event);
+                outcome.accepted += 1;
+                self.metrics.events(&event.workflow, "accepted", 1);
+            } else {
+                outcome.duplicates += 1;
+                self.metrics.events(&event.workflow, "duplicate", 1);
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// Publishes the routing snapshot and gauges after a state change.
+    fn publish(&self, engine: &Engine) {
+        self.metrics.observe(engine, self.clock.now());
+        self.snapshot
+            .store(Arc::new(Snapshot::build(engine, &self.metrics)));
+    }
+
+    /// Sends an input to the controller loop and waits for its reply.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, InputError>>) -> Input,
+    ) -> Result<T, InputError> {
+        let (tx, rx) = oneshot::channel();
+        self.inputs
+            .send(make(tx))
+            .await
+            .map_err(|_| InputError::ShuttingDown)?;
+        rx.await.map_err(|_| InputError::ShuttingDown)?
+    }
+}
+
+/// Persists a receipt with its state change off the async threads.
+async fn persist(
+    shared: &Arc<Shared>,
+    change: OwnedChange,
+    mut receipt: Receipt,
+) -> Result<Receipt, InputError> {
+    let s = Arc::clone(shared);
+    tokio::task::spawn_blocking(move || {
+        let borrowed = match &change {
+            OwnedChange::Rollout(name, state) => Change::Rollout { name, state },
+            OwnedChange::Guard(workflow, state) => Change::Guard { workflow, state },
+        };
+        s.store.commit(&borrowed, &mut receipt).map(|()| receipt)
+    })
+    .await
+    .map_err(|_| InputError::ShuttingDown)?
+    .map_err(InputError::from)
+}
+
+enum OwnedChange {
+    Rollout(String, crate::rollout::RolloutState),
+    Guard(String, crate::engine::GuardState),
+}
+
+/// Persists and applies one rollout decision; returns its receipt.
+async fn decide(
+    shared: &Arc<Shared>,
+    rollout: usize,
+    decision: crate::rollout::Decision,
+    previous_hash: Option<String>,
+) -> Result<Receipt, InputError> {
+    let now = shared.clock.now();
+    let (name, mut receipt) = {
+        let engine = shared.engine();
+        (
+            engine.rollout_plan(rollout).name.clone(),
+            engine.receipt(rollout, &decision, now),
+        )
+    };
+    receipt.previous_config_hash = previous_hash;
+    let receipt = persist(
+        shared,
+        OwnedChange::Rollout(name, decision.after.clone()),
+        receipt,
+    )
+    .await?;
+    {
+        let mut engine = shared.engine();
+        engine.apply(rollout, &decision);
+        shared.publish(&engine);
+    }
+    shared.metrics.decision(&receipt);
+    tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, action = receipt.action.name(), reason = %receipt.reason, "decision");
+    Ok(receipt)
+}
+
+/// One tick: assess every rollout and guard, act on what is due.
+async fn tick(shared: &Arc<Shared>) {
+    let now = shared.clock.now();
+    let (decisions, guard_decisions) = {
+        let engine = shared.engine();
+        let d: Vec<_> = (0..engine.rollouts.len())
+            .filter_map(|i| engine.assess(i, now).decision.map(|d| (i, d)))
+            .collect();
+        let g: Vec<_> = (0..engine.guards.len())
+            .filter_map(|i| engine.assess_guard(i, now).1.map(|d| (i, d)))
+            .collect();
+        (d, g)
+    };
+    for (i, decision) in decisions {
+        if let Err(e) = decide(shared, i, decision, None).await {
+            tracing::error!(error = %e, "could not persist a decision; it will be retried next tick");
+        }
+    }
+    for (i, decision) in guard_decisions {
+        if let Err(e) = decide_guard(shared, i, decision).await {
+            tracing::error!(error = %e, "could not persist a guard decision; it will be retried next tick");
+        }
+    }
+    let engine = shared.engine();
+    shared.metrics.observe(&engine, now);
+}
+
+async fn decide_guard(
+    shared: &Arc<Shared>,
+    guard: usize,
+    decision: crate::engine::GuardDecision,
+) -> Result<Receipt, InputError> {
+    let now = shared.clock.now();
+    let (workflow, receipt) = {
+        let engine = shared.engine();
+        (
+            engine.guards[guard].workflow.clone(),
+            engine.guard_receipt(guard, &decision, now),
+        )
+    };
+    let receipt = persist(
+        shared,
+        OwnedChange::Guard(workflow, decision.after.clone()),
+        receipt,
+    )
+    .await?;
+    let mut engine = shared.engine();
+    engine.apply_guard(guard, &decision);
+    shared.publish(&engine);
+    shared.metrics.decision(&receipt);
+    Ok(receipt)
+}
+
+async fn reload(shared: &Arc<Shared>, actor: &str) -> Result<Vec<Receipt>, InputError> {
+    let plan = Plan::load(&shared.config_path)?;
+    let now = shared.clock.now();
+    let previous = shared.plan.load().hash.clone();
+    let plan = Arc::new(plan);
+    let (next, decisions) = shared.engine().reload(plan.clone(), now);
+    {
+        let mut engine = shared.engine();
+        *engine = next;
+        shared.plan.store(plan.clone());
+        shared.tokens.store(Arc::new(Tokens::from_plan(&plan)));
+        shared.publish(&engine);
+    }
+    let mut receipts = Vec::new();
+    for (i, mut decision) in decisions {
+        decision.actor = crate::rollout::Actor::Operator(actor.to_string());
+        // The engine already holds the reloaded state; `apply` re-applies the new epoch.
+        receipts.push(decide(shared, i, decision, Some(previous.clone())).await?);
+    }
+    let engine = shared.engine();
+    for (i, r) in plan.rollouts.iter().enumerate() {
+        shared.store.put_state(&Change::Rollout {
+            name: &r.name,
+            state: &engine.rollouts[i].state,
+        })?;
+    }
+    tracing::info!(config = %plan.hash, reconfigured = receipts.len(), "config reloaded");
+    Ok(receipts)
+}
+
+/// The controller loop: the only place state changes.
+pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Input>) {
+    while let Some(input) = inputs.recv().await {
+        match input {
+            Input::Tick => tick(&shared).await,
+            Input::Command {
+                rollout,
+                actor,
+                command,
+                reply,
+            } => {
+                let now = shared.clock.now();
+                let decided = {
+                    let engine = shared.engine();
+                    match engine.rollout_index(&rollout) {
+                        None => Err(InputError::UnknownRollout(rollout)),
+                        Some(i) => engine
+                            .operate(i, &actor, &command, now)
+                            .map(|d| (i, d))
+                            .map_err(InputError::from),
+                    }
+                };
+                let result = match decided {
+                    Ok((i, d)) => decide(&shared, i, d, None).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            Input::ResumeWorkflow {
+                workflow,
+                actor,
+                reason,
+                ack,
+                reply,
+            } => {
+                let now = shared.clock.now();
+                let decided = {
+                    let engine = shared.engine();
+                    match engine.guard_index(&workflow) {
+                        None => Err(InputError::UnknownWorkflow(workflow)),
+                        Some(i) => engine
+                            .resume_guard(i, &actor, &reason, ack, now)
+                            .map(|d| (i, d))
+                            .map_err(InputError::from),
+                    }
+                };
+                let result = match decided {
+                    Ok((i, d)) => decide_guard(&shared, i, d).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+            }
+            Input::Reload { actor, reply } => {
+                let result = reload(&shared, &actor).await;
+                if let Err(e) = &result {
+                    tracing::warn!(error = %e, "config reload refused; the running config is unchanged");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
+            }
+            Input::Shutdown => break,
+        }
+    }
+}
+
+/// Sends a tick every `server.tick`.
+pub async fn run_ticker(shared: Arc<Shared>) {
+    loop {
+        let period = shared.plan.load().server.tick;
+        tokio::time::sleep(std::time::Duration::from_millis(period)).await;
+        if shared.inputs.send(Input::Tick).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Prunes dedupe keys older than `server.dedupe_window`, hourly-ish.
+pub async fn run_pruner(shared: Arc<Shared>) {
+    loop {
+        let window = shared.plan.load().server.dedupe_window;
+        let cutoff = shared.clock.now().saturating_sub(window);
+        let s = Arc::clone(&shared);
+        match tokio::task::spawn_blocking(move || s.store.prune_dedupe(cutoff)).await {
+            Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "dedupe keys pruned"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "dedupe pruning failed"),
+            _ => {}
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(
+            (window / 24).clamp(1_000, 3_600_000),
+        ))
+        .await;
+    }
+}
