@@ -1,0 +1,412 @@
+//! Rollout scenarios driven over HTTP against the real binary.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+fn stage(s: &Value) -> &str {
+    s["stage"].as_str().unwrap_or("")
+}
+
+fn state(s: &Value) -> &str {
+    s["state"].as_str().unwrap_or("")
+}
+
+/// Feeds stage 0 (internal 100 %) healthy candidate traffic until the rollout reaches `smb-5`.
+fn climb_to_smb5(server: &Server, tag: &str) {
+    server.send_events(&events(
+        &format!("{tag}-int"),
+        1000,
+        "v8",
+        internal(),
+        HEALTHY,
+    ));
+    server.wait_for("stage smb-5", |s| stage(s) == "smb-5");
+}
+
+#[test]
+fn healthy_candidate_climbs_every_stage_then_waits_for_approval() {
+    let server = Server::start(&config(""));
+    let s = server.status();
+    assert_eq!((state(&s), stage(&s)), ("progressing", "internal"));
+
+    climb_to_smb5(&server, "h");
+    // smb-5: internal keeps 100 %, everyone gets 5 %. Both arms report in `everyone`.
+    server.send_events(&events("h-smb-b", 1500, "v7", smb(), HEALTHY));
+    server.send_events(&events("h-smb-c", 1500, "v8", smb(), HEALTHY));
+    server.send_events(&events("h-smb-i", 1000, "v8", internal(), HEALTHY));
+    server.wait_for("stage half", |s| stage(s) == "half");
+
+    server.send_events(&events("h-half-b", 1500, "v7", smb(), HEALTHY));
+    server.send_events(&events("h-half-c", 1500, "v8", smb(), HEALTHY));
+    server.send_events(&events("h-half-i", 1000, "v8", internal(), HEALTHY));
+    server.send_events(&events("h-half-eb", 1500, "v7", enterprise(), HEALTHY));
+    server.send_events(&events("h-half-ec", 1500, "v8", enterprise(), HEALTHY));
+    let s = server.wait_for("approval wait", |s| {
+        s["waiting"]
+            .as_str()
+            .unwrap_or("")
+            .contains("awaiting an operator's promote")
+    });
+    assert_eq!(
+        stage(&s),
+        "half",
+        "a manual stage is never entered automatically"
+    );
+    assert!(
+        s["gates"]
+            .as_array()
+            .is_some_and(|g| g.iter().all(|v| v["verdict"] == "pass")),
+        "{s}"
+    );
+
+    // Every verdict carries its sample counts.
+    let g = &s["gates"][0];
+    assert!(
+        g["candidate"]["samples"].as_u64().unwrap_or(0) >= 1000,
+        "{g}"
+    );
+
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/promote",
+        Some(ADMIN),
+        &json!({"reason": "reviewed the dashboards"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["action"], "promote");
+    let s = server.status();
+    assert_eq!((state(&s), stage(&s)), ("promoted", "full"));
+
+    let receipts = server.receipts();
+    let actions: Vec<&str> = receipts
+        .iter()
+        .rev()
+        .map(|r| r["action"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(actions, ["expand", "expand", "promote"]);
+    let expand = &receipts[2];
+    assert_eq!(expand["actor"]["kind"], "controller");
+    assert_eq!(expand["before"]["stage"], "internal");
+    assert_eq!(expand["after"]["stage"], "smb-5");
+    assert_eq!(expand["lane"]["owner"], "revenue-ops-lead");
+    assert!(
+        expand["config_hash"]
+            .as_str()
+            .is_some_and(|h| h.len() == 64)
+    );
+    assert!(expand["evidence"].as_array().is_some_and(|e| !e.is_empty()));
+}
+
+#[test]
+fn quality_drop_rolls_back_and_everyone_gets_the_baseline() {
+    let server = Server::start(&config(""));
+    let bad = Profile {
+        quality: 0.6,
+        ..HEALTHY
+    };
+    server.send_events(&events("q", 400, "v8", internal(), bad));
+    let s = server.wait_for("rollback", |s| state(s) == "rolled_back");
+    assert!(s["view"].is_null());
+    assert_eq!(s["weights"]["internal"], 0.0);
+
+    let receipt = &server.receipts()[0];
+    assert_eq!(receipt["action"], "rollback");
+    assert_eq!(receipt["trigger"]["gate"], "quality_mean");
+    assert_eq!(receipt["trigger"]["segment"], "internal");
+    let evidence = receipt["evidence"].as_array().cloned().unwrap_or_default();
+    let failing = evidence
+        .iter()
+        .find(|v| v["gate"] == "quality_mean")
+        .expect("quality verdict in the receipt");
+    assert_eq!(failing["verdict"], "fail");
+    assert_eq!(failing["candidate"]["samples"], 400);
+    assert!(
+        receipt["lane"]["repair"]
+            .as_str()
+            .is_some_and(|r| r.contains("CRM"))
+    );
+
+    let a = server.assign("some-agent", internal());
+    assert_eq!(
+        (a["version"].as_str(), a["mode"].as_str()),
+        (Some("v7"), Some("full"))
+    );
+
+    let metrics = server.get("/metrics", None).text;
+    assert!(metrics.contains(r#"stagegate_automatic_rollbacks_total{gate="quality_mean",rollout="support-reply-v8"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"stagegate_rollout_state{rollout="support-reply-v8",state="rolled_back"} 1"#
+        )
+    );
+}
+
+#[test]
+fn latency_regression_at_stage_two_narrows_to_stage_one() {
+    let server = Server::start(&config(""));
+    climb_to_smb5(&server, "l");
+    let slow = Profile {
+        latency_ms: 3000.0,
+        ..HEALTHY
+    };
+    server.send_events(&events("l-b", 1500, "v7", smb(), HEALTHY));
+    server.send_events(&events("l-c", 1500, "v8", smb(), slow));
+    let s = server.wait_for("narrow", |s| state(s) == "narrowed");
+    assert_eq!(stage(&s), "internal");
+    assert_eq!(s["narrows"], 1);
+    let receipt = &server.receipts()[0];
+    assert_eq!(receipt["action"], "narrow");
+    assert_eq!(receipt["trigger"]["gate"], "latency_ms_p95");
+    assert_eq!(receipt["trigger"]["segment"], "everyone");
+    assert_eq!(receipt["after"]["weights"]["everyone"], 0.0);
+}
+
+#[test]
+fn cost_spike_falls_back_to_read_only() {
+    let server = Server::start(&config(""));
+    let pricey = Profile {
+        cost_usd: 0.2,
+        ..HEALTHY
+    };
+    server.send_events(&events("c", 300, "v8", internal(), pricey));
+    let s = server.wait_for("read-only", |s| state(s) == "read_only");
+    assert_eq!(s["read_only"], true);
+    assert_eq!(
+        s["weights"]["internal"], 100.0,
+        "read-only keeps the candidate's traffic"
+    );
+    let a = server.assign("agent-1", internal());
+    assert_eq!(
+        (a["version"].as_str(), a["mode"].as_str()),
+        (Some("v8"), Some("read_only"))
+    );
+    // Subjects outside every exposed segment are untouched.
+    let a = server.assign("agent-1", smb());
+    assert_eq!(
+        (a["version"].as_str(), a["mode"].as_str()),
+        (Some("v7"), Some("full"))
+    );
+}
+
+#[test]
+fn regression_in_one_segment_is_caught_and_named() {
+    let server = Server::start(&config(""));
+    climb_to_smb5(&server, "seg");
+    server.send_events(&events("seg-i", 1000, "v8", internal(), HEALTHY));
+    server.send_events(&events("seg-b", 600, "v7", smb(), HEALTHY));
+    server.send_events(&events(
+        "seg-c",
+        600,
+        "v8",
+        smb(),
+        Profile {
+            quality: 0.7,
+            ..HEALTHY
+        },
+    ));
+    server.wait_for("rollback", |s| state(s) == "rolled_back");
+    let receipt = &server.receipts()[0];
+    assert_eq!(receipt["trigger"]["segment"], "everyone");
+    let internal_quality = receipt["evidence"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|v| v["gate"] == "quality_mean" && v["segment"] == "internal")
+                .cloned()
+        })
+        .expect("internal verdict recorded");
+    assert_eq!(
+        internal_quality["verdict"], "pass",
+        "the healthy segment is shown passing"
+    );
+}
+
+#[test]
+fn a_handful_of_terrible_events_changes_nothing() {
+    let server = Server::start(&config(""));
+    let terrible = Profile {
+        quality: 0.0,
+        latency_ms: 60_000.0,
+        cost_usd: 5.0,
+        fallback_every: 1,
+        reject_every: 1,
+    };
+    let r = server.send_events(&events("t", 25, "v8", internal(), terrible));
+    assert_eq!(r["accepted"], 25);
+    std::thread::sleep(std::time::Duration::from_millis(400)); // several ticks
+    let s = server.status();
+    assert_eq!((state(&s), stage(&s)), ("progressing", "internal"));
+    let gates = s["gates"].as_array().cloned().unwrap_or_default();
+    assert_eq!(gates.len(), 5);
+    for g in &gates {
+        assert_eq!(g["verdict"], "inconclusive", "{g}");
+        assert_eq!(g["candidate"]["samples"], 25);
+    }
+    assert!(server.receipts().is_empty());
+}
+
+#[test]
+fn assignment_is_sticky_and_growth_is_monotone() {
+    let server = Server::start(&config(""));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/promote",
+        Some(ADMIN),
+        &json!({"reason": "to smb-5"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let subjects: Vec<String> = (0..5000).map(|i| format!("customer-{i}")).collect();
+    let before: Vec<bool> = subjects
+        .iter()
+        .map(|s| server.assign(s, smb())["version"] == "v8")
+        .collect();
+    let again: Vec<bool> = subjects
+        .iter()
+        .take(500)
+        .map(|s| server.assign(s, smb())["version"] == "v8")
+        .collect();
+    assert_eq!(
+        &before[..500],
+        &again[..],
+        "same subject, same weights, same version"
+    );
+    let share = before.iter().filter(|b| **b).count();
+    assert!((150..350).contains(&share), "{share} of 5000 at 5 %");
+
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/promote",
+        Some(ADMIN),
+        &json!({"reason": "to half"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let after: Vec<bool> = subjects
+        .iter()
+        .map(|s| server.assign(s, smb())["version"] == "v8")
+        .collect();
+    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+        assert!(
+            !b || *a,
+            "subject {i} left the candidate when its weight grew"
+        );
+    }
+    let share = after.iter().filter(|b| **b).count();
+    assert!((2300..2700).contains(&share), "{share} of 5000 at 50 %");
+    let a = server.assign("customer-1", smb());
+    assert_eq!(a["stage"], "half");
+    assert_eq!(a["segment"], "everyone");
+    assert_eq!(a["rollout"], "support-reply-v8");
+}
+
+#[test]
+fn resume_after_automatic_containment_needs_the_lanes_proof() {
+    let server = Server::start(&config(""));
+    server.send_events(&events(
+        "p",
+        300,
+        "v8",
+        internal(),
+        Profile {
+            cost_usd: 0.2,
+            ..HEALTHY
+        },
+    ));
+    server.wait_for("read-only", |s| state(s) == "read_only");
+
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/resume",
+        Some(OPERATOR),
+        &json!({"reason": "fixed the prompt"}),
+    );
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "reenable_proof_missing");
+    let details = r.body["error"]["details"].to_string();
+    assert!(
+        details.contains("ack") && details.contains("healthy_read_only_samples"),
+        "{details}"
+    );
+
+    // Healthy read-only candidate tasks are the proof; then the cooldown must have passed.
+    let mut healthy: Vec<Value> = events("p-ro", 30, "v8", internal(), HEALTHY);
+    for e in &mut healthy {
+        e["mode"] = json!("read_only");
+        e["fallback"] = json!(false);
+        e["review"] = json!("approved");
+    }
+    server.send_events(&healthy);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/resume",
+        Some(OPERATOR),
+        &json!({"reason": "fixed the prompt", "ack": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let s = server.status();
+    assert_eq!(
+        (state(&s), s["read_only"].as_bool()),
+        ("progressing", Some(false))
+    );
+    let a = server.assign("agent-1", internal());
+    assert_eq!(a["mode"], "full");
+}
+
+#[test]
+fn pause_is_one_call_and_freezes_the_rollout() {
+    let server = Server::start(&config(""));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({"reason": "incident"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["actor"]["name"], "oncall");
+    server.send_events(&events("pz", 1000, "v8", internal(), HEALTHY));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let s = server.status();
+    assert_eq!(
+        (state(&s), stage(&s)),
+        ("paused", "internal"),
+        "no expansion while paused"
+    );
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({"reason": "again"}),
+    );
+    assert_eq!(r.status, 409);
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/resume",
+        Some(OPERATOR),
+        &json!({"reason": "incident over"}),
+    );
+    assert_eq!(
+        r.status, 200,
+        "a plain pause needs no re-enable proof: {}",
+        r.text
+    );
+    server.wait_for("expansion after resume", |s| stage(s) == "smb-5");
+}
+
+#[test]
+fn operator_rollback_and_state_survive_a_restart() {
+    let server = Server::start(&config(""));
+    server.send_events(&events("rs", 150, "v8", internal(), HEALTHY));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/rollback",
+        Some(OPERATOR),
+        &json!({"reason": "customer complaint"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let id = r.body["id"].as_str().expect("receipt id").to_string();
+    let server = server.crash_and_restart();
+    let s = server.status();
+    assert_eq!(state(&s), "rolled_back");
+    let r = server.get(&format!("/v1/receipts/{id}"), Some(READER));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["reason"], "customer complaint");
+    // Retried events after the restart are duplicates, not new samples.
+    let again = server.send_events(&events("rs", 150, "v8", internal(), HEALTHY));
+    assert_eq!(
+        (again["accepted"].as_u64(), again["duplicates"].as_u64()),
+        (Some(0), Some(150))
+    );
+}
