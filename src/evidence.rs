@@ -66,7 +66,7 @@ impl Moments {
 
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let h = self.hist.as_ref()?;
-        (h.len() > 0).then(|| h.value_at_quantile(q) as f64 / SCALE)
+        (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / SCALE)
     }
 }
 
