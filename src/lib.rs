@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod receipt;
 pub mod rollout;
 pub mod server;
+pub mod simulate;
 pub mod stats;
 pub mod store;

@@ -33,6 +33,13 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run the real decision code against synthetic traffic on a virtual clock.
+    Simulate {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        scenario: PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +47,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Serve { config } => serve(&config),
         Cmd::Check { config } => check(&config),
+        Cmd::Simulate { config, scenario } => simulate(&config, &scenario),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -58,6 +66,17 @@ fn check(path: &Path) -> anyhow::Result<()> {
         plan.workflows.len(),
         plan.rollouts.len()
     );
+    Ok(())
+}
+
+fn simulate(config: &Path, scenario: &Path) -> anyhow::Result<()> {
+    let plan = Plan::load(config)?;
+    let text = std::fs::read_to_string(scenario)
+        .with_context(|| format!("reading {}", scenario.display()))?;
+    let scenario = stagegate::simulate::Scenario::parse(&text)?;
+    // A fixed virtual epoch: runs are reproducible.
+    let report = stagegate::simulate::run(plan, &scenario, 1_800_000_000_000)?;
+    print!("{}", report.render());
     Ok(())
 }
 

@@ -20,12 +20,23 @@ fn roles_are_enforced_with_401_and_403() {
     assert_eq!(r.status, 401);
     let r = server.post(pause, Some(INGEST), &body);
     assert_eq!((r.status, error_code(&r)), (403, "forbidden"));
-    let r = server.post("/v1/rollouts/support-reply-v8/promote", Some(OPERATOR), &body);
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/promote",
+        Some(OPERATOR),
+        &body,
+    );
     assert_eq!(r.status, 403, "promote is admin-only");
     let r = server.post("/v1/events", Some(READER), &json!([]));
     assert_eq!(r.status, 403, "reading does not allow ingesting");
-    let r = server.post("/v1/assign", None, &json!({"workflow": "support-reply", "subject": "a"}));
-    assert_eq!(r.status, 401, "assign needs an ingest token unless auth.open_assign");
+    let r = server.post(
+        "/v1/assign",
+        None,
+        &json!({"workflow": "support-reply", "subject": "a"}),
+    );
+    assert_eq!(
+        r.status, 401,
+        "assign needs an ingest token unless auth.open_assign"
+    );
     let r = server.get("/v1/rollouts", None);
     assert_eq!(r.status, 401);
     let r = server.get("/v1/rollouts", Some(READER));
@@ -60,27 +71,61 @@ fn a_malformed_event_is_rejected_alone() {
     let r = server.post("/v1/events", Some(INGEST), &batch);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["accepted"], 2);
-    assert_eq!(r.body["duplicates"], 1, "a repeated id within a batch is a duplicate");
+    assert_eq!(
+        r.body["duplicates"], 1,
+        "a repeated id within a batch is a duplicate"
+    );
     let rejected = r.body["rejected"].as_array().cloned().unwrap_or_default();
-    let indexes: Vec<u64> = rejected.iter().filter_map(|x| x["index"].as_u64()).collect();
+    let indexes: Vec<u64> = rejected
+        .iter()
+        .filter_map(|x| x["index"].as_u64())
+        .collect();
     assert_eq!(indexes, [1, 2, 3, 4, 5, 6, 7]);
-    let errors: Vec<String> = rejected.iter().map(|x| x["error"].as_str().unwrap_or("").to_string()).collect();
-    for (i, needle) in [(0, "quality"), (1, "unknown workflow"), (2, "unknown version"), (3, "event_id"), (4, "latency_ms"), (5, "cost_usd")] {
-        assert!(errors[i].contains(needle), "{} should mention {needle}", errors[i]);
+    let errors: Vec<String> = rejected
+        .iter()
+        .map(|x| x["error"].as_str().unwrap_or("").to_string())
+        .collect();
+    for (i, needle) in [
+        (0, "quality"),
+        (1, "unknown workflow"),
+        (2, "unknown version"),
+        (3, "event_id"),
+        (4, "latency_ms"),
+        (5, "cost_usd"),
+    ] {
+        assert!(
+            errors[i].contains(needle),
+            "{} should mention {needle}",
+            errors[i]
+        );
     }
     let s = server.status();
-    let internal = s["segments"].as_array().and_then(|a| a.first().cloned()).unwrap_or(Value::Null);
+    let internal = s["segments"]
+        .as_array()
+        .and_then(|a| a.first().cloned())
+        .unwrap_or(Value::Null);
     assert_eq!(internal["candidate_tasks"], 2);
 
     let metrics = server.get("/metrics", None).text;
-    assert!(metrics.contains(r#"stagegate_events_total{outcome="accepted",workflow="support-reply"} 2"#), "{metrics}");
-    assert!(metrics.contains(r#"stagegate_events_total{outcome="duplicate",workflow="support-reply"} 1"#));
-    assert!(metrics.contains(r#"stagegate_events_total{outcome="rejected",workflow="_unknown"}"#), "unknown names never become labels");
+    assert!(
+        metrics
+            .contains(r#"stagegate_events_total{outcome="accepted",workflow="support-reply"} 2"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"stagegate_events_total{outcome="duplicate",workflow="support-reply"} 1"#)
+    );
+    assert!(
+        metrics.contains(r#"stagegate_events_total{outcome="rejected",workflow="_unknown"}"#),
+        "unknown names never become labels"
+    );
 }
 
 #[test]
 fn ndjson_batches_and_body_limits() {
-    let server = Server::start(&config("").replace("tick: 50ms", "tick: 50ms, max_body_bytes: 4096"));
+    let server =
+        Server::start(&config("").replace("tick: 50ms", "tick: 50ms, max_body_bytes: 4096"));
     let ndjson = "{\"event_id\":\"n1\",\"workflow\":\"support-reply\",\"version\":\"v7\"}\nnot json\n{\"event_id\":\"n2\",\"workflow\":\"support-reply\",\"version\":\"v7\"}\n";
     let r = server.post_raw("/v1/events", Some(INGEST), ndjson.as_bytes().to_vec());
     assert_eq!(r.status, 200, "{}", r.text);
@@ -93,7 +138,11 @@ fn ndjson_batches_and_body_limits() {
 
     let r = server.post_raw("/v1/events", Some(INGEST), b"[{\"event_id\": ".to_vec());
     assert_eq!((r.status, error_code(&r)), (400, "bad_request"));
-    assert!(r.body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(
+        r.body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty())
+    );
 }
 
 #[test]
@@ -107,18 +156,37 @@ fn assignment_shapes_and_errors() {
     assert_eq!(a["stage"], "internal");
     assert!(a["reason"].as_str().is_some_and(|r| !r.is_empty()));
     let a = server.assign("agent-7", json!({"tier": "smb"}));
-    assert_eq!((a["version"].as_str(), a["segment"].as_str()), (Some("v7"), Some("everyone")));
+    assert_eq!(
+        (a["version"].as_str(), a["segment"].as_str()),
+        (Some("v7"), Some("everyone"))
+    );
 
-    let r = server.post("/v1/assign", Some(INGEST), &json!({"workflow": "summarize", "subject": "x"}));
-    assert_eq!((r.body["version"].as_str(), r.body["rollout"].as_str()), (Some("s1"), None));
-    let r = server.post("/v1/assign", Some(INGEST), &json!({"workflow": "ghost", "subject": "x"}));
+    let r = server.post(
+        "/v1/assign",
+        Some(INGEST),
+        &json!({"workflow": "summarize", "subject": "x"}),
+    );
+    assert_eq!(
+        (r.body["version"].as_str(), r.body["rollout"].as_str()),
+        (Some("s1"), None)
+    );
+    let r = server.post(
+        "/v1/assign",
+        Some(INGEST),
+        &json!({"workflow": "ghost", "subject": "x"}),
+    );
     assert_eq!((r.status, error_code(&r)), (404, "not_found"));
     let r = server.post("/v1/assign", Some(INGEST), &json!({"subject": "x"}));
     assert_eq!((r.status, error_code(&r)), (400, "bad_request"));
     let r = server.post_raw("/v1/assign", Some(INGEST), b"{oops".to_vec());
     assert_eq!(r.status, 400);
     let metrics = server.get("/metrics", None).text;
-    assert!(metrics.contains(r#"stagegate_assignments_total{mode="full",version="v8",workflow="support-reply"}"#), "{metrics}");
+    assert!(
+        metrics.contains(
+            r#"stagegate_assignments_total{mode="full",version="v8",workflow="support-reply"}"#
+        ),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -126,17 +194,33 @@ fn unknown_things_are_404_and_conflicts_are_409() {
     let server = Server::start(&config(""));
     let r = server.get("/v1/rollouts/ghost", Some(READER));
     assert_eq!((r.status, error_code(&r)), (404, "not_found"));
-    let r = server.post("/v1/rollouts/ghost/pause", Some(OPERATOR), &json!({"reason": "x"}));
+    let r = server.post(
+        "/v1/rollouts/ghost/pause",
+        Some(OPERATOR),
+        &json!({"reason": "x"}),
+    );
     assert_eq!(r.status, 404);
     let r = server.get("/v1/receipts/r-0000000999", Some(READER));
     assert_eq!(r.status, 404);
     let r = server.get("/v1/nope", None);
     assert_eq!((r.status, error_code(&r)), (404, "not_found"));
-    let r = server.post("/v1/rollouts/support-reply-v8/resume", Some(OPERATOR), &json!({"reason": "x"}));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/resume",
+        Some(OPERATOR),
+        &json!({"reason": "x"}),
+    );
     assert_eq!((r.status, error_code(&r)), (409, "conflict"));
-    let r = server.post("/v1/rollouts/support-reply-v8/pause", Some(OPERATOR), &json!({}));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({}),
+    );
     assert_eq!(r.status, 400, "a reason is required: {}", r.text);
-    let r = server.post("/v1/rollouts/support-reply-v8/pause", Some(OPERATOR), &json!({"reason": "x", "bogus": 1}));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({"reason": "x", "bogus": 1}),
+    );
     assert_eq!(r.status, 400);
     let r = server.get("/v1/receipts?since=yesterday", Some(READER));
     assert_eq!(r.status, 400);
@@ -146,28 +230,59 @@ fn unknown_things_are_404_and_conflicts_are_409() {
 fn check_reports_every_problem_with_location_and_exits_nonzero() {
     let dir = tempfile::tempdir().expect("tmp");
     let path = dir.path().join("bad.yaml");
-    let text = config("").replace("traffic: { internal: 100 }, min_samples: 200", "traffic: { internal: 140 }, min_duration: 5 parsecs")
+    let text = config("")
+        .replace(
+            "traffic: { internal: 100 }, min_samples: 200",
+            "traffic: { internal: 140 }, min_duration: 5 parsecs",
+        )
         .replace("stat: p95", "stat: p950")
         .replace("notify: [hook]", "notify: [pager]");
     std::fs::write(&path, text).expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate")).args(["check", "--config"]).arg(&path).output().expect("run");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    for needle in ["stages[0].traffic.internal: 140 is not a percentage", "stages[0].min_duration", "gates[1].stat: unknown stat `p950`", "lane.notify[0]: unknown notifier `pager`"] {
+    for needle in [
+        "stages[0].traffic.internal: 140 is not a percentage",
+        "stages[0].min_duration",
+        "gates[1].stat: unknown stat `p950`",
+        "lane.notify[0]: unknown notifier `pager`",
+    ] {
         assert!(err.contains(needle), "missing {needle:?} in {err}");
     }
     assert!(err.contains(&format!("{}:", path.display())), "{err}");
 
-    std::fs::write(&path, "server:\n  listen: 127.0.0.1:0\nrollouts:\n  - name: r\n    wat: 1\n").expect("write");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate")).args(["check", "--config"]).arg(&path).output().expect("run");
+    std::fs::write(
+        &path,
+        "server:\n  listen: 127.0.0.1:0\nrollouts:\n  - name: r\n    wat: 1\n",
+    )
+    .expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(":5:5: rollouts[0].wat: unknown field `wat`"), "{err}");
+    assert!(
+        err.contains(":5:5: rollouts[0].wat: unknown field `wat`"),
+        "{err}"
+    );
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
         .args(["check", "--config", "config/stagegate.yaml"])
         .output()
         .expect("run");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan = String::from_utf8_lossy(&out.stdout);
-    assert!(plan.contains("smb-5") && plan.contains("latency_ms_p95"), "{plan}");
+    assert!(
+        plan.contains("smb-5") && plan.contains("latency_ms_p95"),
+        "{plan}"
+    );
 }

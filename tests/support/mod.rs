@@ -1,6 +1,10 @@
 //! Test support: runs the real `stagegate` binary on an ephemeral loopback port.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
-#![allow(clippy::panic, clippy::disallowed_methods, reason = "test harness: panics report failures, deadlines use real time")]
+#![allow(
+    clippy::panic,
+    clippy::disallowed_methods,
+    reason = "test harness: panics report failures, deadlines use real time"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

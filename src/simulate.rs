@@ -1,0 +1,402 @@
+//! `stagegate simulate`: the real decision core on a virtual clock and synthetic traffic.
+//!
+//! A scenario names traffic sources (attributes and tasks per minute), how the baseline and
+//! the candidate behave, and incidents that change the candidate's behaviour at a given time.
+//! Every task is assigned through the real routing snapshot and reported as an event into the
+//! real engine; every tick the real `assess` decides. The report is the decision timeline and the
+//! blast radius: tasks a bad candidate served in full mode before the controller contained it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::clock::{Millis, human_duration, parse_duration};
+use crate::config::Plan;
+use crate::engine::Engine;
+use crate::event::{Mode, Review, TaskEvent};
+use crate::rollout::{Action, Command, Phase};
+
+/// A seeded xorshift64* source: deterministic runs, no dependency.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Uniform on (0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+
+    /// Standard normal (Box–Muller).
+    pub fn normal(&mut self) -> f64 {
+        let (a, b) = (self.uniform(), self.uniform());
+        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// The rollout to watch; defaults to the config's first.
+    pub rollout: Option<String>,
+    /// Virtual time to run, e.g. `6h`.
+    pub duration: String,
+    /// How often the controller evaluates; defaults to the config's `server.tick`.
+    pub tick: Option<String>,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// An operator promotes whenever the rollout waits for manual approval.
+    #[serde(default)]
+    pub approve_manual: bool,
+    pub traffic: Vec<Source>,
+    pub baseline: Behaviour,
+    pub candidate: Behaviour,
+    #[serde(default)]
+    pub incidents: Vec<Incident>,
+}
+
+fn default_seed() -> u64 {
+    1
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    pub name: String,
+    #[serde(default)]
+    pub attributes: BTreeMap<String, String>,
+    pub per_minute: f64,
+}
+
+/// How a version behaves; absent fields keep their previous value.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Behaviour {
+    pub quality: Option<f64>,
+    pub latency_ms: Option<f64>,
+    pub cost_usd: Option<f64>,
+    pub fallback_rate: Option<f64>,
+    pub reject_rate: Option<f64>,
+}
+
+impl Behaviour {
+    fn overlay(&self, over: &Behaviour) -> Behaviour {
+        Behaviour {
+            quality: over.quality.or(self.quality),
+            latency_ms: over.latency_ms.or(self.latency_ms),
+            cost_usd: over.cost_usd.or(self.cost_usd),
+            fallback_rate: over.fallback_rate.or(self.fallback_rate),
+            reject_rate: over.reject_rate.or(self.reject_rate),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Incident {
+    /// When it starts, from the beginning of the run (`2h`).
+    pub at: String,
+    /// Only tasks from this traffic source are affected; all when absent.
+    pub source: Option<String>,
+    pub candidate: Behaviour,
+}
+
+/// Why a scenario cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("scenario: {0}")]
+    Parse(String),
+    #[error("scenario: {0}")]
+    Invalid(String),
+}
+
+impl Scenario {
+    pub fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        serde_saphyr::from_str(text).map_err(|e| ScenarioError::Parse(e.to_string()))
+    }
+}
+
+/// The outcome of a simulation.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub timeline: Vec<String>,
+    pub final_phase: Phase,
+    pub final_stage: Option<String>,
+    pub tasks: u64,
+    pub candidate_tasks: u64,
+    /// Tasks a bad candidate (one an incident applies to; a candidate bad from the start is an
+    /// incident `at: 0s`) served in full mode before containment.
+    pub blast_radius: u64,
+    pub contained_after: Option<Millis>,
+}
+
+impl Report {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        for line in &self.timeline {
+            let _ = writeln!(out, "{line}");
+        }
+        let _ = writeln!(
+            out,
+            "\nfinal: {} at stage {}; {} tasks, {} on the candidate",
+            self.final_phase.name(),
+            self.final_stage.as_deref().unwrap_or("-"),
+            self.tasks,
+            self.candidate_tasks
+        );
+        match self.contained_after {
+            Some(ms) => {
+                let _ = writeln!(
+                    out,
+                    "blast radius: {} tasks served by the bad candidate in full mode before containment ({} after the first incident)",
+                    self.blast_radius,
+                    human_duration(ms)
+                );
+            }
+            None if self.blast_radius == 0 => {
+                let _ = writeln!(
+                    out,
+                    "blast radius: 0 tasks (no incident reached the candidate)"
+                );
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "blast radius: {} tasks served by the bad candidate in full mode (not contained)",
+                    self.blast_radius
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Runs a scenario against a plan, starting the virtual clock at `start`.
+pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, ScenarioError> {
+    let duration = parse_duration(&scenario.duration).map_err(ScenarioError::Invalid)?;
+    let tick = match &scenario.tick {
+        Some(t) => parse_duration(t).map_err(ScenarioError::Invalid)?,
+        None => plan.server.tick,
+    }
+    .max(1);
+    let mut incidents = Vec::new();
+    for i in &scenario.incidents {
+        let at = parse_duration(&i.at).map_err(ScenarioError::Invalid)?;
+        if i.source
+            .as_ref()
+            .is_some_and(|s| !scenario.traffic.iter().any(|t| &t.name == s))
+        {
+            return Err(ScenarioError::Invalid(format!(
+                "incident names unknown traffic source {:?}",
+                i.source
+            )));
+        }
+        incidents.push((at, i));
+    }
+    let plan = Arc::new(plan);
+    let rollout_name = scenario
+        .rollout
+        .clone()
+        .or_else(|| plan.rollouts.first().map(|r| r.name.clone()));
+    let mut engine = Engine::new(plan.clone(), Default::default(), Default::default(), start);
+    let rollout = rollout_name
+        .as_deref()
+        .and_then(|n| engine.rollout_index(n))
+        .ok_or_else(|| ScenarioError::Invalid("no such rollout in the config".into()))?;
+    let (workflow, baseline_v, candidate_v) = {
+        let r = &plan.rollouts[rollout];
+        (r.workflow.clone(), r.baseline.clone(), r.candidate.clone())
+    };
+    let mut rng = Rng::new(scenario.seed);
+    let mut report = Report {
+        timeline: Vec::new(),
+        final_phase: Phase::Progressing,
+        final_stage: None,
+        tasks: 0,
+        candidate_tasks: 0,
+        blast_radius: 0,
+        contained_after: None,
+    };
+    let first_incident = incidents.iter().map(|(at, _)| *at).min();
+    let mut contained = false;
+    let mut routing = engine.routing();
+    let mut seq: u64 = 0;
+    let mut debt: Vec<f64> = vec![0.0; scenario.traffic.len()];
+    let mut now = start;
+    let end = start + duration;
+    let say = |report: &mut Report, at: Millis, text: String| {
+        report
+            .timeline
+            .push(format!("{:>8}  {text}", human_duration(at - start)));
+    };
+    say(
+        &mut report,
+        start,
+        format!(
+            "start: {} at stage {}",
+            engine.rollouts[rollout].state.phase.name(),
+            engine.rollouts[rollout]
+                .state
+                .stage_name(&plan.rollouts[rollout])
+                .unwrap_or("-")
+        ),
+    );
+    while now < end {
+        let step = tick.min(end - now);
+        let elapsed = now - start;
+        for (s, source) in scenario.traffic.iter().enumerate() {
+            debt[s] += source.per_minute * step as f64 / 60_000.0;
+            while debt[s] >= 1.0 {
+                debt[s] -= 1.0;
+                seq += 1;
+                let subject = format!("{}-{}", source.name, (rng.uniform() * 1e9) as u64);
+                let Some(a) = routing.assign(&workflow, Some(&subject), |k| {
+                    source.attributes.get(k).map(String::as_str)
+                }) else {
+                    continue;
+                };
+                let on_candidate = a.version == candidate_v;
+                let mut behaviour = if on_candidate {
+                    scenario.candidate.clone()
+                } else {
+                    scenario.baseline.clone()
+                };
+                let mut bad = false;
+                if on_candidate {
+                    for (at, incident) in &incidents {
+                        if elapsed >= *at
+                            && incident.source.as_ref().is_none_or(|n| n == &source.name)
+                        {
+                            behaviour = behaviour.overlay(&incident.candidate);
+                            bad = true;
+                        }
+                    }
+                }
+                let mode = a.mode;
+                report.tasks += 1;
+                if on_candidate {
+                    report.candidate_tasks += 1;
+                    if bad && mode == Mode::Full && !contained {
+                        report.blast_radius += 1;
+                    }
+                }
+                let event = synthesize(
+                    &mut rng,
+                    seq,
+                    &workflow,
+                    if on_candidate {
+                        &candidate_v
+                    } else {
+                        &baseline_v
+                    },
+                    &source.attributes,
+                    mode,
+                    &behaviour,
+                );
+                if let Ok(route) = engine.route(&event) {
+                    engine.record(&route, &event);
+                }
+            }
+        }
+        now += step;
+        let assessment = engine.assess(rollout, now);
+        let decision = match assessment.decision {
+            Some(d) => Some(d),
+            None if scenario.approve_manual
+                && assessment
+                    .waiting
+                    .as_deref()
+                    .is_some_and(|w| w.contains("awaiting an operator")) =>
+            {
+                engine
+                    .operate(
+                        rollout,
+                        "simulated-operator",
+                        &Command::Promote {
+                            reason: "approved".into(),
+                            full: false,
+                        },
+                        now,
+                    )
+                    .ok()
+            }
+            None => None,
+        };
+        if let Some(d) = decision {
+            let r = &plan.rollouts[rollout];
+            let detail = d
+                .trigger
+                .as_ref()
+                .map(|t| format!(" [{} in {}]", t.gate, t.segment))
+                .unwrap_or_default();
+            say(
+                &mut report,
+                now,
+                format!(
+                    "{:<11} {} -> {}{}: {}",
+                    d.action.name(),
+                    d.before.stage_name(r).unwrap_or("-"),
+                    d.after.stage_name(r).unwrap_or("-"),
+                    detail,
+                    d.reason
+                ),
+            );
+            let containing = matches!(d.action, Action::Rollback | Action::ReadOnly)
+                || (d.action == Action::Narrow && d.after.stage.is_none());
+            // Containment counts once bad tasks were actually served (not a false alarm before).
+            if containing && !contained && report.blast_radius > 0 {
+                contained = true;
+                report.contained_after = Some(now - start - first_incident.unwrap_or(0));
+            }
+            engine.apply(rollout, &d);
+            routing = engine.routing();
+        }
+    }
+    let state = &engine.rollouts[rollout].state;
+    report.final_phase = state.phase;
+    report.final_stage = state
+        .stage_name(&plan.rollouts[rollout])
+        .map(str::to_string);
+    say(&mut report, end, format!("end: {}", state.phase.name()));
+    Ok(report)
+}
+
+fn synthesize(
+    rng: &mut Rng,
+    seq: u64,
+    workflow: &str,
+    version: &str,
+    attributes: &BTreeMap<String, String>,
+    mode: Mode,
+    b: &Behaviour,
+) -> TaskEvent {
+    let review = (rng.uniform() < 0.5).then(|| {
+        if rng.uniform() < b.reject_rate.unwrap_or(0.0) {
+            Review::Rejected
+        } else {
+            Review::Approved
+        }
+    });
+    TaskEvent {
+        event_id: format!("sim-{seq}"),
+        workflow: workflow.to_string(),
+        version: version.to_string(),
+        subject: None,
+        attributes: attributes.clone(),
+        mode,
+        ts: None,
+        quality: b.quality.map(|q| (q + 0.05 * rng.normal()).clamp(0.0, 1.0)),
+        latency_ms: b.latency_ms.map(|l| l * (0.25 * rng.normal()).exp()),
+        cost_usd: b.cost_usd.map(|c| c * (0.8 + 0.4 * rng.uniform())),
+        fallback: b.fallback_rate.map(|f| rng.uniform() < f),
+        review,
+        signals: BTreeMap::new(),
+    }
+}
