@@ -486,7 +486,7 @@ impl Engine {
             since: rfc3339(due.since),
             cause: due.cause,
             healthy_read_only: rt.healthy_read_only,
-            missing: missing_proof(plan, due, false, rt.healthy_read_only, now),
+            missing: missing_proof(plan, due, true, rt.healthy_read_only, now),
         });
         RolloutStatus {
             name: plan.name.clone(),
