@@ -14,6 +14,9 @@ fn slow_config() -> String {
     config(", min_duration: 1h")
 }
 
+/// A batch the writer sent, and whether the server acknowledged it.
+type Attempt = (Vec<Value>, bool);
+
 fn internal_candidate_tasks(server: &Server) -> u64 {
     let s = server.status();
     s["segments"][0]["candidate_tasks"].as_u64().unwrap_or(0)
@@ -28,7 +31,7 @@ fn kill_9_during_ingestion_loses_no_acknowledged_event_and_counts_none_twice() {
     for round in 0..4 {
         // A writer posts batches until the process dies under it.
         let base = server.base.clone();
-        let sent: Arc<Mutex<Vec<(Vec<Value>, bool)>>> = Arc::new(Mutex::new(Vec::new()));
+        let sent: Arc<Mutex<Vec<Attempt>>> = Arc::new(Mutex::new(Vec::new()));
         let sent_in = Arc::clone(&sent);
         let writer = std::thread::spawn(move || {
             let client = reqwest::blocking::Client::builder()
