@@ -19,7 +19,7 @@ use serde_json::json;
 
 use crate::config::Role;
 use crate::rollout::{Command, Refusal};
-use crate::server::{Input, InputError, Shared};
+use crate::server::{IngestError, Input, InputError, Shared};
 
 /// An API failure.
 #[derive(Debug)]
@@ -296,10 +296,12 @@ async fn events(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&shared, &headers, Role::Ingest)?;
-    let outcome = shared
-        .ingest(&body.0)
-        .await
-        .map_err(ApiError::bad_request)?;
+    let outcome = shared.ingest(&body.0).await.map_err(|e| match e {
+        IngestError::Body(m) => ApiError::bad_request(m),
+        IngestError::Store(m) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "store_unavailable", m)
+        }
+    })?;
     Ok(Json(outcome).into_response())
 }
 

@@ -18,10 +18,20 @@ pub const BUCKETS: u32 = 10_000;
 
 /// The subject's bucket (0..10 000) under `salt`.
 pub fn bucket(salt: &str, subject: &str) -> u16 {
-    let mut input = salt.as_bytes().chain(&b":"[..]).chain(subject.as_bytes());
-    // Reading from memory cannot fail.
-    let hash = murmur3::murmur3_32(&mut input, 0).unwrap_or(0);
-    (hash % BUCKETS) as u16
+    // The key is joined on the stack when it fits (the common case), else read as a chain:
+    // either way no heap allocation. Reading from memory cannot fail.
+    let mut buf = [0u8; 256];
+    let len = salt.len() + 1 + subject.len();
+    let hash = if len <= buf.len() {
+        buf[..salt.len()].copy_from_slice(salt.as_bytes());
+        buf[salt.len()] = b':';
+        buf[salt.len() + 1..len].copy_from_slice(subject.as_bytes());
+        murmur3::murmur3_32(&mut &buf[..len], 0)
+    } else {
+        let mut input = salt.as_bytes().chain(&b":"[..]).chain(subject.as_bytes());
+        murmur3::murmur3_32(&mut input, 0)
+    };
+    (hash.unwrap_or(0) % BUCKETS) as u16
 }
 
 /// The routing view of one rollout.

@@ -91,7 +91,9 @@ pub struct Shared {
     pub engine: Mutex<Engine>,
     pub plan: ArcSwap<Plan>,
     pub tokens: ArcSwap<Tokens>,
-    pub store: Store,
+    pub store: Arc<Store>,
+    /// Ingest batches go to one writer thread that commits whatever is pending together.
+    writer: std::sync::mpsc::Sender<IngestJob>,
     pub metrics: Metrics,
     pub clock: Arc<dyn Clock>,
     pub config_path: PathBuf,
@@ -147,6 +149,15 @@ pub struct IngestOutcome {
     pub rejected: Vec<Rejected>,
 }
 
+/// Why a whole ingest request failed (single bad items are [`Rejected`] instead).
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("{0}")]
+    Body(String),
+    #[error("the store could not commit the batch; nothing was acknowledged: {0}")]
+    Store(String),
+}
+
 #[derive(Debug, serde::Serialize)]
 pub struct Rejected {
     pub index: usize,
@@ -162,6 +173,16 @@ impl Shared {
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
         let store = Store::open(&plan.server.data_dir)?;
+        Shared::start_with(plan, config_path, clock, store)
+    }
+
+    /// Like [`Shared::start`] with an already opened store (benchmarks turn durability off).
+    pub fn start_with(
+        plan: Plan,
+        config_path: PathBuf,
+        clock: Arc<dyn Clock>,
+        store: Store,
+    ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
         let loaded = store.load()?;
         let now = clock.now();
         let plan = Arc::new(plan);
@@ -196,7 +217,14 @@ impl Shared {
         metrics.observe(&engine, now);
         let snapshot = Snapshot::build(&engine, &metrics);
         let (tx, rx) = mpsc::channel(64);
+        let store = Arc::new(store);
+        let (writer, jobs) = std::sync::mpsc::channel();
+        let writer_store = Arc::clone(&store);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(&writer_store, &jobs))?;
         let shared = Arc::new(Shared {
+            writer,
             snapshot: ArcSwap::from_pointee(snapshot),
             tokens: ArcSwap::from_pointee(Tokens::from_plan(&plan)),
             plan: ArcSwap::new(plan),
@@ -222,8 +250,8 @@ impl Shared {
     }
 
     /// Validates, deduplicates and durably stores a batch, then adds it to evidence.
-    pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<IngestOutcome, String> {
-        let items = split_batch(body)?;
+    pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<IngestOutcome, IngestError> {
+        let items = split_batch(body).map_err(IngestError::Body)?;
         let mut outcome = IngestOutcome::default();
         let mut valid: Vec<(usize, TaskEvent)> = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
@@ -260,26 +288,27 @@ impl Shared {
         if routed.is_empty() {
             return Ok(outcome);
         }
-        let shared = Arc::clone(self);
         let now = self.clock.now();
-        let (fresh, routed) = tokio::task::spawn_blocking(move || {
-            let items: Vec<BatchItem<'_>> = routed
-                .iter()
-                .map(|(_, scope, event)| BatchItem {
-                    event_id: &event.event_id,
-                    stored: scope.as_ref().map(|(scope, epoch)| StoredEvent {
-                        scope: scope.clone(),
-                        epoch: *epoch,
-                        event: event.clone(),
-                    }),
-                })
-                .collect();
-            let fresh = shared.store.ingest(&items, now);
-            (fresh, routed)
-        })
-        .await
-        .map_err(|e| format!("ingest task failed: {e}"))?;
-        let fresh = fresh.map_err(|e| e.to_string())?;
+        let items: Vec<BatchItem> = routed
+            .iter()
+            .map(|(_, scope, event)| BatchItem {
+                event_id: event.event_id.clone(),
+                stored: scope.as_ref().map(|(scope, epoch)| StoredEvent {
+                    scope: scope.clone(),
+                    epoch: *epoch,
+                    event: event.clone(),
+                }),
+            })
+            .collect();
+        let (reply, done) = oneshot::channel();
+        let stopped = || IngestError::Store("the store writer stopped".into());
+        self.writer
+            .send(IngestJob { items, now, reply })
+            .map_err(|_| stopped())?;
+        let fresh = done
+            .await
+            .map_err(|_| stopped())?
+            .map_err(|e| IngestError::Store(e.to_string()))?;
         let mut engine = self.engine();
         for ((route, _, event), new) in routed.iter().zip(fresh) {
             if new {
@@ -312,6 +341,50 @@ impl Shared {
             .await
             .map_err(|_| InputError::ShuttingDown)?;
         rx.await.map_err(|_| InputError::ShuttingDown)?
+    }
+}
+
+/// A batch waiting for the writer thread.
+struct IngestJob {
+    items: Vec<BatchItem>,
+    now: crate::clock::Millis,
+    reply: oneshot::Sender<Result<Vec<bool>, StoreError>>,
+}
+
+/// Most batches one group commit takes.
+const GROUP_COMMIT_MAX: usize = 64;
+
+/// The writer thread: takes one batch, then every batch already waiting (up to
+/// [`GROUP_COMMIT_MAX`]), and commits them in one transaction — one fsync for all. Each batch
+/// is acknowledged only after that commit.
+fn run_writer(store: &Store, jobs: &std::sync::mpsc::Receiver<IngestJob>) {
+    while let Ok(first) = jobs.recv() {
+        let mut group = vec![first];
+        while group.len() < GROUP_COMMIT_MAX {
+            match jobs.try_recv() {
+                Ok(job) => group.push(job),
+                Err(_) => break,
+            }
+        }
+        let now = group.iter().map(|j| j.now).max().unwrap_or(0);
+        let batches: Vec<&[BatchItem]> = group.iter().map(|j| j.items.as_slice()).collect();
+        match store.ingest_groups(&batches, now) {
+            Ok(results) => {
+                for (job, fresh) in group.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(fresh));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::error!(error = %message, "group commit failed; nothing in it was acknowledged");
+                for job in group {
+                    let _ = job.reply.send(Err(StoreError::Unreadable {
+                        path: store.path().to_path_buf(),
+                        detail: message.clone(),
+                    }));
+                }
+            }
+        }
     }
 }
 

@@ -55,8 +55,8 @@ pub struct StoredEvent {
 }
 
 /// One item of an ingest batch: its dedupe key and, if some scope watches it, the event.
-pub struct BatchItem<'a> {
-    pub event_id: &'a str,
+pub struct BatchItem {
+    pub event_id: String,
     pub stored: Option<StoredEvent>,
 }
 
@@ -193,9 +193,19 @@ impl Store {
 
     /// Writes a batch in one transaction: new events with their dedupe keys. Returns, per
     /// item, whether it was new (`false`: a duplicate, of an earlier batch or of this one).
-    pub fn ingest(&self, items: &[BatchItem<'_>], now: Millis) -> Result<Vec<bool>, StoreError> {
+    pub fn ingest(&self, items: &[BatchItem], now: Millis) -> Result<Vec<bool>, StoreError> {
+        let mut out = self.ingest_groups(&[items], now)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    /// Group commit: several batches in one transaction (one fsync), results per batch.
+    pub fn ingest_groups(
+        &self,
+        groups: &[&[BatchItem]],
+        now: Millis,
+    ) -> Result<Vec<Vec<bool>>, StoreError> {
         let tx = self.write()?;
-        let mut fresh = Vec::with_capacity(items.len());
+        let mut results = Vec::with_capacity(groups.len());
         {
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
             let mut by_time = tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
@@ -205,26 +215,32 @@ impl Store {
                 .get("events")
                 .map_err(dberr)?
                 .map_or(0, |v| v.value());
-            for item in items {
-                if dedupe.get(item.event_id).map_err(dberr)?.is_some() {
-                    fresh.push(false);
-                    continue;
-                }
-                dedupe.insert(item.event_id, now).map_err(dberr)?;
-                by_time.insert((now, item.event_id), ()).map_err(dberr)?;
-                if let Some(stored) = &item.stored {
-                    seq += 1;
-                    let bytes = serde_json::to_vec(stored)?;
-                    events
-                        .insert((stored.scope.as_str(), stored.epoch, seq), bytes.as_slice())
+            for items in groups {
+                let mut fresh = Vec::with_capacity(items.len());
+                for item in *items {
+                    if dedupe.get(item.event_id.as_str()).map_err(dberr)?.is_some() {
+                        fresh.push(false);
+                        continue;
+                    }
+                    dedupe.insert(item.event_id.as_str(), now).map_err(dberr)?;
+                    by_time
+                        .insert((now, item.event_id.as_str()), ())
                         .map_err(dberr)?;
+                    if let Some(stored) = &item.stored {
+                        seq += 1;
+                        let bytes = serde_json::to_vec(stored)?;
+                        events
+                            .insert((stored.scope.as_str(), stored.epoch, seq), bytes.as_slice())
+                            .map_err(dberr)?;
+                    }
+                    fresh.push(true);
                 }
-                fresh.push(true);
+                results.push(fresh);
             }
             counters.insert("events", seq).map_err(dberr)?;
         }
         tx.commit().map_err(dberr)?;
-        Ok(fresh)
+        Ok(results)
     }
 
     /// Persists a state change and its receipt atomically, assigning the receipt's id, and
