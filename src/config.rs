@@ -403,40 +403,29 @@ impl Plan {
     /// Validates config text; `path` names it in errors and resolves a relative `data_dir`.
     pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
         let file = path.display().to_string();
-        let mut key_path = None;
-        let raw: Result<RawConfig, serde_saphyr::Error> =
-            serde_saphyr::with_deserializer_from_str(text, |de| {
-                serde_path_to_error::deserialize(de).map_err(|e| {
-                    key_path = Some(e.path().to_string());
-                    e.into_inner()
-                })
-            });
-        let raw = raw.map_err(|e| {
-            let (line, column) = e
-                .location()
-                .map(|l| (l.line(), l.column()))
-                .unwrap_or((0, 0));
-            let key = key_path
-                .map(|k| k.replace(".value", ""))
-                .filter(|k| !k.is_empty() && k != ".")
-                .unwrap_or_else(|| "(document)".into());
-            let message = e.without_snippet().to_string();
-            let message = message
-                .rsplit_once(" at line ")
-                .map(|(m, _)| m.to_string())
-                .unwrap_or(message);
-            ConfigError::Invalid(vec![Problem {
-                file: file.clone(),
-                line,
-                column,
-                key,
-                message,
-            }])
-        })?;
-        let mut v = Validator {
-            file,
-            problems: Vec::new(),
+        // An unknown key stops serde; blank that entry out of a copy (spaces keep every other
+        // line and column true) and parse again, so all unknown keys are reported at once.
+        let mut masked = text.to_string();
+        let mut problems = Vec::new();
+        let raw = loop {
+            match parse_raw(&file, &masked) {
+                Ok(raw) => break Some(raw),
+                Err(problem) => {
+                    let unknown = problem.message.starts_with("unknown field");
+                    let blanked = unknown
+                        && problems.len() < 100
+                        && blank_entry(&mut masked, problem.line, problem.column);
+                    problems.push(problem);
+                    if !blanked {
+                        break None;
+                    }
+                }
+            }
         };
+        let Some(raw) = raw else {
+            return Err(ConfigError::Invalid(problems));
+        };
+        let mut v = Validator { file, problems };
         let plan = v.plan(path, text, raw);
         if v.problems.is_empty() {
             Ok(plan)
@@ -445,6 +434,109 @@ impl Plan {
             Err(ConfigError::Invalid(v.problems))
         }
     }
+}
+
+/// Deserializes the raw model; the first structural problem comes back located, with its key path.
+fn parse_raw(file: &str, text: &str) -> Result<RawConfig, Problem> {
+    let mut key_path = None;
+    let raw: Result<RawConfig, serde_saphyr::Error> =
+        serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                key_path = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
+    raw.map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let key = key_path
+            .map(|k| k.replace(".value", ""))
+            .filter(|k| !k.is_empty() && k != ".")
+            .unwrap_or_else(|| "(document)".into());
+        let message = e.without_snippet().to_string();
+        let message = message
+            .rsplit_once(" at line ")
+            .map(|(m, _)| m.to_string())
+            .unwrap_or(message);
+        Problem {
+            file: file.to_string(),
+            line,
+            column,
+            key,
+            message,
+        }
+    })
+}
+
+/// Replaces the mapping entry whose key starts at `line`:`column` (1-based) with spaces: in a
+/// flow mapping up to its `,` or closing brace, in a block mapping the key's line and the more
+/// indented lines under it. Returns false when the position is not understood.
+fn blank_entry(text: &mut String, line: u64, column: u64) -> bool {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let Some(row) = (line as usize).checked_sub(1).filter(|r| *r < lines.len()) else {
+        return false;
+    };
+    let chars: Vec<char> = lines[row].chars().collect();
+    let Some(col) = (column as usize)
+        .checked_sub(1)
+        .filter(|c| *c < chars.len())
+    else {
+        return false;
+    };
+    let before = chars[..col]
+        .iter()
+        .rev()
+        .find(|c| !c.is_whitespace())
+        .copied();
+    let mut out = chars.clone();
+    match before {
+        Some('{') | Some(',') => {
+            // Flow: blank to the next `,` or `}` at depth 0, outside quotes.
+            let (mut depth, mut quote) = (0i32, None::<char>);
+            let mut end = chars.len();
+            for (i, &c) in chars.iter().enumerate().skip(col) {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '"' | '\'') => quote = Some(c),
+                    (None, '{' | '[') => depth += 1,
+                    (None, '}' | ']') if depth == 0 => {
+                        end = i;
+                        break;
+                    }
+                    (None, '}' | ']') => depth -= 1,
+                    (None, ',') if depth == 0 => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            for c in &mut out[col..end] {
+                *c = ' ';
+            }
+            lines[row] = out.into_iter().collect();
+        }
+        None | Some('-') => {
+            for c in &mut out[col..] {
+                *c = ' ';
+            }
+            lines[row] = out.into_iter().collect();
+            for next in lines.iter_mut().skip(row + 1) {
+                let indent = next.chars().take_while(|c| *c == ' ').count();
+                if next.trim().is_empty() || indent > col {
+                    *next = " ".repeat(next.chars().count());
+                } else {
+                    break;
+                }
+            }
+        }
+        _ => return false,
+    }
+    *text = lines.join("\n");
+    true
 }
 
 /// Collects every semantic problem while building the plan.
@@ -1178,6 +1270,30 @@ rollouts:
             joined.contains("t.yaml:10:16: rollouts[0].candidate"),
             "{joined}"
         );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_semantic_problems() {
+        let text = "server:\n  listen: 127.0.0.1:1\n  bogus: 1\n  tick: 5parsecs\nsegments:\n  all: { match: {}, wat: [1, {x: 2}], }\nworkflows:\n  w:\n    stable: v1\n    versions: [v1]\n    extra:\n      deep: 1\n";
+        let errs = parse(text).unwrap_err();
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains("t.yaml:3:3: server.bogus: unknown field `bogus`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.yaml:6:21: segments.all.wat: unknown field `wat`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.yaml:11:5: workflows.w.extra: unknown field `extra`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.yaml:4:9: server.tick: `5parsecs`"),
+            "{joined}"
+        );
+        assert_eq!(errs.len(), 4, "{joined}");
     }
 
     #[test]
