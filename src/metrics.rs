@@ -10,7 +10,6 @@ use prometheus::{
 
 use crate::engine::Engine;
 use crate::evidence::Arm;
-use crate::gate::Stat;
 use crate::receipt::Receipt;
 use crate::rollout::Phase;
 
@@ -32,6 +31,9 @@ pub struct Metrics {
     events: IntCounterVec,
     notifications: IntCounterVec,
 }
+
+/// The `outcome` values of `stagegate_notifications_total`.
+pub const NOTIFICATION_OUTCOMES: [&str; 3] = ["sent", "retried", "failed"];
 
 /// The `workflow` label for events naming a workflow the config does not know.
 pub const UNKNOWN_WORKFLOW: &str = "_unknown";
@@ -222,6 +224,36 @@ impl Metrics {
         }
     }
 
+    /// Creates every counter series the config implies at 0, so that `/metrics` shows them before
+    /// the first event and `increase()` in alert rules sees the first one.
+    pub fn init_series(&self, plan: &crate::config::Plan) {
+        for r in &plan.rollouts {
+            for gate in &r.gates {
+                self.automatic_rollbacks
+                    .with_label_values(&[r.name.as_str(), gate.name.as_str()]);
+            }
+            for action in ["expand", "narrow", "read_only", "rollback", "pause"] {
+                self.decisions
+                    .with_label_values(&[r.name.as_str(), action, "controller"]);
+            }
+            for action in ["pause", "resume", "promote", "rollback"] {
+                self.decisions
+                    .with_label_values(&[r.name.as_str(), action, "operator"]);
+            }
+        }
+        for w in &plan.workflows {
+            for outcome in ["accepted", "duplicate", "rejected"] {
+                self.events.with_label_values(&[w.name.as_str(), outcome]);
+            }
+        }
+        for n in &plan.notifiers {
+            for outcome in NOTIFICATION_OUTCOMES {
+                self.notifications
+                    .with_label_values(&[n.name.as_str(), outcome]);
+            }
+        }
+    }
+
     /// Sets every gauge from the engine's current state.
     pub fn observe(&self, engine: &Engine, now: u64) {
         for g in [
@@ -286,7 +318,6 @@ impl Metrics {
                         if let Some(v) = acc.value(gate.stat) {
                             self.signal_value.with_label_values(&labels).set(v);
                         }
-                        let _ = Stat::Mean;
                     }
                 }
             }

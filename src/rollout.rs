@@ -643,3 +643,273 @@ pub fn operate(
         verdicts,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The state machine, driven through timelines: each step feeds evidence, advances the
+    //! clock, and the decisions are rendered as text to compare with the expected timeline.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::Plan;
+    use crate::engine::Engine;
+    use crate::event::{Mode, TaskEvent};
+
+    const PLAN: &str = r#"
+segments: { internal: { match: { team: [ops] } }, everyone: {} }
+workflows: { w: { stable: v1, versions: [v1, v2] } }
+rollouts:
+  - name: r
+    workflow: w
+    baseline: v1
+    candidate: v2
+    segments: [internal, everyone]
+    stages:
+      - { name: s1, traffic: { internal: 100 }, min_duration: 10m, min_samples: 100 }
+      - { name: s2, traffic: { internal: 100, everyone: 20 }, min_samples: 100 }
+      - { name: s3, traffic: { internal: 100, everyone: 100 }, approval: manual }
+    max_narrows: 1
+    gates:
+      - { signal: quality, stat: mean, min: 0.8, on_breach: rollback }
+      - { signal: cost_usd, stat: mean, max: 0.05, on_breach: read_only }
+      - { signal: latency_ms, stat: mean, max: 2000, on_breach: narrow }
+    lane: { owner: o, repair: fix, reenable: { ack: true, cooldown: 30m, healthy_read_only_samples: 5 } }
+"#;
+
+    struct Sim {
+        engine: Engine,
+        now: Millis,
+        seq: u64,
+        log: Vec<String>,
+    }
+
+    impl Sim {
+        fn new() -> Sim {
+            let plan = Plan::parse(Path::new("t.yaml"), PLAN).expect("valid plan");
+            Sim {
+                engine: Engine::new(Arc::new(plan), Default::default(), Default::default(), 0),
+                now: 0,
+                seq: 0,
+                log: Vec::new(),
+            }
+        }
+
+        /// `n` events of `version` from team `team` (or anyone), with [quality, cost, latency].
+        fn feed(
+            &mut self,
+            n: u64,
+            version: &str,
+            team: Option<&str>,
+            [q, cost, lat]: [f64; 3],
+            mode: Mode,
+        ) {
+            for i in 0..n {
+                self.seq += 1;
+                let mut e = crate::event::parse_event(serde_json::json!({"event_id": format!("e{}", self.seq), "workflow": "w", "version": version}))
+                    .expect("valid");
+                if let Some(t) = team {
+                    e.attributes.insert("team".into(), t.into());
+                }
+                let wobble = if i % 2 == 0 { 0.01 } else { -0.01 };
+                e.quality = Some(q + wobble);
+                e.cost_usd = Some(cost);
+                e.latency_ms = Some(lat * (1.0 + wobble));
+                e.mode = mode;
+                record(&mut self.engine, &e);
+            }
+        }
+
+        fn tick(&mut self, minutes: u64) {
+            self.now += minutes * 60_000;
+            if let Some(d) = self.engine.assess(0, self.now).decision {
+                self.apply(d);
+            }
+        }
+
+        fn op(&mut self, command: Command) -> Result<(), Refusal> {
+            let d = self.engine.operate(0, "alice", &command, self.now)?;
+            self.apply(d);
+            Ok(())
+        }
+
+        fn apply(&mut self, d: Decision) {
+            let plan = self.engine.rollout_plan(0).clone();
+            let trigger = d
+                .trigger
+                .as_ref()
+                .map(|t| format!(" by {}@{}", t.gate, t.segment))
+                .unwrap_or_default();
+            self.log.push(format!(
+                "{}m {} {} {}->{} {}{trigger}",
+                self.now / 60_000,
+                d.actor.label(),
+                d.action.name(),
+                d.before.stage_name(&plan).unwrap_or("-"),
+                d.after.stage_name(&plan).unwrap_or("-"),
+                d.after.phase.name(),
+            ));
+            self.engine.apply(0, &d);
+        }
+
+        fn timeline(&self) -> String {
+            self.log.join("\n")
+        }
+    }
+
+    fn record(engine: &mut Engine, e: &TaskEvent) {
+        let route = engine.route(e).expect("routable");
+        engine.record(&route, e);
+    }
+
+    #[test]
+    fn expands_only_after_duration_and_samples_and_waits_for_manual_approval() {
+        let mut s = Sim::new();
+        s.feed(150, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full);
+        s.tick(5); // gates pass, but min_duration is 10m
+        s.tick(5);
+        s.feed(150, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full);
+        s.feed(150, "v2", None, [0.9, 0.01, 1000.0], Mode::Full);
+        s.tick(1);
+        s.tick(1); // s3 is manual
+        assert!(
+            s.engine
+                .assess(0, s.now)
+                .waiting
+                .unwrap_or_default()
+                .contains("awaiting an operator's promote")
+        );
+        s.op(Command::Promote {
+            reason: "ok".into(),
+            full: false,
+        })
+        .expect("promote");
+        assert_eq!(
+            s.timeline(),
+            "10m controller expand s1->s2 progressing\n12m operator promote s2->s3 promoted"
+        );
+    }
+
+    #[test]
+    fn a_second_narrow_beyond_max_narrows_becomes_a_rollback() {
+        let mut s = Sim::new();
+        s.op(Command::Promote {
+            reason: "to s2".into(),
+            full: false,
+        })
+        .expect("promote");
+        s.feed(150, "v2", None, [0.9, 0.01, 5000.0], Mode::Full);
+        s.tick(1);
+        s.feed(150, "v2", Some("ops"), [0.9, 0.01, 5000.0], Mode::Full);
+        s.tick(1);
+        assert_eq!(
+            s.timeline(),
+            "0m operator promote s1->s2 progressing\n\
+             1m controller narrow s2->s1 narrowed by latency_ms_mean@everyone\n\
+             2m controller rollback s1->- rolled_back by latency_ms_mean@internal"
+        );
+        assert_eq!(
+            s.engine.rollouts[0]
+                .state
+                .reenable
+                .as_ref()
+                .map(|r| r.cause),
+            Some(Action::Rollback)
+        );
+    }
+
+    #[test]
+    fn the_most_severe_breach_wins_and_read_only_only_escalates_to_rollback() {
+        let mut s = Sim::new();
+        s.feed(150, "v2", Some("ops"), [0.9, 0.5, 5000.0], Mode::Full); // cost and latency fail
+        s.tick(1);
+        s.feed(150, "v2", Some("ops"), [0.9, 0.5, 5000.0], Mode::Full); // still failing: no narrow while read-only
+        s.tick(1);
+        s.feed(150, "v2", Some("ops"), [0.3, 0.5, 5000.0], Mode::Full); // quality fails: rollback
+        s.tick(1);
+        assert_eq!(
+            s.timeline(),
+            "1m controller read_only s1->s1 read_only by cost_usd_mean@internal\n\
+             3m controller rollback s1->- rolled_back by quality_mean@internal"
+        );
+    }
+
+    #[test]
+    fn resume_demands_every_part_of_the_reenable_rule() {
+        let mut s = Sim::new();
+        s.feed(150, "v2", Some("ops"), [0.9, 0.5, 1000.0], Mode::Full);
+        s.tick(1);
+        let missing = |s: &mut Sim, ack| match s.op(Command::Resume {
+            reason: "fixed".into(),
+            ack,
+        }) {
+            Err(Refusal::ReenableProof { missing }) => missing
+                .iter()
+                .map(|m| m.split(':').next().unwrap_or("").to_string())
+                .collect::<Vec<_>>(),
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert_eq!(
+            missing(&mut s, false),
+            ["ack", "cooldown", "healthy_read_only_samples"]
+        );
+        s.feed(5, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::ReadOnly);
+        assert_eq!(missing(&mut s, true), ["cooldown"]);
+        s.now += 30 * 60_000;
+        assert_eq!(
+            s.op(Command::Resume {
+                reason: "".into(),
+                ack: true
+            }),
+            Err(Refusal::BadRequest(
+                "a non-empty `reason` is required".into()
+            ))
+        );
+        s.op(Command::Resume {
+            reason: "fixed".into(),
+            ack: true,
+        })
+        .expect("resume");
+        let state = &s.engine.rollouts[0].state;
+        assert_eq!(
+            (state.phase, state.read_only, state.stage),
+            (Phase::Progressing, false, Some(0))
+        );
+    }
+
+    #[test]
+    fn unhealthy_read_only_tasks_are_no_proof() {
+        let mut s = Sim::new();
+        s.feed(150, "v2", Some("ops"), [0.9, 0.5, 1000.0], Mode::Full);
+        s.tick(1);
+        s.feed(10, "v2", Some("ops"), [0.5, 0.01, 1000.0], Mode::ReadOnly); // below quality min
+        s.feed(10, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full); // not read-only
+        assert_eq!(s.engine.rollouts[0].healthy_read_only, 0);
+    }
+
+    #[test]
+    fn operators_can_always_pause_but_not_promote_a_contained_rollout() {
+        let mut s = Sim::new();
+        s.feed(150, "v2", Some("ops"), [0.3, 0.01, 1000.0], Mode::Full);
+        s.tick(1);
+        assert!(matches!(
+            s.op(Command::Promote {
+                reason: "x".into(),
+                full: true
+            }),
+            Err(Refusal::Conflict(_))
+        ));
+        s.op(Command::Pause {
+            reason: "look".into(),
+        })
+        .expect("pause is always allowed");
+        assert!(matches!(
+            s.op(Command::Resume {
+                reason: "x".into(),
+                ack: true
+            }),
+            Err(Refusal::ReenableProof { .. })
+        ));
+    }
+}

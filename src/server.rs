@@ -214,6 +214,7 @@ impl Shared {
         }
         tracing::info!(store = %store.path().display(), replayed, "store opened");
         let metrics = Metrics::new();
+        metrics.init_series(&plan);
         metrics.observe(&engine, now);
         let snapshot = Snapshot::build(&engine, &metrics);
         let (tx, rx) = mpsc::channel(64);
@@ -508,6 +509,7 @@ async fn reload(shared: &Arc<Shared>, actor: &str) -> Result<Vec<Receipt>, Input
         *engine = next;
         shared.plan.store(plan.clone());
         shared.tokens.store(Arc::new(Tokens::from_plan(&plan)));
+        shared.metrics.init_series(&plan);
         shared.publish(&engine);
     }
     let mut receipts = Vec::new();

@@ -286,3 +286,44 @@ fn check_reports_every_problem_with_location_and_exits_nonzero() {
         "{plan}"
     );
 }
+
+#[test]
+fn metrics_carry_every_spec_metric_from_the_start() {
+    let server = Server::start(&config(""));
+    let text = server.get("/metrics", None).text;
+    for name in [
+        "stagegate_rollout_info",
+        "stagegate_rollout_state",
+        "stagegate_rollout_stage_index",
+        "stagegate_rollout_weight_percent",
+        "stagegate_decisions_total",
+        "stagegate_automatic_rollbacks_total",
+        "stagegate_events_total",
+        "stagegate_notifications_total",
+    ] {
+        assert!(
+            text.contains(&format!("\n{name}{{")),
+            "{name} missing:\n{text}"
+        );
+    }
+    // Verdict and signal series appear once a stage exposes the candidate and events arrive.
+    server.send_events(&events("m", 10, "v8", internal(), HEALTHY));
+    server.wait_for("a tick", |s| s["candidate_samples"] == 10);
+    std::thread::sleep(std::time::Duration::from_millis(150));
+    server.assign("agent-1", internal());
+    let text = server.get("/metrics", None).text;
+    for name in [
+        "stagegate_gate_verdict",
+        "stagegate_signal_value",
+        "stagegate_signal_samples",
+        "stagegate_assignments_total",
+    ] {
+        assert!(
+            text.contains(&format!("\n{name}{{")),
+            "{name} missing:\n{text}"
+        );
+    }
+    assert!(text.contains(r#"stagegate_gate_verdict{gate="quality_mean",rollout="support-reply-v8",segment="internal"} 0"#), "{text}");
+    assert!(text.contains(r#"stagegate_signal_samples{rollout="support-reply-v8",segment="internal",signal="quality_mean",version="v8"} 10"#), "{text}");
+    assert!(!text.contains("m-v8-"), "no event ids in labels");
+}

@@ -351,14 +351,23 @@ fn a_guard_breach_switches_a_stable_workflow_to_read_only() {
 
 #[test]
 fn dedupe_keys_are_pruned_after_their_window() {
-    let server = Server::start(&slow_config().replace("tick: 50ms", "tick: 50ms, dedupe_window: 1s"));
+    let server =
+        Server::start(&slow_config().replace("tick: 50ms", "tick: 50ms, dedupe_window: 1s"));
     let batch = events("dw", 10, "v8", internal(), HEALTHY);
     assert_eq!(server.send_events(&batch)["accepted"], 10);
-    assert_eq!(server.send_events(&batch)["duplicates"], 10, "inside the window a retry is a duplicate");
+    assert_eq!(
+        server.send_events(&batch)["duplicates"],
+        10,
+        "inside the window a retry is a duplicate"
+    );
     let mut forgotten = false;
     for _ in 0..100 {
         std::thread::sleep(Duration::from_millis(100));
-        let r = server.post("/v1/events", Some(INGEST), &Value::Array(batch[..1].to_vec()));
+        let r = server.post(
+            "/v1/events",
+            Some(INGEST),
+            &Value::Array(batch[..1].to_vec()),
+        );
         if r.body["accepted"] == 1 {
             forgotten = true;
             break;
