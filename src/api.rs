@@ -205,6 +205,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/v1/assign", post(assign))
         .route("/v1/events", post(events))
+        .route(
+            "/ofrep/v1/evaluate/flags",
+            post(crate::ofrep::evaluate_bulk),
+        )
+        .route(
+            "/ofrep/v1/evaluate/flags/{key}",
+            post(crate::ofrep::evaluate_flag),
+        )
         .route("/v1/rollouts", get(list_rollouts))
         .route("/v1/rollouts/{name}", get(get_rollout))
         .route("/v1/rollouts/{name}/pause", post(pause))
