@@ -10,6 +10,8 @@ use stagegate::clock::SystemClock;
 use stagegate::config::{Plan, render_plan};
 use stagegate::server::{Input, Shared, run_controller, run_pruner, run_ticker};
 
+mod cli;
+
 #[derive(Parser)]
 #[command(
     name = "stagegate",
@@ -19,6 +21,8 @@ use stagegate::server::{Input, Shared, run_controller, run_pruner, run_ticker};
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+    #[command(flatten)]
+    connection: cli::Connection,
 }
 
 #[derive(Subcommand)]
@@ -33,6 +37,8 @@ enum Cmd {
         #[arg(long)]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Client(cli::ClientCmd),
     /// Run the real decision code against synthetic traffic on a virtual clock.
     Simulate {
         #[arg(long)]
@@ -48,6 +54,7 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve { config } => serve(&config),
         Cmd::Check { config } => check(&config),
         Cmd::Simulate { config, scenario } => simulate(&config, &scenario),
+        Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(|out| print!("{out}")),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,418 @@
+//! The CLI client: `status`, `pause`, `resume`, `promote`, `rollback`, `receipts` over the HTTP
+//! API. Readable tables by default, the server's JSON with `--json`; a refusal exits non-zero
+//! with the server's message and details.
+
+use std::fmt::Write;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+
+/// Where the server is and how to talk to it.
+#[derive(Args, Debug, Clone)]
+pub struct Connection {
+    /// The server's base URL.
+    #[arg(
+        long,
+        env = "STAGEGATE_SERVER",
+        default_value = "http://127.0.0.1:8080",
+        global = true
+    )]
+    pub server: String,
+    /// Print the server's JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClientCmd {
+    /// Show every rollout, or one in detail with each gate's verdict per segment.
+    Status { name: Option<String> },
+    /// Freeze a rollout (always allowed to operators).
+    Pause {
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Re-enable a paused, read-only or rolled-back rollout (needs the lane's proof after an
+    /// automatic containment).
+    Resume {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        /// Acknowledge the lane's repair action.
+        #[arg(long)]
+        ack: bool,
+    },
+    /// Move to the next stage, or with `--full` to the last.
+    Promote {
+        name: String,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        full: bool,
+    },
+    /// Send every segment back to the baseline.
+    Rollback {
+        name: String,
+        #[arg(long)]
+        reason: String,
+    },
+    /// Decision receipts, newest first.
+    Receipts {
+        /// One receipt by id.
+        id: Option<String>,
+        #[arg(long)]
+        rollout: Option<String>,
+        /// RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+}
+
+struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    fn new(conn: &Connection) -> anyhow::Result<Client> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        let token = std::env::var("STAGEGATE_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        Ok(Client {
+            base: conn.server.trim_end_matches('/').to_string(),
+            token,
+            http,
+        })
+    }
+
+    fn send(&self, req: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        let req = match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        };
+        let resp = req
+            .send()
+            .with_context(|| format!("cannot reach {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = body["error"]["message"].as_str().unwrap_or(&text);
+            let mut out = format!(
+                "{} ({}): {message}",
+                status.as_u16(),
+                body["error"]["code"].as_str().unwrap_or("error")
+            );
+            for d in body["error"]["details"].as_array().into_iter().flatten() {
+                let _ = write!(out, "\n  - {}", d.as_str().unwrap_or_default());
+            }
+            bail!(out);
+        }
+        Ok(body)
+    }
+
+    fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
+        self.send(self.http.get(format!("{}{path}", self.base)).query(query))
+    }
+
+    fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        self.send(self.http.post(format!("{}{path}", self.base)).json(&body))
+    }
+}
+
+/// Runs one client command; returns what to print.
+pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
+    let client = Client::new(conn)?;
+    let action = |verb: &str, name: &str, body: Value| {
+        client.post(&format!("/v1/rollouts/{name}/{verb}"), body)
+    };
+    let (value, render): (Value, fn(&Value) -> String) = match cmd {
+        ClientCmd::Status { name: None } => (client.get("/v1/rollouts", &[])?, render_rollouts),
+        ClientCmd::Status { name: Some(name) } => (
+            client.get(&format!("/v1/rollouts/{name}"), &[])?,
+            render_rollout,
+        ),
+        ClientCmd::Pause { name, reason } => (
+            action("pause", &name, json!({"reason": reason}))?,
+            render_receipt,
+        ),
+        ClientCmd::Resume { name, reason, ack } => (
+            action("resume", &name, json!({"reason": reason, "ack": ack}))?,
+            render_receipt,
+        ),
+        ClientCmd::Promote { name, reason, full } => (
+            action("promote", &name, json!({"reason": reason, "full": full}))?,
+            render_receipt,
+        ),
+        ClientCmd::Rollback { name, reason } => (
+            action("rollback", &name, json!({"reason": reason}))?,
+            render_receipt,
+        ),
+        ClientCmd::Receipts { id: Some(id), .. } => (
+            client.get(&format!("/v1/receipts/{id}"), &[])?,
+            render_receipt,
+        ),
+        ClientCmd::Receipts {
+            id: None,
+            rollout,
+            since,
+            limit,
+        } => {
+            let mut q = vec![("limit", limit.to_string())];
+            q.extend(rollout.map(|r| ("rollout", r)));
+            q.extend(since.map(|s| ("since", s)));
+            (client.get("/v1/receipts", &q)?, render_receipts)
+        }
+    };
+    if conn.json {
+        return Ok(serde_json::to_string_pretty(&value)? + "\n");
+    }
+    Ok(render(&value))
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Number(n) => n.as_f64().map_or_else(
+            || n.to_string(),
+            |f| {
+                if f.fract() == 0.0 {
+                    format!("{f:.0}")
+                } else {
+                    format!("{f:.4}")
+                }
+            },
+        ),
+        other => other.to_string(),
+    }
+}
+
+/// Left-aligned columns sized to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                let _ = write!(out, "{cell:<w$}  ");
+            }
+        }
+        out.trim_end().to_string() + "\n"
+    };
+    let mut out = line(header.iter().map(|h| h.to_string()).collect());
+    for row in rows {
+        out.push_str(&line(row.clone()));
+    }
+    out
+}
+
+fn weights(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, w)| format!("{k}={}%", s(w)))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
+fn render_rollouts(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["rollouts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            vec![
+                s(&r["name"]),
+                s(&r["state"]),
+                s(&r["stage"]),
+                weights(&r["weights"]),
+                format!("{}/{}", s(&r["candidate_samples"]), s(&r["min_samples"])),
+                s(&r["waiting"]),
+            ]
+        })
+        .collect();
+    table(
+        &["ROLLOUT", "STATE", "STAGE", "WEIGHTS", "SAMPLES", "WAITING"],
+        &rows,
+    )
+}
+
+fn render_rollout(r: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "rollout   {} ({}: {} -> {})",
+        s(&r["name"]),
+        s(&r["workflow"]),
+        s(&r["baseline"]),
+        s(&r["candidate"])
+    );
+    let _ = writeln!(
+        out,
+        "state     {}{}",
+        s(&r["state"]),
+        if r["read_only"] == true {
+            " (candidate read-only)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "stage     {} since {} (narrows {}/{})",
+        s(&r["stage"]),
+        s(&r["stage_started"]),
+        s(&r["narrows"]),
+        s(&r["max_narrows"])
+    );
+    let _ = writeln!(out, "weights   {}", weights(&r["weights"]));
+    let _ = writeln!(
+        out,
+        "samples   {} candidate tasks this stage, {} required, min duration {}",
+        s(&r["candidate_samples"]),
+        s(&r["min_samples"]),
+        s(&r["min_duration"])
+    );
+    if !r["waiting"].is_null() {
+        let _ = writeln!(out, "waiting   {}", s(&r["waiting"]));
+    }
+    if let Some(re) = r["reenable"].as_object() {
+        let _ = writeln!(
+            out,
+            "re-enable after {} at {}; still missing:",
+            s(&re["cause"]),
+            s(&re["since"])
+        );
+        for m in re["missing"].as_array().into_iter().flatten() {
+            let _ = writeln!(out, "  - {}", s(m));
+        }
+    }
+    out.push('\n');
+    let rows: Vec<Vec<String>> = r["gates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|g| {
+            let checks: Vec<String> = g["checks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| match c["note"].as_str() {
+                    Some(note) => format!("{}: {note}", s(&c["check"])),
+                    None => format!("{}: {}", s(&c["check"]), s(&c["verdict"])),
+                })
+                .collect();
+            vec![
+                s(&g["gate"]),
+                s(&g["segment"]),
+                s(&g["verdict"]),
+                format!(
+                    "{} (n={})",
+                    s(&g["candidate"]["value"]),
+                    s(&g["candidate"]["samples"])
+                ),
+                format!(
+                    "{} (n={})",
+                    s(&g["baseline"]["value"]),
+                    s(&g["baseline"]["samples"])
+                ),
+                checks.join("; "),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        out.push_str("no gate is evaluated: no segment sends the candidate traffic\n");
+    } else {
+        out.push_str(&table(
+            &[
+                "GATE",
+                "SEGMENT",
+                "VERDICT",
+                "CANDIDATE",
+                "BASELINE",
+                "CHECKS",
+            ],
+            &rows,
+        ));
+    }
+    out
+}
+
+fn receipt_row(r: &Value) -> Vec<String> {
+    let trigger = match r["trigger"].as_object() {
+        Some(t) => format!("{}@{}", s(&t["gate"]), s(&t["segment"])),
+        None => "-".into(),
+    };
+    let actor = match r["actor"]["name"].as_str() {
+        Some(name) => format!("operator:{name}"),
+        None => s(&r["actor"]["kind"]),
+    };
+    let scope = if r["rollout"].as_str().is_some_and(|x| !x.is_empty()) {
+        s(&r["rollout"])
+    } else {
+        s(&r["workflow"])
+    };
+    vec![
+        s(&r["id"]),
+        s(&r["at"]),
+        scope,
+        s(&r["action"]),
+        actor,
+        trigger,
+        s(&r["reason"]),
+    ]
+}
+
+const RECEIPT_HEADER: [&str; 7] = [
+    "ID", "AT", "ROLLOUT", "ACTION", "ACTOR", "TRIGGER", "REASON",
+];
+
+fn render_receipts(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v["receipts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(receipt_row)
+        .collect();
+    table(&RECEIPT_HEADER, &rows)
+}
+
+fn render_receipt(r: &Value) -> String {
+    let mut out = table(&RECEIPT_HEADER, &[receipt_row(r)]);
+    let _ = writeln!(
+        out,
+        "\nbefore  {} {} {}",
+        s(&r["before"]["state"]),
+        s(&r["before"]["stage"]),
+        weights(&r["before"]["weights"])
+    );
+    let _ = writeln!(
+        out,
+        "after   {} {} {}",
+        s(&r["after"]["state"]),
+        s(&r["after"]["stage"]),
+        weights(&r["after"]["weights"])
+    );
+    if let Some(owner) = r["lane"]["owner"].as_str().filter(|o| !o.is_empty()) {
+        let _ = writeln!(out, "owner   {owner}\nrepair  {}", s(&r["lane"]["repair"]));
+    }
+    out
+}

@@ -1,0 +1,156 @@
+//! The CLI client run as a process against a real server.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn cli(server: &Server, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(args)
+        .args(["--server", &server.base])
+        .env("STAGEGATE_TOKEN", token)
+        .output()
+        .expect("run cli");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn status_shows_tables_with_verdicts_and_sample_counts() {
+    let server = Server::start(&config(""));
+    server.send_events(&events("cli", 30, "v8", internal(), HEALTHY));
+    server.wait_for("samples", |s| s["candidate_samples"] == 30);
+
+    let (ok, out, err) = cli(&server, READER, &["status"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("ROLLOUT"), "{out}");
+    assert!(
+        out.contains("support-reply-v8")
+            && out.contains("progressing")
+            && out.contains("internal=100%")
+            && out.contains("30/200"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(&server, READER, &["status", "support-reply-v8"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("GATE") && out.contains("VERDICT"), "{out}");
+    assert!(
+        out.contains("quality_mean") && out.contains("inconclusive") && out.contains("(n=30)"),
+        "{out}"
+    );
+    assert!(out.contains("needs 100 samples per arm, has 30"), "{out}");
+
+    let (ok, out, _) = cli(&server, READER, &["status", "support-reply-v8", "--json"]);
+    assert!(ok);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("--json prints JSON");
+    assert_eq!(v["candidate_samples"], 30);
+}
+
+#[test]
+fn operator_verbs_act_and_refusals_exit_nonzero_with_the_servers_message() {
+    let server = Server::start(&config(""));
+    let (ok, out, err) = cli(
+        &server,
+        OPERATOR,
+        &["pause", "support-reply-v8", "--reason", "incident 42"],
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("pause") && out.contains("operator:oncall") && out.contains("incident 42"),
+        "{out}"
+    );
+
+    let (ok, _, err) = cli(
+        &server,
+        OPERATOR,
+        &["pause", "support-reply-v8", "--reason", "again"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("409") && err.contains("already paused"),
+        "{err}"
+    );
+
+    let (ok, _, err) = cli(
+        &server,
+        OPERATOR,
+        &["promote", "support-reply-v8", "--reason", "x"],
+    );
+    assert!(!ok);
+    assert!(err.contains("403"), "{err}");
+
+    let (ok, _, err) = cli(
+        &server,
+        OPERATOR,
+        &["resume", "support-reply-v8", "--reason", "over"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &server,
+        ADMIN,
+        &["promote", "support-reply-v8", "--reason", "ship", "--full"],
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &server,
+        OPERATOR,
+        &["rollback", "support-reply-v8", "--reason", "bad drafts"],
+    );
+    assert!(ok, "{err}");
+
+    // Contained automatically? Then resume names what is missing.
+    let (ok, out, err) = cli(
+        &server,
+        READER,
+        &["receipts", "--rollout", "support-reply-v8"],
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("ID"), "{out}");
+    assert_eq!(lines.len(), 5, "pause, resume, promote, rollback:\n{out}");
+    assert!(
+        lines[1].contains("rollback") && lines[1].contains("bad drafts"),
+        "{out}"
+    );
+
+    let id = lines[1].split_whitespace().next().expect("id");
+    let (ok, out, _) = cli(&server, READER, &["receipts", id]);
+    assert!(ok && out.contains("owner   revenue-ops-lead"), "{out}");
+
+    let (ok, _, err) = cli(&server, "", &["status"]);
+    assert!(!ok && err.contains("401"), "{err}");
+}
+
+#[test]
+fn resume_refusal_lists_the_missing_proof() {
+    let server = Server::start(&config(""));
+    server.send_events(&events(
+        "cp",
+        300,
+        "v8",
+        internal(),
+        Profile {
+            cost_usd: 0.2,
+            ..HEALTHY
+        },
+    ));
+    server.wait_for("read-only", |s| s["state"] == "read_only");
+    let (ok, _, err) = cli(
+        &server,
+        OPERATOR,
+        &["resume", "support-reply-v8", "--reason", "fixed"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("422") && err.contains("- ack") && err.contains("- healthy_read_only_samples"),
+        "{err}"
+    );
+    let (ok, out, _) = cli(&server, READER, &["status", "support-reply-v8"]);
+    assert!(ok && out.contains("re-enable after read_only"), "{out}");
+}
