@@ -13,6 +13,7 @@ pub mod event;
 pub mod evidence;
 pub mod gate;
 pub mod metrics;
+pub mod notify;
 pub mod ofrep;
 pub mod receipt;
 pub mod rollout;

@@ -110,6 +110,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
         let controller = tokio::spawn(run_controller(shared.clone(), inputs));
         tokio::spawn(run_ticker(shared.clone()));
         tokio::spawn(run_pruner(shared.clone()));
+        tokio::spawn(stagegate::notify::run_notifier(shared.clone()));
         tokio::spawn(reload_on_sighup(shared.clone()));
         tracing::info!(%addr, "listening");
         println!("listening on {addr}");

@@ -99,6 +99,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     pub inputs: mpsc::Sender<Input>,
     pub ready: AtomicBool,
+    /// Wakes the notifier when a decision put something in the outbox.
+    pub notify_wake: tokio::sync::Notify,
 }
 
 /// Why an operator input failed.
@@ -236,6 +238,7 @@ impl Shared {
             config_path,
             inputs: tx,
             ready: AtomicBool::new(true),
+            notify_wake: tokio::sync::Notify::new(),
         });
         Ok((shared, rx))
     }
@@ -401,11 +404,18 @@ async fn persist(
             OwnedChange::Rollout(name, state) => Change::Rollout { name, state },
             OwnedChange::Guard(workflow, state) => Change::Guard { workflow, state },
         };
-        s.store.commit(&borrowed, &mut receipt).map(|()| receipt)
+        let plan = s.plan.load_full();
+        let now = s.clock.now();
+        s.store
+            .commit(&borrowed, &mut receipt, |r| {
+                crate::notify::outbox_for(&plan, r, now)
+            })
+            .map(|()| receipt)
     })
     .await
     .map_err(|_| InputError::ShuttingDown)?
     .map_err(InputError::from)
+    .inspect(|_| shared.notify_wake.notify_one())
 }
 
 enum OwnedChange {

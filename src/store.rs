@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::Millis;
 use crate::engine::GuardState;
 use crate::event::TaskEvent;
+use crate::notify::Outbox;
 use crate::receipt::Receipt;
 use crate::rollout::RolloutState;
 
@@ -24,6 +25,7 @@ const EVENTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("e
 const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_by_time");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 
 /// The file name inside `data_dir`.
 pub const FILE_NAME: &str = "stagegate.redb";
@@ -136,6 +138,7 @@ impl Store {
         tx.open_table(DEDUPE).map_err(dberr)?;
         tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
+        tx.open_table(OUTBOX).map_err(dberr)?;
         tx.commit().map_err(|e| StoreError::Unreadable {
             path: store.path.clone(),
             detail: e.to_string(),
@@ -243,9 +246,15 @@ impl Store {
         Ok(results)
     }
 
-    /// Persists a state change and its receipt atomically, assigning the receipt's id, and
-    /// drops the scope's events from epochs before the new one.
-    pub fn commit(&self, change: &Change<'_>, receipt: &mut Receipt) -> Result<(), StoreError> {
+    /// Persists a state change and its receipt atomically, assigning the receipt's id, with the
+    /// notifications `outbox` makes from it; drops the scope's events from epochs before the new
+    /// one.
+    pub fn commit(
+        &self,
+        change: &Change<'_>,
+        receipt: &mut Receipt,
+        outbox: impl Fn(&Receipt) -> Vec<Outbox>,
+    ) -> Result<(), StoreError> {
         let (key, scope, epoch) = change.key_and_scope();
         let tx = self.write()?;
         {
@@ -261,6 +270,18 @@ impl Store {
             receipts
                 .insert(seq, serde_json::to_vec(receipt)?.as_slice())
                 .map_err(dberr)?;
+            let mut pending = tx.open_table(OUTBOX).map_err(dberr)?;
+            let mut next = counters
+                .get("outbox")
+                .map_err(dberr)?
+                .map_or(0, |v| v.value());
+            for item in outbox(receipt) {
+                next += 1;
+                pending
+                    .insert(next, serde_json::to_vec(&item)?.as_slice())
+                    .map_err(dberr)?;
+            }
+            counters.insert("outbox", next).map_err(dberr)?;
             let mut states = tx.open_table(STATES).map_err(dberr)?;
             states
                 .insert(key.as_str(), change.bytes()?.as_slice())
@@ -328,6 +349,50 @@ impl Store {
             Some(v) => Some(serde_json::from_slice(v.value())?),
             None => None,
         })
+    }
+
+    /// Up to `limit` outbox items due at `now`, with their keys.
+    pub fn due_notifications(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(u64, Outbox)>, StoreError> {
+        let tx = self.db.begin_read().map_err(dberr)?;
+        let table = tx.open_table(OUTBOX).map_err(dberr)?;
+        let mut due = Vec::new();
+        for row in table.iter().map_err(dberr)? {
+            let (key, value) = row.map_err(dberr)?;
+            let item: Outbox = serde_json::from_slice(value.value())?;
+            if item.next_at <= now {
+                due.push((key.value(), item));
+                if due.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(due)
+    }
+
+    /// Removes a delivered (or abandoned) notification.
+    pub fn notification_done(&self, key: u64) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        tx.open_table(OUTBOX)
+            .map_err(dberr)?
+            .remove(key)
+            .map_err(dberr)?;
+        tx.commit().map_err(dberr)?;
+        Ok(())
+    }
+
+    /// Stores a notification's next attempt.
+    pub fn notification_retry(&self, key: u64, item: &Outbox) -> Result<(), StoreError> {
+        let tx = self.write()?;
+        tx.open_table(OUTBOX)
+            .map_err(dberr)?
+            .insert(key, serde_json::to_vec(item)?.as_slice())
+            .map_err(dberr)?;
+        tx.commit().map_err(dberr)?;
+        Ok(())
     }
 
     /// Forgets dedupe keys accepted before `cutoff`; returns how many.

@@ -112,9 +112,21 @@ impl Server {
             .env("STAGEGATE_INGEST_TOKEN", INGEST)
             .env("STAGEGATE_READ_TOKEN", READER)
             .env("STAGEGATE_LOG", "info")
+            .env("TEST_SLACK_URL", Self::slack_url(config_path))
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
             .spawn()
+    }
+
+    /// Slack notifiers in test configs post to the webhook receiver's `/slack` path.
+    fn slack_url(config_path: &Path) -> String {
+        let text = std::fs::read_to_string(config_path).unwrap_or_default();
+        let port = text
+            .split("url: \"http://127.0.0.1:")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("9");
+        format!("http://127.0.0.1:{port}/slack")
     }
 
     fn launch(dir: tempfile::TempDir, config_path: PathBuf) -> Server {
@@ -359,4 +371,138 @@ pub fn smb() -> Value {
 
 pub fn enterprise() -> Value {
     json!({"tier": "enterprise"})
+}
+
+/// A request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Value,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// A loopback HTTP receiver for webhooks: answers 500 to the first `fail_first` requests, then 200.
+pub struct Receiver {
+    pub port: u16,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<Received>>>,
+}
+
+impl Receiver {
+    pub fn start(fail_first: usize) -> Receiver {
+        Self::start_on(0, fail_first)
+    }
+
+    pub fn start_on(port: u16, fail_first: usize) -> Receiver {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
+        let port = listener.local_addr().expect("addr").port();
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut seen = 0usize;
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head, body) = loop {
+                    let n = stream.read(&mut chunk).unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), Vec::new());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        let mut body = buf[end + 4..].to_vec();
+                        while body.len() < len {
+                            let n = stream.read(&mut chunk).unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            body.extend_from_slice(&chunk[..n]);
+                        }
+                        break (head, body);
+                    }
+                };
+                let mut lines = head.lines();
+                let path = lines
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .unwrap_or("")
+                    .to_string();
+                let headers = lines
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+                    .collect();
+                seen += 1;
+                let status = if seen <= fail_first {
+                    "500 Internal Server Error"
+                } else {
+                    "200 OK"
+                };
+                let _ = stream.write_all(
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .as_bytes(),
+                );
+                if seen > fail_first {
+                    let body = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    sink.lock().expect("lock").push(Received {
+                        path,
+                        headers,
+                        body,
+                    });
+                }
+            }
+        });
+        Receiver { port, got }
+    }
+
+    /// Waits until `n` requests were accepted (answered 200).
+    pub fn wait_for(&self, n: usize) -> Vec<Received> {
+        for _ in 0..1000 {
+            let got = self.got.lock().expect("lock").clone();
+            if got.len() >= n {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "receiver got {} of {n} requests",
+            self.got.lock().expect("lock").len()
+        );
+    }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// The test config with the lane notifying a webhook and a Slack hook on `port`.
+pub fn config_notifying(port: u16) -> String {
+    config("")
+        .replace(
+            "  - { name: hook, kind: webhook, url: \"http://127.0.0.1:9/hook\" }",
+            &format!("  - {{ name: hook, kind: webhook, url: \"http://127.0.0.1:{port}/hook\" }}\n  - {{ name: chat, kind: slack, url_env: TEST_SLACK_URL }}"),
+        )
+        .replace("notify: [hook]", "notify: [hook, chat]")
 }

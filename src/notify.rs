@@ -1,0 +1,245 @@
+//! Notifications: the lane's notifiers hear about rollbacks, read-only fallbacks, narrows,
+//! promotions and pauses.
+//!
+//! A notification is put in the store's outbox in the same transaction as its receipt, so a
+//! crash between deciding and sending loses nothing; [`run_notifier`] delivers due items with
+//! `Idempotency-Key: <receipt id>`, retrying with exponential backoff, and counts each outcome in
+//! `stagegate_notifications_total`. Webhooks get a documented JSON body; Slack gets
+//! incoming-webhook text.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::clock::Millis;
+use crate::config::{NotifierKind, Plan};
+use crate::gate::Verdict;
+use crate::receipt::Receipt;
+use crate::rollout::{Action, Phase};
+use crate::server::Shared;
+
+/// Delivery attempts before a notification is given up (and counted `failed`).
+pub const MAX_ATTEMPTS: u32 = 10;
+
+/// A notification waiting in the outbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    pub notifier: String,
+    pub kind: NotifierKind,
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+    pub receipt_id: String,
+    pub body: String,
+    pub attempts: u32,
+    pub next_at: Millis,
+}
+
+/// Whether a decision is one the lane hears about.
+pub fn wants_notice(r: &Receipt) -> bool {
+    matches!(
+        r.action,
+        Action::Rollback | Action::ReadOnly | Action::Narrow | Action::Promote | Action::Pause
+    ) || (r.action == Action::Expand && r.after.state == Phase::Promoted)
+}
+
+/// The outbox items for a receipt: one per notifier in its lane.
+pub fn outbox_for(plan: &Plan, r: &Receipt, now: Millis) -> Vec<Outbox> {
+    if !wants_notice(r) {
+        return Vec::new();
+    }
+    r.lane
+        .notify
+        .iter()
+        .filter_map(|name| plan.notifier(name))
+        .map(|n| Outbox {
+            notifier: n.name.clone(),
+            kind: n.kind,
+            url: n.url.clone(),
+            url_env: n.url_env.clone(),
+            receipt_id: r.id.clone(),
+            body: match n.kind {
+                NotifierKind::Webhook => webhook_body(r),
+                NotifierKind::Slack => slack_body(r),
+            }
+            .to_string(),
+            attempts: 0,
+            next_at: now,
+        })
+        .collect()
+}
+
+/// One line per failing (or, with none failing, per) verdict: `gate@segment verdict: candidate
+/// value (n) vs baseline value (n)`.
+fn evidence_summary(r: &Receipt) -> Vec<String> {
+    let failing: Vec<_> = r
+        .evidence
+        .iter()
+        .filter(|v| v.verdict == Verdict::Fail)
+        .collect();
+    let shown = if failing.is_empty() {
+        r.evidence.iter().collect()
+    } else {
+        failing
+    };
+    shown
+        .iter()
+        .map(|v| {
+            let val = |x: Option<f64>| x.map_or_else(|| "n/a".into(), |x| format!("{x:.4}"));
+            let mut line = format!(
+                "{}@{} {}: candidate {} (n={}) vs baseline {} (n={})",
+                v.gate,
+                v.segment,
+                v.verdict.name(),
+                val(v.candidate.value),
+                v.candidate.samples,
+                val(v.baseline.value),
+                v.baseline.samples
+            );
+            if let Some(limit) = v
+                .checks
+                .iter()
+                .find(|c| c.verdict == Verdict::Fail)
+                .and_then(|c| c.limit)
+            {
+                let _ = write!(line, ", limit {limit:.4}");
+            }
+            line
+        })
+        .collect()
+}
+
+/// The webhook body (documented in the README).
+pub fn webhook_body(r: &Receipt) -> Value {
+    json!({
+        "receipt_id": r.id,
+        "at": r.at,
+        "rollout": r.rollout,
+        "workflow": r.workflow,
+        "action": r.action,
+        "actor": r.actor,
+        "reason": r.reason,
+        "trigger": r.trigger,
+        "state_before": r.before.state,
+        "state_after": r.after.state,
+        "stage_after": r.after.stage,
+        "weights_after": r.after.weights,
+        "evidence_summary": evidence_summary(r),
+        "owner": r.lane.owner,
+        "affected_systems": r.lane.affected_systems,
+        "repair": r.lane.repair,
+        "config_hash": r.config_hash,
+    })
+}
+
+/// Slack incoming-webhook text.
+pub fn slack_body(r: &Receipt) -> Value {
+    let mut text = format!(
+        "*stagegate: {} {}* ({} -> {}) by {}\n{}",
+        r.rollout,
+        r.action.name(),
+        r.before.state.name(),
+        r.after.state.name(),
+        r.actor.label(),
+        r.reason
+    );
+    for line in evidence_summary(r).iter().take(5) {
+        let _ = write!(text, "\n• {line}");
+    }
+    if !r.lane.owner.is_empty() {
+        let _ = write!(
+            text,
+            "\nOwner: {} — repair: {}\nReceipt: {}",
+            r.lane.owner, r.lane.repair, r.id
+        );
+    }
+    json!({ "text": text })
+}
+
+/// Backoff before attempt `n + 1`: 1 s, 2 s, 4 s … capped at 5 minutes.
+pub fn backoff(attempts: u32) -> Millis {
+    (1_000u64 << attempts.min(20)).min(300_000)
+}
+
+async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), String> {
+    let url = match (&item.url, &item.url_env) {
+        (Some(url), _) => url.clone(),
+        (None, Some(var)) => {
+            std::env::var(var).map_err(|_| format!("environment variable {var} is unset"))?
+        }
+        (None, None) => return Err("no url".into()),
+    };
+    let resp = http
+        .post(url)
+        .header("content-type", "application/json")
+        .header("idempotency-key", &item.receipt_id)
+        .body(item.body.clone())
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", resp.status()))
+    }
+}
+
+/// Delivers due outbox items until the process ends. Woken early by `Shared::notify_wake`.
+pub async fn run_notifier(shared: Arc<Shared>) {
+    let http = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "notifications disabled: cannot build an HTTP client");
+            return;
+        }
+    };
+    loop {
+        let now = shared.clock.now();
+        let store = Arc::clone(&shared.store);
+        let due = tokio::task::spawn_blocking(move || store.due_notifications(now, 32)).await;
+        let due = match due {
+            Ok(Ok(due)) => due,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot read the notification outbox");
+                Vec::new()
+            }
+            Err(_) => return,
+        };
+        for (key, mut item) in due {
+            let notifier = item.notifier.clone();
+            let result = deliver(&http, &item).await;
+            let store = Arc::clone(&shared.store);
+            let outcome = match result {
+                Ok(()) => {
+                    tracing::info!(notifier = %item.notifier, receipt = %item.receipt_id, "notification sent");
+                    let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
+                    "sent"
+                }
+                Err(e) if item.attempts + 1 >= MAX_ATTEMPTS => {
+                    tracing::error!(notifier = %item.notifier, receipt = %item.receipt_id, error = %e, "notification failed for good");
+                    let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
+                    "failed"
+                }
+                Err(e) => {
+                    item.attempts += 1;
+                    item.next_at = shared.clock.now() + backoff(item.attempts - 1);
+                    tracing::warn!(notifier = %item.notifier, receipt = %item.receipt_id, attempt = item.attempts, error = %e, "notification will be retried");
+                    let _ =
+                        tokio::task::spawn_blocking(move || store.notification_retry(key, &item))
+                            .await;
+                    "retried"
+                }
+            };
+            shared.metrics.notification(&notifier, outcome);
+        }
+        tokio::select! {
+            _ = shared.notify_wake.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+}

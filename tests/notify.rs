@@ -1,0 +1,99 @@
+//! Notifications from the real binary to a loopback webhook receiver.
+
+mod support;
+
+use serde_json::json;
+use support::*;
+
+#[test]
+fn a_rollback_is_notified_with_retries_and_an_idempotency_key() {
+    let receiver = Receiver::start(1); // the first delivery gets a 500
+    let server = Server::start(&config_notifying(receiver.port));
+    server.send_events(&events(
+        "n",
+        400,
+        "v8",
+        internal(),
+        Profile {
+            quality: 0.5,
+            ..HEALTHY
+        },
+    ));
+    server.wait_for("rollback", |s| s["state"] == "rolled_back");
+    let got = receiver.wait_for(2);
+    let receipt = &server.receipts()[0];
+    let id = receipt["id"].as_str().expect("id");
+
+    let hook = got
+        .iter()
+        .find(|r| r.path == "/hook")
+        .expect("webhook delivered");
+    assert_eq!(hook.header("idempotency-key"), Some(id));
+    let b = &hook.body;
+    assert_eq!(
+        (b["receipt_id"].as_str(), b["action"].as_str()),
+        (Some(id), Some("rollback"))
+    );
+    assert_eq!(b["rollout"], "support-reply-v8");
+    assert_eq!(
+        b["trigger"],
+        json!({"gate": "quality_mean", "segment": "internal"})
+    );
+    assert_eq!(b["owner"], "revenue-ops-lead");
+    assert!(b["repair"].as_str().is_some_and(|r| r.contains("CRM")));
+    let summary = b["evidence_summary"][0].as_str().unwrap_or("");
+    assert!(
+        summary.starts_with("quality_mean@internal fail: candidate 0.49")
+            && summary.contains("(n=400)"),
+        "{summary}"
+    );
+
+    let slack = got
+        .iter()
+        .find(|r| r.path == "/slack")
+        .expect("slack delivered");
+    let text = slack.body["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("support-reply-v8 rollback") && text.contains("revenue-ops-lead"),
+        "{text}"
+    );
+
+    let metrics = server.get("/metrics", None).text;
+    assert!(
+        metrics.contains(r#"stagegate_notifications_total{notifier="hook",outcome="retried"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stagegate_notifications_total{notifier="hook",outcome="sent"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn pending_notifications_survive_kill_9() {
+    let port = free_port();
+    let server = Server::start(&config_notifying(port)); // nobody listens yet
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({"reason": "freeze"}),
+    );
+    assert_eq!(r.status, 200);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    std::thread::sleep(std::time::Duration::from_millis(300)); // at least one failed attempt
+    let server = server.crash_and_restart();
+    let receiver = Receiver::start_on(port, 0);
+    let got = receiver.wait_for(2);
+    assert!(
+        got.iter()
+            .all(|r| r.header("idempotency-key") == Some(id.as_str())),
+        "{got:?}"
+    );
+    assert_eq!(
+        got.iter()
+            .find(|r| r.path == "/hook")
+            .map(|r| r.body["action"].clone()),
+        Some(json!("pause"))
+    );
+    drop(server);
+}
