@@ -327,10 +327,13 @@ impl Metrics {
                     .set(v.verdict.gauge());
             }
         }
-        for g in &engine.guards {
+        for w in &engine.plan.workflows {
+            let read_only = engine
+                .guard_index(&w.name)
+                .is_some_and(|g| engine.guards[g].state.read_only);
             self.workflow_read_only
-                .with_label_values(&[&g.workflow])
-                .set(i64::from(g.state.read_only));
+                .with_label_values(&[&w.name])
+                .set(i64::from(read_only));
         }
     }
 }

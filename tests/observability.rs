@@ -1,0 +1,284 @@
+//! Dashboards and alert rules use only metrics stagegate exports; the rollback alert reaches a
+//! webhook through real Prometheus and Alertmanager processes on loopback.
+#![allow(clippy::panic, reason = "test failures report with the servers' state")]
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::*;
+
+/// SPEC §5: the metrics dashboards may use.
+const SPEC_METRICS: [&str; 12] = [
+    "stagegate_rollout_info",
+    "stagegate_rollout_state",
+    "stagegate_rollout_stage_index",
+    "stagegate_rollout_weight_percent",
+    "stagegate_gate_verdict",
+    "stagegate_signal_value",
+    "stagegate_signal_samples",
+    "stagegate_decisions_total",
+    "stagegate_automatic_rollbacks_total",
+    "stagegate_assignments_total",
+    "stagegate_events_total",
+    "stagegate_notifications_total",
+];
+
+fn metric_names(text: &str) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("stagegate_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len()
+            && (bytes[end].is_ascii_lowercase()
+                || bytes[end].is_ascii_digit()
+                || bytes[end] == b'_')
+        {
+            end += 1;
+        }
+        let preceded = start > 0
+            && (bytes[start - 1].is_ascii_alphanumeric()
+                || bytes[start - 1] == b'_'
+                || bytes[start - 1] == b'-');
+        if !preceded {
+            out.insert(text[start..end].to_string());
+        }
+        i = end;
+    }
+    out
+}
+
+fn dashboard_exprs() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("dashboards").expect("dashboards/") {
+        let path = entry.expect("entry").path();
+        let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
+            .expect("dashboard is JSON");
+        assert!(
+            json["uid"].is_string() && json["title"].is_string(),
+            "{}",
+            path.display()
+        );
+        let panels = json["panels"].as_array().expect("panels");
+        assert!(!panels.is_empty());
+        for p in panels {
+            for t in p["targets"].as_array().expect("targets") {
+                out.push((
+                    path.display().to_string(),
+                    t["expr"].as_str().expect("expr").to_string(),
+                ));
+            }
+        }
+        for v in json["templating"]["list"].as_array().into_iter().flatten() {
+            if let Some(q) = v["definition"].as_str() {
+                out.push((path.display().to_string(), q.to_string()));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dashboards_and_rules_use_only_exported_metrics() {
+    let server = Server::start(&config(""));
+    server.send_events(&events("o", 20, "v8", internal(), HEALTHY));
+    server.wait_for("samples", |s| s["candidate_samples"] == 20);
+    server.assign("a", internal());
+    std::thread::sleep(Duration::from_millis(150));
+    let exported = metric_names(&server.get("/metrics", None).text);
+
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() > 20);
+    for (file, expr) in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                SPEC_METRICS.contains(&name.as_str()),
+                "{file}: {name} is not a SPEC §5 metric ({expr})"
+            );
+            assert!(exported.contains(&name), "{file}: {name} is not exported");
+        }
+    }
+    let rules = std::fs::read_to_string("config/alerts.yaml").expect("alerts");
+    let used = metric_names(&rules);
+    assert!(used.len() >= 8, "{used:?}");
+    for name in used {
+        assert!(
+            exported.contains(&name),
+            "config/alerts.yaml uses {name}, which stagegate does not export"
+        );
+    }
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn have(binary: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {binary}")])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn wait_http(url: &str) {
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..300 {
+        if client
+            .get(url)
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{url} never became ready");
+}
+
+#[test]
+fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
+    if !(have("prometheus") && have("prometheus-alertmanager")) {
+        assert!(
+            std::env::var_os("STAGEGATE_E2E").is_none(),
+            "STAGEGATE_E2E is set but prometheus or prometheus-alertmanager is missing"
+        );
+        eprintln!(
+            "skipped: prometheus and prometheus-alertmanager are not installed (./scripts/test installs them)"
+        );
+        return;
+    }
+    let receiver = Receiver::start(0);
+    let server = Server::start(&config(""));
+    let dir = server.dir.path().to_path_buf();
+    let (am_port, prom_port) = (free_port(), free_port());
+    let target = server.base.trim_start_matches("http://").to_string();
+    std::fs::write(
+        dir.join("alertmanager.yml"),
+        format!(
+            "route:\n  receiver: hook\n  group_by: [alertname, rollout]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{}/alert\n",
+            receiver.port
+        ),
+    )
+    .expect("write");
+    let rules = std::fs::canonicalize("config/alerts.yaml").expect("rules path");
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\nscrape_configs:\n  - job_name: stagegate\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        ),
+    )
+    .expect("write");
+    let log = |name: &str| Stdio::from(std::fs::File::create(dir.join(name)).expect("log"));
+    let _am = Proc(
+        Command::new("prometheus-alertmanager")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("alertmanager.yml").display()
+            ))
+            .arg(format!("--storage.path={}", dir.join("am").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{am_port}"))
+            .arg("--cluster.listen-address=")
+            .stdout(log("am.out"))
+            .stderr(log("am.err"))
+            .spawn()
+            .expect("alertmanager"),
+    );
+    let _prom = Proc(
+        Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(log("prom.out"))
+            .stderr(log("prom.err"))
+            .spawn()
+            .expect("prometheus"),
+    );
+    wait_http(&format!("http://127.0.0.1:{am_port}/-/ready"));
+    wait_http(&format!("http://127.0.0.1:{prom_port}/-/ready"));
+    // Target discovery is throttled to 5 s: wait until Prometheus has scraped the zero-valued
+    // counters twice, or a rollback would be the series' first sample and increase() sees none.
+    let scraped = || {
+        let url = format!(
+            "http://127.0.0.1:{prom_port}/api/v1/query?query=count_over_time(stagegate_rollout_info[1m])"
+        );
+        let v: Value = reqwest::blocking::get(url)
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null);
+        v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let mut ready = false;
+    for _ in 0..300 {
+        if scraped() >= 2 {
+            ready = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ready, "prometheus never scraped stagegate");
+
+    server.send_events(&events(
+        "e2e",
+        400,
+        "v8",
+        internal(),
+        Profile {
+            quality: 0.5,
+            ..HEALTHY
+        },
+    ));
+    server.wait_for("rollback", |s| s["state"] == "rolled_back");
+
+    let mut alert = None;
+    for _ in 0..150 {
+        let got = receiver.got.lock().expect("lock").clone();
+        alert = got
+            .into_iter()
+            .flat_map(|r| r.body["alerts"].as_array().cloned().unwrap_or_default())
+            .find(|a| a["labels"]["alertname"] == "StagegateAutomaticRollback");
+        if alert.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let alert = alert.unwrap_or_else(|| {
+        let tail = |name: &str| {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
+            text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+        };
+        let api = |path: &str| reqwest::blocking::get(format!("http://127.0.0.1:{prom_port}{path}")).and_then(|r| r.text()).unwrap_or_default();
+        panic!(
+            "no rollback alert reached the webhook\nrollbacks: {}\nevents: {}\nprometheus alerts: {}\ntargets: {}\nprometheus log:\n{}\nalertmanager log:\n{}",
+            api("/api/v1/query?query=stagegate_automatic_rollbacks_total"),
+            api("/api/v1/query?query=stagegate_automatic_rollbacks_total[5m]"),
+            api("/api/v1/alerts"),
+            api("/api/v1/targets"),
+            tail("prom.err"),
+            tail("am.err")
+        )
+    });
+    assert_eq!(alert["status"], "firing");
+    assert_eq!(alert["labels"]["rollout"], "support-reply-v8");
+    assert_eq!(alert["labels"]["gate"], "quality_mean");
+    assert_eq!(alert["labels"]["severity"], "critical");
+}
