@@ -76,15 +76,15 @@ impl From<InputError> for ApiError {
             InputError::Refused(Refusal::Conflict(m)) => {
                 ApiError::new(StatusCode::CONFLICT, "conflict", m)
             }
-            InputError::Refused(r @ Refusal::ReenableProof { .. }) => {
-                let Refusal::ReenableProof { missing } = &r else {
-                    unreachable!("matched above")
-                };
-                let missing = missing.clone();
+            InputError::Refused(Refusal::ReenableProof { missing }) => {
+                let message = Refusal::ReenableProof {
+                    missing: missing.clone(),
+                }
+                .to_string();
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "reenable_proof_missing",
-                    r.to_string(),
+                    message,
                 )
                 .with_details(missing)
             }

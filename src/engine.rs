@@ -125,9 +125,12 @@ impl Engine {
             .rollouts
             .iter()
             .map(|r| Runtime {
-                state: states
-                    .remove(&r.name)
-                    .unwrap_or_else(|| RolloutState::initial(now)),
+                state: clamp_stage(
+                    states
+                        .remove(&r.name)
+                        .unwrap_or_else(|| RolloutState::initial(now)),
+                    r.stages.len(),
+                ),
                 evidence: Evidence::new(tracked(&r.gates), r.segments.len()),
                 healthy_read_only: 0,
             })
@@ -597,6 +600,14 @@ impl Engine {
     pub fn rollout_plan(&self, rollout: usize) -> &RolloutPlan {
         &self.plan.rollouts[rollout]
     }
+}
+
+/// A stored stage index past the end of a config that now has fewer stages means its last stage.
+fn clamp_stage(mut state: RolloutState, stages: usize) -> RolloutState {
+    if state.stage.is_some_and(|s| s >= stages) {
+        state.stage = stages.checked_sub(1);
+    }
+    state
 }
 
 /// Whether a read-only candidate task was healthy: no fallback, no rejected review, and every

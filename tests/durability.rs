@@ -375,3 +375,25 @@ fn dedupe_keys_are_pruned_after_their_window() {
     }
     assert!(forgotten, "the dedupe key outlived its 1s window");
 }
+
+#[test]
+fn a_restart_with_fewer_stages_resumes_at_the_last_one() {
+    let server = Server::start(&config(""));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/promote",
+        Some(ADMIN),
+        &json!({"reason": "to the end", "full": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    let text = std::fs::read_to_string(&server.config_path).expect("read");
+    let cut: String = text
+        .lines()
+        .filter(|l| !l.contains("name: full,") && !l.contains("name: half,"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&server.config_path, cut).expect("write");
+    let server = server.crash_and_restart();
+    let s = server.status();
+    assert_eq!(s["stage"], "smb-5", "{s}");
+    assert_eq!(server.assign("x", internal())["version"], "v8");
+}
