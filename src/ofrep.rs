@@ -85,6 +85,15 @@ fn context(body: &Body) -> Result<Context, ContextError> {
     })
 }
 
+/// The 400 answer for an unusable context; single-flag failures also name the flag.
+fn context_failure(key: Option<&str>, e: &ContextError) -> Response {
+    let mut failure = json!({"errorCode": e.code(), "errorDetails": e.details()});
+    if let Some(key) = key {
+        failure["key"] = json!(key);
+    }
+    (StatusCode::BAD_REQUEST, Json(failure)).into_response()
+}
+
 fn evaluation(a: &Assignment<'_>) -> Value {
     let reason = match a.reason {
         Reason::Split | Reason::Baseline => "SPLIT",
@@ -122,10 +131,7 @@ pub async fn evaluate_flag(
     check_auth(&shared, &headers)?;
     let ctx = match context(&body) {
         Ok(ctx) => ctx,
-        Err(e) => {
-            let failure = json!({"key": key, "errorCode": e.code(), "errorDetails": e.details()});
-            return Ok((StatusCode::BAD_REQUEST, Json(failure)).into_response());
-        }
+        Err(e) => return Ok(context_failure(Some(&key), &e)),
     };
     let snapshot = shared.snapshot.load();
     let Some(a) = snapshot
@@ -150,10 +156,7 @@ pub async fn evaluate_bulk(
     check_auth(&shared, &headers)?;
     let ctx = match context(&body) {
         Ok(ctx) => ctx,
-        Err(e) => {
-            let failure = json!({"errorCode": e.code(), "errorDetails": e.details()});
-            return Ok((StatusCode::BAD_REQUEST, Json(failure)).into_response());
-        }
+        Err(e) => return Ok(context_failure(None, &e)),
     };
     let snapshot = shared.snapshot.load();
     let flags: Vec<Value> = snapshot

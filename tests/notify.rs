@@ -9,17 +9,7 @@ use support::*;
 fn a_rollback_is_notified_with_retries_and_an_idempotency_key() {
     let receiver = Receiver::start(1); // the first delivery gets a 500
     let server = Server::start(&config_notifying(receiver.port));
-    server.send_events(&events(
-        "n",
-        400,
-        "v8",
-        internal(),
-        Profile {
-            quality: 0.5,
-            ..HEALTHY
-        },
-    ));
-    server.wait_for("rollback", |s| s["state"] == "rolled_back");
+    server.drive_quality_rollback("n");
     let got = receiver.wait_for(2);
     let receipt = &server.receipts()[0];
     let id = receipt["id"].as_str().expect("id");

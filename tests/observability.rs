@@ -237,17 +237,7 @@ fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
     }
     assert!(ready, "prometheus never scraped stagegate");
 
-    server.send_events(&events(
-        "e2e",
-        400,
-        "v8",
-        internal(),
-        Profile {
-            quality: 0.5,
-            ..HEALTHY
-        },
-    ));
-    server.wait_for("rollback", |s| s["state"] == "rolled_back");
+    server.drive_quality_rollback("e2e");
 
     let mut alert = None;
     for _ in 0..150 {

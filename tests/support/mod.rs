@@ -283,6 +283,22 @@ impl Server {
         total
     }
 
+    /// Reports 400 low-quality candidate tasks from the internal team and waits for the
+    /// controller's automatic rollback.
+    pub fn drive_quality_rollback(&self, tag: &str) {
+        self.send_events(&events(
+            tag,
+            400,
+            "v8",
+            internal(),
+            Profile {
+                quality: 0.5,
+                ..HEALTHY
+            },
+        ));
+        self.wait_for("an automatic rollback", |s| s["state"] == "rolled_back");
+    }
+
     pub fn assign(&self, subject: &str, attributes: Value) -> Value {
         let r = self.post(
             "/v1/assign",
