@@ -627,6 +627,46 @@ mod tests {
     }
 
     #[test]
+    fn quantile_ratio_false_alarms_stay_within_budget() {
+        // 100 seeds of identical lognormal latencies, a look every 50 events per arm up to 2 000:
+        // the p95 ratio check must fail in at most α = 5 % of runs.
+        let g = gate(
+            Signal::LatencyMs,
+            Stat::Quantile(0.95),
+            vec![Check::MaxRatio(1.0)],
+        );
+        let mut alarms = 0;
+        for seed in 0..100u64 {
+            let mut rng = crate::stats::tests_rng(seed + 7);
+            let tracked = vec![Tracked {
+                signal: Signal::LatencyMs,
+                histogram: true,
+            }];
+            let mut ev = Evidence::new(tracked, 1);
+            let mut alarm = false;
+            for i in 1..=2000 {
+                for arm in [Arm::Baseline, Arm::Candidate] {
+                    ev.record(0, arm, &event(0.9, 1000.0 * (0.4 * rng.normal()).exp()));
+                }
+                if i % 50 == 0 {
+                    let input = GateInput {
+                        candidate: &ev.arm(0, Arm::Candidate).expect("cell").signals[0],
+                        baseline: Some(&ev.arm(0, Arm::Baseline).expect("cell").signals[0]),
+                        alpha: 0.05,
+                        design_samples: 500.0,
+                    };
+                    alarm |= evaluate(&g, "s", &input).verdict == Verdict::Fail;
+                }
+            }
+            alarms += usize::from(alarm);
+        }
+        assert!(
+            alarms <= 5,
+            "p95 ratio gate false-alarmed in {alarms}/100 runs"
+        );
+    }
+
+    #[test]
     fn false_alarm_rate_on_healthy_data_stays_within_budget() {
         // 200 seeds of an identical baseline and candidate, evaluated after every 25 events per
         // arm up to 2 000: a run "false-alarms" if any look fails. At α = 0.05 at most 5 %.

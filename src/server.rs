@@ -313,16 +313,31 @@ impl Shared {
             .await
             .map_err(|_| stopped())?
             .map_err(|e| IngestError::Store(e.to_string()))?;
-        let mut engine = self.engine();
-        for ((route, _, event), new) in routed.iter().zip(fresh) {
-            if new {
-                engine.record(route, event);
-                outcome.accepted += 1;
-                self.metrics.events(&event.workflow, "accepted", 1);
-            } else {
-                outcome.duplicates += 1;
-                self.metrics.events(&event.workflow, "duplicate", 1);
+        // Count per workflow, then bump each counter once: no label lookup per event.
+        let mut counts: Vec<(&str, u64, u64)> = Vec::new();
+        {
+            let mut engine = self.engine();
+            for ((route, _, event), new) in routed.iter().zip(fresh) {
+                let slot = match counts.iter().position(|(w, _, _)| *w == event.workflow) {
+                    Some(i) => i,
+                    None => {
+                        counts.push((&event.workflow, 0, 0));
+                        counts.len() - 1
+                    }
+                };
+                if new {
+                    engine.record(route, event);
+                    outcome.accepted += 1;
+                    counts[slot].1 += 1;
+                } else {
+                    outcome.duplicates += 1;
+                    counts[slot].2 += 1;
+                }
             }
+        }
+        for (workflow, accepted, duplicates) in counts {
+            self.metrics.events(workflow, "accepted", accepted);
+            self.metrics.events(workflow, "duplicate", duplicates);
         }
         Ok(outcome)
     }
