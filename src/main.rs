@@ -94,6 +94,7 @@ fn serve(path: &Path) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let plan = Plan::load(path)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

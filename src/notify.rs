@@ -163,13 +163,20 @@ pub fn backoff(attempts: u32) -> Millis {
     (1_000u64 << attempts.min(20)).min(300_000)
 }
 
-async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), String> {
+/// Why a delivery failed: worth retrying, or not (no URL to send to).
+enum Failure {
+    Retry(String),
+    Permanent(String),
+}
+
+async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), Failure> {
     let url = match (&item.url, &item.url_env) {
         (Some(url), _) => url.clone(),
-        (None, Some(var)) => {
-            std::env::var(var).map_err(|_| format!("environment variable {var} is unset"))?
-        }
-        (None, None) => return Err("no url".into()),
+        (None, Some(var)) => std::env::var(var)
+            .ok()
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| Failure::Permanent(format!("environment variable {var} is unset")))?,
+        (None, None) => return Err(Failure::Permanent("no url".into())),
     };
     let resp = http
         .post(url)
@@ -178,11 +185,11 @@ async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), String> {
         .body(item.body.clone())
         .send()
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Failure::Retry(e.to_string()))?;
     if resp.status().is_success() {
         Ok(())
     } else {
-        Err(format!("HTTP {}", resp.status()))
+        Err(Failure::Retry(format!("HTTP {}", resp.status())))
     }
 }
 
@@ -220,12 +227,19 @@ pub async fn run_notifier(shared: Arc<Shared>) {
                     let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
                     "sent"
                 }
-                Err(e) if item.attempts + 1 >= MAX_ATTEMPTS => {
+                Err(Failure::Permanent(e) | Failure::Retry(e))
+                    if item.attempts + 1 >= MAX_ATTEMPTS =>
+                {
                     tracing::error!(notifier = %item.notifier, receipt = %item.receipt_id, error = %e, "notification failed for good");
                     let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
                     "failed"
                 }
-                Err(e) => {
+                Err(Failure::Permanent(e)) => {
+                    tracing::error!(notifier = %item.notifier, receipt = %item.receipt_id, error = %e, "notification cannot be sent");
+                    let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
+                    "failed"
+                }
+                Err(Failure::Retry(e)) => {
                     item.attempts += 1;
                     item.next_at = shared.clock.now() + backoff(item.attempts - 1);
                     tracing::warn!(notifier = %item.notifier, receipt = %item.receipt_id, attempt = item.attempts, error = %e, "notification will be retried");

@@ -113,3 +113,37 @@ fn pending_notifications_survive_kill_9() {
     );
     drop(server);
 }
+
+#[test]
+fn a_notifier_without_a_url_fails_at_once() {
+    let receiver = Receiver::start(0);
+    let text = config_notifying(receiver.port).replace(
+        "url_env: TEST_SLACK_URL",
+        "url_env: STAGEGATE_TEST_UNSET_URL",
+    );
+    let server = Server::start(&text);
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({"reason": "freeze"}),
+    );
+    assert_eq!(r.status, 200);
+    receiver.wait_for(1);
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = server.get("/metrics", None).text;
+        if metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="failed"} 1"#)
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="failed"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="retried"} 0"#),
+        "{metrics}"
+    );
+}
