@@ -660,6 +660,7 @@ mod tests {
             }
             alarms += usize::from(alarm);
         }
+        eprintln!("p95 ratio gate: {alarms}/100 runs false-alarmed");
         assert!(
             alarms <= 5,
             "p95 ratio gate false-alarmed in {alarms}/100 runs"
@@ -710,6 +711,7 @@ mod tests {
             alarms += usize::from(alarm);
             rate_alarms += usize::from(rate_alarm);
         }
+        eprintln!("mean gate: {alarms}/200 runs false-alarmed; rate gate: {rate_alarms}/200");
         assert!(alarms <= 10, "mean gate false-alarmed in {alarms}/200 runs");
         assert!(
             rate_alarms <= 10,

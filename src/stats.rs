@@ -117,6 +117,7 @@ mod tests {
             }
             misses += usize::from(missed);
         }
+        eprintln!("mean CS: {misses}/300 runs left the sequence");
         assert!(
             misses <= 15,
             "{misses} of 300 runs left the CS (allowed 15 = α)"
