@@ -5,7 +5,7 @@
 //! in the async shell (`server`), `simulate` drives it on a virtual clock. Guards on workflows
 //! without a rollout are handled here too, as a single-arm scope.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -402,7 +402,7 @@ impl Engine {
             },
             stage: None,
             stage_index: None,
-            weights: BTreeMap::new(),
+            weights: indexmap::IndexMap::new(),
             read_only: s.read_only,
             narrows: 0,
             epoch: s.epoch,

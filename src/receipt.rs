@@ -5,8 +5,7 @@
 //! hash, and the lane's owner and repair path. The store assigns its id when it is written in
 //! the same transaction as the state change.
 
-use std::collections::BTreeMap;
-
+use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Millis, rfc3339};
@@ -20,8 +19,8 @@ pub struct StateView {
     pub state: Phase,
     pub stage: Option<String>,
     pub stage_index: Option<usize>,
-    /// Candidate share per segment, in percent.
-    pub weights: BTreeMap<String, f64>,
+    /// Candidate share per segment, in percent, in the rollout's segment (match) order.
+    pub weights: IndexMap<String, f64>,
     pub read_only: bool,
     pub narrows: u32,
     pub epoch: u64,

@@ -32,7 +32,7 @@ fn status_shows_tables_with_verdicts_and_sample_counts() {
     assert!(
         out.contains("support-reply-v8")
             && out.contains("progressing")
-            && out.contains("internal=100%")
+            && out.contains("internal=100% enterprise=0% everyone=0%")
             && out.contains("30/200"),
         "{out}"
     );
