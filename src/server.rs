@@ -543,13 +543,23 @@ async fn reload(shared: &Arc<Shared>, actor: &str) -> Result<Vec<Receipt>, Input
         // The engine already holds the reloaded state; `apply` re-applies the new epoch.
         receipts.push(decide(shared, i, decision, Some(previous.clone())).await?);
     }
-    let engine = shared.engine();
-    for (i, r) in plan.rollouts.iter().enumerate() {
-        shared.store.put_state(&Change::Rollout {
-            name: &r.name,
-            state: &engine.rollouts[i].state,
-        })?;
-    }
+    // New rollouts' initial states, written off the async threads and outside the engine lock.
+    let states: Vec<(String, crate::rollout::RolloutState)> = {
+        let engine = shared.engine();
+        plan.rollouts
+            .iter()
+            .zip(&engine.rollouts)
+            .map(|(r, rt)| (r.name.clone(), rt.state.clone()))
+            .collect()
+    };
+    let store = Arc::clone(&shared.store);
+    tokio::task::spawn_blocking(move || {
+        states
+            .iter()
+            .try_for_each(|(name, state)| store.put_state(&Change::Rollout { name, state }))
+    })
+    .await
+    .map_err(|_| InputError::ShuttingDown)??;
     tracing::info!(config = %plan.hash, reconfigured = receipts.len(), "config reloaded");
     Ok(receipts)
 }
