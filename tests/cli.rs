@@ -130,17 +130,7 @@ fn operator_verbs_act_and_refusals_exit_nonzero_with_the_servers_message() {
 #[test]
 fn resume_refusal_lists_the_missing_proof() {
     let server = Server::start(&config(""));
-    server.send_events(&events(
-        "cp",
-        300,
-        "v8",
-        internal(),
-        Profile {
-            cost_usd: 0.2,
-            ..HEALTHY
-        },
-    ));
-    server.wait_for("read-only", |s| s["state"] == "read_only");
+    server.drive_cost_read_only("cp");
     let (ok, _, err) = cli(
         &server,
         OPERATOR,

@@ -99,17 +99,7 @@ fn kill_9_during_ingestion_loses_no_acknowledged_event_and_counts_none_twice() {
 #[test]
 fn state_and_receipts_are_identical_across_kill_9() {
     let server = Server::start(&config(""));
-    server.send_events(&events(
-        "s",
-        400,
-        "v8",
-        internal(),
-        Profile {
-            cost_usd: 0.3,
-            ..HEALTHY
-        },
-    ));
-    server.wait_for("read-only", |s| s["state"] == "read_only");
+    server.drive_cost_read_only("s");
     let r = server.post(
         "/v1/rollouts/support-reply-v8/pause",
         Some(OPERATOR),

@@ -120,14 +120,16 @@ fn bulk_evaluation_has_an_etag_and_answers_304() {
             .any(|f| f["key"] == "support-reply" && f["variant"] == "v8")
     );
 
-    let resp = client
-        .post(&url)
-        .bearer_auth(INGEST)
-        .header("If-None-Match", &etag)
-        .json(&ctx)
-        .send()
-        .expect("send");
-    assert_eq!(resp.status().as_u16(), 304);
+    let if_none_match = |etag: &str| {
+        client
+            .post(&url)
+            .bearer_auth(INGEST)
+            .header("If-None-Match", etag)
+            .json(&ctx)
+            .send()
+            .expect("send")
+    };
+    assert_eq!(if_none_match(&etag).status().as_u16(), 304);
 
     // A state change changes the evaluations and so the ETag.
     let r = server.post(
@@ -136,13 +138,7 @@ fn bulk_evaluation_has_an_etag_and_answers_304() {
         &json!({"reason": "test"}),
     );
     assert_eq!(r.status, 200);
-    let resp = client
-        .post(&url)
-        .bearer_auth(INGEST)
-        .header("If-None-Match", &etag)
-        .json(&ctx)
-        .send()
-        .expect("send");
+    let resp = if_none_match(&etag);
     assert_eq!(resp.status().as_u16(), 200);
     let body: serde_json::Value = resp.json().expect("json");
     let flag = body["flags"]

@@ -300,17 +300,7 @@ fn assignment_is_sticky_and_growth_is_monotone() {
 #[test]
 fn resume_after_automatic_containment_needs_the_lanes_proof() {
     let server = Server::start(&config(""));
-    server.send_events(&events(
-        "p",
-        300,
-        "v8",
-        internal(),
-        Profile {
-            cost_usd: 0.2,
-            ..HEALTHY
-        },
-    ));
-    server.wait_for("read-only", |s| state(s) == "read_only");
+    server.drive_cost_read_only("p");
 
     let r = server.post(
         "/v1/rollouts/support-reply-v8/resume",

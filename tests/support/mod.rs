@@ -299,6 +299,22 @@ impl Server {
         self.wait_for("an automatic rollback", |s| s["state"] == "rolled_back");
     }
 
+    /// Reports 300 pricey candidate tasks from the internal team and waits for the controller's
+    /// read-only fallback (the cost gate's `on_breach`).
+    pub fn drive_cost_read_only(&self, tag: &str) {
+        self.send_events(&events(
+            tag,
+            300,
+            "v8",
+            internal(),
+            Profile {
+                cost_usd: 0.2,
+                ..HEALTHY
+            },
+        ));
+        self.wait_for("the read-only fallback", |s| s["state"] == "read_only");
+    }
+
     pub fn assign(&self, subject: &str, attributes: Value) -> Value {
         let r = self.post(
             "/v1/assign",
