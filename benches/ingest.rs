@@ -46,6 +46,7 @@ fn run(durable: bool) -> f64 {
             "config/stagegate.yaml".into(),
             Arc::new(SystemClock),
             store,
+            false,
         )
         .expect("start");
         let bodies: Vec<Vec<Vec<u8>>> = (0..CLIENTS)

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Extension, FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -88,6 +88,15 @@ impl From<InputError> for ApiError {
                 )
                 .with_details(missing)
             }
+            InputError::Refused(Refusal::RemovesContained(names)) => {
+                let message = Refusal::RemovesContained(names.clone()).to_string();
+                ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "removes_contained_rollouts",
+                    message,
+                )
+                .with_details(names)
+            }
             InputError::Config(c) => {
                 let details = c.problems();
                 ApiError::new(
@@ -97,6 +106,11 @@ impl From<InputError> for ApiError {
                 )
                 .with_details(details)
             }
+            InputError::Store(s @ crate::store::StoreError::Unavailable { .. }) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                s.to_string(),
+            ),
             InputError::Store(s) => ApiError::internal(s.to_string()),
             InputError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -142,7 +156,8 @@ impl Body {
     }
 }
 
-/// Who is calling.
+/// Who is calling (put in the request's extensions by the admission middleware).
+#[derive(Clone)]
 pub struct Caller {
     pub name: String,
 }
@@ -158,7 +173,7 @@ pub fn authorize(shared: &Shared, headers: &HeaderMap, needed: Role) -> Result<C
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(bearer_token)
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
     let Some(presented) = presented else {
         return Err(ApiError::new(
@@ -193,18 +208,89 @@ pub fn authorize(shared: &Shared, headers: &HeaderMap, needed: Role) -> Result<C
     })
 }
 
+/// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive (RFC 7235).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim_start().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type AppState = State<Arc<Shared>>;
 
+/// Who may call a route. Checked from the headers alone, before any body byte is read.
+#[derive(Clone, Copy)]
+enum Access {
+    /// Assignment and OFREP: an ingest token, unless `auth.open_assign`.
+    Assign,
+    Needs(Role),
+}
+
+/// Authorizes from the headers, then reserves the request's body size from the in-flight body
+/// budget (`server.max_inflight_body_bytes`) for as long as the request runs. A request without
+/// a valid token never gets to send its body; one that would overflow the budget gets 503.
+async fn admit(
+    State((shared, access)): State<(Arc<Shared>, Access)>,
+    mut req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let caller = match access {
+        Access::Assign if shared.tokens.load().open_assign => Ok(Caller {
+            name: "anonymous".into(),
+        }),
+        Access::Assign => authorize(&shared, req.headers(), Role::Ingest),
+        Access::Needs(role) => authorize(&shared, req.headers(), role),
+    };
+    let caller = match caller {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let _reserved = if req.method() == axum::http::Method::POST {
+        let limit = shared.plan.load().server.max_body_bytes;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than server.max_body_bytes ({limit})"),
+            )
+            .into_response();
+        }
+        match shared.body_budget.reserve(declared.unwrap_or(limit)) {
+            Some(permit) => Some(permit),
+            None => {
+                let mut response = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "busy",
+                    "too many request bytes in flight (server.max_inflight_body_bytes); retry shortly",
+                )
+                .into_response();
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
+        }
+    } else {
+        None
+    };
+    req.extensions_mut().insert(caller);
+    next.run(req).await
+}
+
 /// The router with every endpoint.
 pub fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.plan.load().server.max_body_bytes;
-    Router::new()
+    let gate =
+        |access: Access| axum::middleware::from_fn_with_state((Arc::clone(&shared), access), admit);
+    let assign_routes = Router::new()
         .route("/v1/assign", post(assign))
-        .route("/v1/events", post(events))
         .route(
             "/ofrep/v1/evaluate/flags",
             post(crate::ofrep::evaluate_bulk),
@@ -213,17 +299,33 @@ pub fn router(shared: Arc<Shared>) -> Router {
             "/ofrep/v1/evaluate/flags/{key}",
             post(crate::ofrep::evaluate_flag),
         )
+        .route_layer(gate(Access::Assign));
+    let ingest_routes = Router::new()
+        .route("/v1/events", post(events))
+        .route_layer(gate(Access::Needs(Role::Ingest)));
+    let read_routes = Router::new()
         .route("/v1/rollouts", get(list_rollouts))
         .route("/v1/rollouts/{name}", get(get_rollout))
-        .route("/v1/rollouts/{name}/pause", post(pause))
-        .route("/v1/rollouts/{name}/resume", post(resume))
-        .route("/v1/rollouts/{name}/promote", post(promote))
-        .route("/v1/rollouts/{name}/rollback", post(rollback))
         .route("/v1/workflows", get(list_workflows))
-        .route("/v1/workflows/{name}/resume", post(resume_workflow))
         .route("/v1/receipts", get(list_receipts))
         .route("/v1/receipts/{id}", get(get_receipt))
+        .route_layer(gate(Access::Needs(Role::Read)));
+    let operator_routes = Router::new()
+        .route("/v1/rollouts/{name}/pause", post(pause))
+        .route("/v1/rollouts/{name}/resume", post(resume))
+        .route("/v1/rollouts/{name}/rollback", post(rollback))
+        .route("/v1/workflows/{name}/resume", post(resume_workflow))
+        .route_layer(gate(Access::Needs(Role::Operator)));
+    let admin_routes = Router::new()
+        .route("/v1/rollouts/{name}/promote", post(promote))
         .route("/v1/config/reload", post(reload))
+        .route_layer(gate(Access::Needs(Role::Admin)));
+    Router::new()
+        .merge(assign_routes)
+        .merge(ingest_routes)
+        .merge(read_routes)
+        .merge(operator_routes)
+        .merge(admin_routes)
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -235,8 +337,48 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
+        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
+}
+
+/// Every error leaves in the one JSON shape, including the plain-text rejections axum's
+/// extractors and router produce (a bad path segment, a bad query string).
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::URI_TOO_LONG => "uri_too_long",
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
+    };
+    let message = if text.trim().is_empty() {
+        status.canonical_reason().unwrap_or("error").to_lowercase()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(status, code, message).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            out.headers_mut().insert(name, value.clone());
+        }
+    }
+    out
 }
 
 #[derive(Deserialize)]
@@ -261,15 +403,13 @@ struct AssignResponse<'a> {
     reason: &'static str,
 }
 
-async fn assign(
-    State(shared): AppState,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    if !shared.tokens.load().open_assign {
-        authorize(&shared, &headers, Role::Ingest)?;
-    }
+async fn assign(State(shared): AppState, body: Body) -> Result<Response, ApiError> {
     let req: AssignRequest<'_> = body.json()?;
+    crate::event::check_identity(
+        req.subject.as_deref(),
+        req.attributes.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
+    )
+    .map_err(ApiError::bad_request)?;
     let snapshot = shared.snapshot.load();
     let a = snapshot
         .routing
@@ -298,12 +438,7 @@ async fn assign(
         .into_response())
 }
 
-async fn events(
-    State(shared): AppState,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, Role::Ingest)?;
+async fn events(State(shared): AppState, body: Body) -> Result<Response, ApiError> {
     let outcome = shared.ingest(&body.0).await.map_err(|e| match e {
         IngestError::Body(m) => ApiError::bad_request(m),
         IngestError::Store(m) => {
@@ -313,8 +448,7 @@ async fn events(
     Ok(Json(outcome).into_response())
 }
 
-async fn list_rollouts(State(shared): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, Role::Read)?;
+async fn list_rollouts(State(shared): AppState) -> Result<Response, ApiError> {
     let now = shared.clock.now();
     let engine = shared.engine();
     let all: Vec<_> = (0..engine.rollouts.len())
@@ -325,16 +459,28 @@ async fn list_rollouts(State(shared): AppState, headers: HeaderMap) -> Result<Re
 
 async fn get_rollout(
     State(shared): AppState,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, Role::Read)?;
     let now = shared.clock.now();
     let engine = shared.engine();
     let i = engine
         .rollout_index(&name)
         .ok_or_else(|| ApiError::not_found(format!("no rollout named `{name}`")))?;
     Ok(Json(engine.status(i, now)).into_response())
+}
+
+/// Longest accepted operator `reason`, in bytes: receipts carry it, and pages of receipts must
+/// stay small.
+pub const MAX_REASON_BYTES: usize = 2_000;
+
+fn check_reason(reason: &str) -> Result<(), ApiError> {
+    if reason.len() > MAX_REASON_BYTES {
+        return Err(ApiError::bad_request(format!(
+            "`reason` is {} bytes; at most {MAX_REASON_BYTES} are accepted (link to the incident instead)",
+            reason.len()
+        )));
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -350,14 +496,13 @@ struct ReasonBody {
 
 async fn command(
     shared: Arc<Shared>,
-    headers: HeaderMap,
+    caller: Caller,
     name: String,
     body: Body,
-    needed: Role,
     make: fn(ReasonBody) -> Command,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&shared, &headers, needed)?;
     let req: ReasonBody = body.json()?;
+    check_reason(&req.reason)?;
     let command = make(req);
     let receipt = shared
         .ask(|reply| Input::Command {
@@ -372,23 +517,20 @@ async fn command(
 
 async fn pause(
     State(s): AppState,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, h, n, b, Role::Operator, |r| Command::Pause {
-        reason: r.reason,
-    })
-    .await
+    command(s, c, n, b, |r| Command::Pause { reason: r.reason }).await
 }
 
 async fn resume(
     State(s): AppState,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, h, n, b, Role::Operator, |r| Command::Resume {
+    command(s, c, n, b, |r| Command::Resume {
         reason: r.reason,
         ack: r.ack,
     })
@@ -397,11 +539,11 @@ async fn resume(
 
 async fn promote(
     State(s): AppState,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, h, n, b, Role::Admin, |r| Command::Promote {
+    command(s, c, n, b, |r| Command::Promote {
         reason: r.reason,
         full: r.full,
     })
@@ -410,18 +552,14 @@ async fn promote(
 
 async fn rollback(
     State(s): AppState,
-    h: HeaderMap,
+    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, h, n, b, Role::Operator, |r| Command::Rollback {
-        reason: r.reason,
-    })
-    .await
+    command(s, c, n, b, |r| Command::Rollback { reason: r.reason }).await
 }
 
-async fn list_workflows(State(shared): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, Role::Read)?;
+async fn list_workflows(State(shared): AppState) -> Result<Response, ApiError> {
     let now = shared.clock.now();
     let engine = shared.engine();
     let guarded: Vec<_> = (0..engine.guards.len())
@@ -432,12 +570,12 @@ async fn list_workflows(State(shared): AppState, headers: HeaderMap) -> Result<R
 
 async fn resume_workflow(
     State(shared): AppState,
-    headers: HeaderMap,
+    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let caller = authorize(&shared, &headers, Role::Operator)?;
     let req: ReasonBody = body.json()?;
+    check_reason(&req.reason)?;
     let receipt = shared
         .ask(|reply| Input::ResumeWorkflow {
             workflow: name,
@@ -460,10 +598,8 @@ struct ReceiptQuery {
 
 async fn list_receipts(
     State(shared): AppState,
-    headers: HeaderMap,
     query: Result<Query<ReceiptQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, Role::Read)?;
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let since = match q.since.as_deref() {
         None => None,
@@ -481,10 +617,8 @@ async fn list_receipts(
 
 async fn get_receipt(
     State(shared): AppState,
-    headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    authorize(&shared, &headers, Role::Read)?;
     match shared
         .store
         .receipt(&id)
@@ -495,19 +629,40 @@ async fn get_receipt(
     }
 }
 
-async fn reload(State(shared): AppState, headers: HeaderMap) -> Result<Response, ApiError> {
-    let caller = authorize(&shared, &headers, Role::Admin)?;
-    let receipts = shared
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn reload(
+    State(shared): AppState,
+    Extension(caller): Extension<Caller>,
+    query: Result<Query<ReloadQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let reloaded = shared
         .ask(|reply| Input::Reload {
             actor: caller.name,
+            force: q.force,
             reply: Some(reply),
         })
         .await?;
     let hash = shared.plan.load().hash.clone();
-    Ok(Json(json!({"reloaded": true, "config_hash": hash, "receipts": receipts})).into_response())
+    Ok(Json(json!({
+        "reloaded": true,
+        "config_hash": hash,
+        "receipts": reloaded.receipts,
+        "needs_restart": reloaded.needs_restart,
+    }))
+    .into_response())
 }
 
 async fn metrics(State(shared): AppState) -> Response {
+    shared
+        .metrics
+        .store(shared.store.size_bytes(), shared.store.is_healthy());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shared.metrics.render(),
@@ -516,6 +671,17 @@ async fn metrics(State(shared): AppState) -> Response {
 }
 
 async fn readyz(State(shared): AppState) -> Response {
+    if let Some(failure) = shared.store.failure() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!(
+                "the store cannot commit ({failure}); it is retried every second — free space (or fix the file system) under {}",
+                shared.plan.load().server.data_dir.display()
+            ),
+        )
+        .into_response();
+    }
     if shared.is_ready() {
         Json(json!({"status": "ready", "config_hash": shared.plan.load().hash})).into_response()
     } else {

@@ -1,9 +1,9 @@
 //! Time as the decision core sees it: milliseconds since the Unix epoch, passed in.
 //!
-//! The core never reads the clock. The server injects [`SystemClock`]; `simulate` drives a
+//! The core never reads the clock. The server injects a [`SteadyClock`]; `simulate` drives a
 //! virtual clock. This module is the only place allowed to read wall time.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Milliseconds since the Unix epoch.
 pub type Millis = u64;
@@ -27,6 +27,36 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as Millis)
             .unwrap_or(0)
+    }
+}
+
+/// The server's clock: wall time read once at start (never earlier than the latest time the
+/// store has stamped), then advanced by the monotonic clock. A wall-clock jump while running —
+/// forward or back — cannot satisfy a cooldown, age a stage, or prune dedupe keys early;
+/// stamps stay wall time to within the monotonic clock's drift.
+#[derive(Debug, Clone, Copy)]
+pub struct SteadyClock {
+    anchor: Millis,
+    started: Instant,
+}
+
+impl SteadyClock {
+    /// Anchored at the current wall time, or at `high_water` if the wall clock is behind it.
+    #[allow(
+        clippy::disallowed_methods,
+        reason = "the one sanctioned monotonic read"
+    )]
+    pub fn anchored(high_water: Millis) -> SteadyClock {
+        SteadyClock {
+            anchor: SystemClock.now().max(high_water),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Clock for SteadyClock {
+    fn now(&self) -> Millis {
+        self.anchor + self.started.elapsed().as_millis() as Millis
     }
 }
 

@@ -73,9 +73,11 @@ struct RawConfig {
     #[serde(default)]
     server: RawServer,
     #[serde(default)]
-    auth: Option<RawAuth>,
+    auth: Option<Spanned<RawAuth>>,
     #[serde(default)]
     notifiers: Vec<Spanned<RawNotifier>>,
+    #[serde(default)]
+    signals: BTreeMap<String, Spanned<RawSignal>>,
     #[serde(default)]
     segments: BTreeMap<String, Spanned<RawSegment>>,
     #[serde(default)]
@@ -92,6 +94,11 @@ struct RawServer {
     tick: Option<Spanned<String>>,
     dedupe_window: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<u64>>,
+    max_inflight_body_bytes: Option<Spanned<u64>>,
+    max_connections: Option<Spanned<u64>>,
+    header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,6 +108,14 @@ struct RawAuth {
     tokens: Vec<Spanned<RawToken>>,
     #[serde(default)]
     open_assign: bool,
+    #[serde(default)]
+    open: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignal {
+    range: Option<Spanned<[f64; 2]>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -209,6 +224,8 @@ pub struct Plan {
     pub server: ServerPlan,
     pub auth: AuthPlan,
     pub notifiers: Vec<NotifierPlan>,
+    /// Plausible value ranges per signal; an event outside its signal's range is rejected.
+    pub ranges: SignalRanges,
     pub workflows: Vec<WorkflowPlan>,
     pub rollouts: Vec<RolloutPlan>,
 }
@@ -220,6 +237,63 @@ pub struct ServerPlan {
     pub tick: Millis,
     pub dedupe_window: Millis,
     pub max_body_bytes: usize,
+    /// Request body bytes all in-flight requests may hold at once.
+    pub max_inflight_body_bytes: usize,
+    /// Open connections at most (lowered further to fit the process's file-descriptor limit).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time of the connection (or the previous
+    /// response) being ready for them.
+    pub header_timeout: Millis,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout: Millis,
+    /// How long raw events are kept once evidence checkpoints cover them.
+    pub retention: Millis,
+}
+
+/// Plausible value ranges per signal. Built-in defaults apply to signals the config does not
+/// name; a value outside its range is rejected at ingestion, so one absurd value cannot swamp a
+/// statistic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRanges {
+    pub overrides: BTreeMap<String, (f64, f64)>,
+}
+
+/// Largest magnitude a range bound may have: squares and sums of values stay finite in f64.
+pub const MAX_SIGNAL_MAGNITUDE: f64 = 1e12;
+
+impl SignalRanges {
+    /// The default range of a signal (rates are booleans and have none).
+    pub fn default_for(signal: &Signal) -> (f64, f64) {
+        match signal {
+            Signal::Quality => (0.0, 1.0),
+            // One hour.
+            Signal::LatencyMs => (0.0, 3_600_000.0),
+            Signal::CostUsd => (0.0, 1_000.0),
+            Signal::Fallback | Signal::Review => (0.0, 1.0),
+            Signal::Custom(_) => (-1e9, 1e9),
+        }
+    }
+
+    pub fn range(&self, signal: &Signal) -> (f64, f64) {
+        self.overrides
+            .get(signal.name())
+            .copied()
+            .unwrap_or_else(|| SignalRanges::default_for(signal))
+    }
+
+    /// Checks one observed value; the error says which range it broke.
+    pub fn check(&self, signal: &Signal, value: f64) -> Result<(), String> {
+        let (lo, hi) = self.range(signal);
+        if value.is_finite() && (lo..=hi).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{}` {value} is outside its plausible range {lo}..{hi} (set `signals.{}.range` to change it)",
+                signal.name(),
+                signal.name()
+            ))
+        }
+    }
 }
 
 /// Who may call what.
@@ -235,7 +309,7 @@ pub enum Role {
 impl Role {
     fn parse(text: &str) -> Option<Role> {
         Some(match text {
-            "read" => Role::Read,
+            "read" | "viewer" => Role::Read,
             "ingest" => Role::Ingest,
             "operator" => Role::Operator,
             "admin" => Role::Admin,
@@ -264,7 +338,7 @@ pub struct TokenPlan {
 
 #[derive(Debug, Clone, Default)]
 pub struct AuthPlan {
-    /// `None` means no `auth:` section: every endpoint is open (development only).
+    /// `None` means `auth: { open: true }`: every endpoint is open (development only).
     pub tokens: Option<Vec<TokenPlan>>,
     pub open_assign: bool,
 }
@@ -366,13 +440,116 @@ impl RolloutPlan {
         (1.0 - self.confidence) / cells
     }
 
-    /// Everything but runtime state that, when changed, makes a config reload a policy change.
-    pub fn policy_fingerprint(&self) -> String {
-        format!(
-            "{:?}|{:?}|{}|{}|{:?}",
-            self.stages, self.gates, self.confidence, self.max_narrows, self.segments
-        )
+    /// The rollout's policy as readable `key → value` terms. Stored with the rollout's state,
+    /// so a reload or a restart can say exactly what changed (see [`policy_diff`]).
+    pub fn policy_terms(&self) -> BTreeMap<String, String> {
+        let mut t = BTreeMap::new();
+        t.insert("workflow".into(), self.workflow.clone());
+        t.insert("baseline".into(), self.baseline.clone());
+        t.insert("candidate".into(), self.candidate.clone());
+        let segments: Vec<String> = self
+            .segments
+            .iter()
+            .map(|s| {
+                let m: Vec<String> = s
+                    .matches
+                    .iter()
+                    .map(|(k, v)| format!("{k} in [{}]", v.join(", ")))
+                    .collect();
+                format!("{} ({})", s.name, m.join(", "))
+            })
+            .collect();
+        t.insert("segments".into(), segments.join("; "));
+        t.insert("confidence".into(), self.confidence.to_string());
+        t.insert("max_narrows".into(), self.max_narrows.to_string());
+        let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        t.insert("stages".into(), names.join(", "));
+        for stage in &self.stages {
+            let key = format!("stages.{}", stage.name);
+            let traffic: Vec<String> = self
+                .segments
+                .iter()
+                .zip(&stage.weights_bps)
+                .map(|(seg, bps)| format!("{} {}%", seg.name, format_pct(*bps)))
+                .collect();
+            t.insert(format!("{key}.traffic"), traffic.join(", "));
+            t.insert(
+                format!("{key}.min_duration"),
+                crate::clock::human_duration(stage.min_duration),
+            );
+            t.insert(format!("{key}.min_samples"), stage.min_samples.to_string());
+            t.insert(
+                format!("{key}.approval"),
+                if stage.manual_approval {
+                    "manual"
+                } else {
+                    "auto"
+                }
+                .into(),
+            );
+        }
+        for gate in &self.gates {
+            let checks: Vec<String> = gate.checks.iter().map(ToString::to_string).collect();
+            t.insert(
+                format!("gates.{}", gate.name),
+                format!("{}; on_breach {}", checks.join(", "), gate.on_breach.name()),
+            );
+        }
+        let lane = &self.lane;
+        t.insert("lane.owner".into(), lane.owner.clone());
+        t.insert(
+            "lane.affected_systems".into(),
+            lane.affected_systems.join(", "),
+        );
+        t.insert("lane.notify".into(), lane.notify.join(", "));
+        t.insert("lane.repair".into(), lane.repair.clone());
+        t.insert(
+            "lane.reenable".into(),
+            format!(
+                "ack {}, cooldown {}, healthy_read_only_samples {}",
+                lane.reenable.ack,
+                crate::clock::human_duration(lane.reenable.cooldown),
+                lane.reenable.healthy_read_only_samples
+            ),
+        );
+        t
     }
+}
+
+/// Whether a change to the policy term `key` changes what the evidence means — the arms, the
+/// segments, a gate, the confidence, or the stages' traffic — so the current epoch's evidence
+/// must be dropped. Durations, sample minimums, approval, `max_narrows` and lane text keep it.
+pub fn term_resets_evidence(key: &str) -> bool {
+    matches!(
+        key,
+        "workflow" | "baseline" | "candidate" | "segments" | "confidence" | "stages"
+    ) || key.starts_with("gates.")
+        || (key.starts_with("stages.") && key.ends_with(".traffic"))
+}
+
+/// The readable differences between two sets of policy terms, in key order, as
+/// `(key, line)`: `key: old → new`, `key: added (new)`, `key: removed (old)`.
+pub fn policy_diff(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (key, value) in new {
+        match old.get(key) {
+            None => out.push((key.clone(), format!("{key}: added ({value})"))),
+            Some(before) if before != value => {
+                out.push((key.clone(), format!("{key}: {before} → {value}")));
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, value) in old {
+        if !new.contains_key(key) {
+            out.push((key.clone(), format!("{key}: removed ({value})")));
+        }
+    }
+    out.sort();
+    out
 }
 
 impl Plan {
@@ -574,6 +751,7 @@ impl Validator {
         let server = self.server(&raw.server);
         let auth = self.auth(raw.auth);
         let notifiers = self.notifiers(&raw.notifiers);
+        let ranges = self.signal_ranges(&raw.signals);
         let segments: BTreeMap<String, Segment> = raw
             .segments
             .iter()
@@ -623,9 +801,59 @@ impl Validator {
             server,
             auth,
             notifiers,
+            ranges,
             workflows,
             rollouts,
         }
+    }
+
+    fn signal_ranges(&mut self, raw: &BTreeMap<String, Spanned<RawSignal>>) -> SignalRanges {
+        let mut overrides = BTreeMap::new();
+        for (name, spec) in raw {
+            let key = format!("signals.{name}");
+            let Some(signal) = Signal::parse(name) else {
+                self.report(
+                    spec,
+                    key,
+                    "not a signal name (snake_case, at most 64 characters)",
+                );
+                continue;
+            };
+            let Some(range) = &spec.value.range else {
+                continue;
+            };
+            let [lo, hi] = range.value;
+            let bounded = |x: f64| x.is_finite() && x.abs() <= MAX_SIGNAL_MAGNITUDE;
+            if !(bounded(lo) && bounded(hi)) || lo >= hi {
+                self.report(
+                    range,
+                    format!("{key}.range"),
+                    format!(
+                        "expected [low, high] with low < high, both within ±{MAX_SIGNAL_MAGNITUDE:e}"
+                    ),
+                );
+                continue;
+            }
+            if signal.is_rate() {
+                self.report(
+                    range,
+                    format!("{key}.range"),
+                    "a rate signal is a boolean; it has no range",
+                );
+                continue;
+            }
+            let (dlo, dhi) = SignalRanges::default_for(&signal);
+            if signal == Signal::Quality && (lo < dlo || hi > dhi) {
+                self.report(
+                    range,
+                    format!("{key}.range"),
+                    "quality is a score in 0..1; its range may only be narrowed",
+                );
+                continue;
+            }
+            overrides.insert(name.clone(), (lo, hi));
+        }
+        SignalRanges { overrides }
     }
 
     fn server(&mut self, raw: &RawServer) -> ServerPlan {
@@ -660,19 +888,82 @@ impl Validator {
             Some(b) => b.value as usize,
             None => 4 * 1024 * 1024,
         };
+        let max_inflight_body_bytes = match &raw.max_inflight_body_bytes {
+            Some(b) if (b.value as usize) < max_body_bytes => {
+                self.report(
+                    b,
+                    "server.max_inflight_body_bytes",
+                    format!("must be at least server.max_body_bytes ({max_body_bytes})"),
+                );
+                max_body_bytes
+            }
+            Some(b) => b.value as usize,
+            None => (64 * 1024 * 1024).max(max_body_bytes),
+        };
+        let max_connections = match &raw.max_connections {
+            Some(c) if c.value < 16 => {
+                self.report(c, "server.max_connections", "must be at least 16");
+                16
+            }
+            Some(c) => c.value as usize,
+            None => 4096,
+        };
+        let header_timeout = self.duration(&raw.header_timeout, "server.header_timeout", 10_000);
+        let idle_timeout = self.duration(&raw.idle_timeout, "server.idle_timeout", 60_000);
+        for (value, raw, key) in [
+            (header_timeout, &raw.header_timeout, "server.header_timeout"),
+            (idle_timeout, &raw.idle_timeout, "server.idle_timeout"),
+        ] {
+            if let Some(r) = raw.as_ref().filter(|_| value < 100) {
+                self.report(r, key, "must be at least 100ms");
+            }
+        }
+        let retention = self.duration(&raw.retention, "server.retention", 7 * 24 * 3_600_000);
+        if let Some(r) = raw.retention.as_ref().filter(|_| retention < 1_000) {
+            self.report(r, "server.retention", "must be at least 1s");
+        }
         ServerPlan {
             listen,
             data_dir,
             tick: tick.max(1),
             dedupe_window,
             max_body_bytes,
+            max_inflight_body_bytes,
+            max_connections,
+            header_timeout: header_timeout.max(100),
+            idle_timeout: idle_timeout.max(100),
+            retention: retention.max(1_000),
         }
     }
 
-    fn auth(&mut self, raw: Option<RawAuth>) -> AuthPlan {
-        let Some(raw) = raw else {
+    fn auth(&mut self, raw: Option<Spanned<RawAuth>>) -> AuthPlan {
+        let Some(spanned) = raw else {
+            self.problems.push(Problem {
+                file: self.file.clone(),
+                line: 1,
+                column: 1,
+                key: "auth".into(),
+                message: "no `auth` section: add one with at least one admin token \
+                          (`auth: { tokens: [{ name: platform, role: admin, token_env: STAGEGATE_ADMIN_TOKEN }] }`), \
+                          or say `auth: { open: true }` for an unauthenticated development server"
+                    .into(),
+            });
             return AuthPlan::default();
         };
+        let raw = &spanned.value;
+        if raw.open {
+            if !raw.tokens.is_empty() {
+                self.report(
+                    &spanned,
+                    "auth.open",
+                    "`open: true` serves every endpoint without a token; remove it or the tokens",
+                );
+            }
+            return AuthPlan {
+                tokens: None,
+                open_assign: true,
+            };
+        }
         let mut tokens = Vec::new();
         for (i, t) in raw.tokens.iter().enumerate() {
             match Role::parse(&t.value.role.value) {
@@ -685,11 +976,19 @@ impl Validator {
                     &t.value.role,
                     format!("auth.tokens[{i}].role"),
                     format!(
-                        "unknown role `{}`; expected admin, operator, ingest or read",
+                        "unknown role `{}`; expected admin, operator, ingest or viewer (alias read)",
                         t.value.role.value
                     ),
                 ),
             }
+        }
+        if !tokens.iter().any(|t| t.role == Role::Admin) {
+            self.report(
+                &spanned,
+                "auth.tokens",
+                "at least one token must have role admin (or say `auth: { open: true }` for an \
+                 unauthenticated development server)",
+            );
         }
         AuthPlan {
             tokens: Some(tokens),
@@ -1207,8 +1506,83 @@ pub fn format_pct(bps: u16) -> String {
 mod tests {
     use super::*;
 
+    /// Parses `text`; one with no `auth` section gets `auth: { open: true }` appended (after
+    /// every line, so reported positions stay true).
     fn parse(text: &str) -> Result<Plan, Vec<String>> {
-        Plan::parse(Path::new("t.yaml"), text).map_err(|e| e.problems())
+        let text = if text.contains("auth:") {
+            text.to_string()
+        } else {
+            format!("{text}\nauth: {{ open: true }}\n")
+        };
+        Plan::parse(Path::new("t.yaml"), &text).map_err(|e| e.problems())
+    }
+
+    #[test]
+    fn a_config_without_admin_auth_is_invalid_unless_it_says_open() {
+        let check = |text: &str| Plan::parse(Path::new("t.yaml"), text).map_err(|e| e.problems());
+        let errs = check("").unwrap_err();
+        assert!(errs[0].contains("no `auth` section"), "{errs:?}");
+        let errs =
+            check("auth: { tokens: [{ name: a, role: ingest, token_env: X }] }\n").unwrap_err();
+        assert!(
+            errs[0].contains("at least one token must have role admin"),
+            "{errs:?}"
+        );
+        let errs =
+            check("auth: { open: true, tokens: [{ name: a, role: admin, token_env: X }] }\n")
+                .unwrap_err();
+        assert!(errs[0].contains("auth.open"), "{errs:?}");
+        let open = check("auth: { open: true }\n").expect("explicitly open");
+        assert!(open.auth.tokens.is_none());
+        let closed = check("auth: { tokens: [{ name: a, role: viewer, token_env: X }, { name: b, role: admin, token_env: Y }] }\n")
+            .expect("admin present; viewer is read's alias");
+        assert_eq!(closed.auth.tokens.map(|t| t[0].role), Some(Role::Read));
+    }
+
+    #[test]
+    fn signal_ranges_are_validated_and_applied() {
+        let errs = parse(
+            "signals:\n  cost_usd: { range: [5, 1] }\n  quality: { range: [0, 2] }\n  fallback: { range: [0, 1] }\n  latency_ms: { range: [0, 1e300] }\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        let plan = parse("signals:\n  cost_usd: { range: [0, 5] }\n").expect("valid");
+        assert!(plan.ranges.check(&Signal::CostUsd, 4.0).is_ok());
+        let err = plan.ranges.check(&Signal::CostUsd, 6.0).unwrap_err();
+        assert!(err.contains("0..5"), "{err}");
+        assert!(plan.ranges.check(&Signal::LatencyMs, 1e308).is_err());
+        assert!(
+            plan.ranges
+                .check(&Signal::Custom("x".into()), f64::NAN)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn policy_diff_names_each_change_and_which_reset_evidence() {
+        let text = include_str!("../config/stagegate.yaml");
+        let before = parse(text).expect("valid").rollouts[0].policy_terms();
+        let edited = text
+            .replace("min_duration: 10m", "min_duration: 20m")
+            .replace("min: 0.80", "min: 0.85");
+        let after = parse(&edited).expect("valid").rollouts[0].policy_terms();
+        let diff = policy_diff(&before, &after);
+        let lines: Vec<&str> = diff.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(diff.len(), 2, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("gates.quality_mean: min 0.8") && l.contains("→ min 0.85")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"stages.internal.min_duration: 10m → 20m"),
+            "{lines:?}"
+        );
+        assert!(term_resets_evidence("gates.quality_mean"));
+        assert!(!term_resets_evidence("stages.internal.min_duration"));
+        assert!(!term_resets_evidence("lane.repair"));
+        assert!(term_resets_evidence("stages.internal.traffic"));
     }
 
     #[test]

@@ -12,15 +12,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::assign::{RolloutRoute, Routing, WorkflowRoute};
 use crate::clock::{Millis, human_duration, rfc3339};
-use crate::config::{Plan, RolloutPlan, WorkflowPlan};
+use crate::config::{Plan, RolloutPlan, WorkflowPlan, policy_diff, term_resets_evidence};
 use crate::event::{Mode, Review, TaskEvent};
-use crate::evidence::{Arm, Evidence, Tracked};
+use crate::evidence::{Arm, Checkpoint, Evidence, Tracked};
 use crate::gate::{Check, GateInput, GateVerdict, Signal, Stat, Verdict, evaluate};
 use crate::receipt::{Receipt, StateView};
 use crate::rollout::{
     Action, Actor, Assessment, Command, Decision, Phase, Refusal, RolloutState, assess,
     missing_proof, operate, verdicts,
 };
+
+/// The sample count guards' sequential tests are tuned for.
+const GUARD_DESIGN_SAMPLES: f64 = 500.0;
 
 /// One rollout's live state: durable state plus the current epoch's evidence.
 #[derive(Debug, Clone)]
@@ -29,6 +32,8 @@ pub struct Runtime {
     pub evidence: Evidence,
     /// Healthy candidate tasks run in read-only mode this epoch (for the re-enable rule).
     pub healthy_read_only: u64,
+    /// Evidence changed since the last checkpoint.
+    pub dirty: bool,
 }
 
 /// A guarded workflow's durable state.
@@ -45,6 +50,8 @@ pub struct GuardRuntime {
     pub workflow: String,
     pub state: GuardState,
     pub evidence: Evidence,
+    /// Evidence changed since the last checkpoint.
+    pub dirty: bool,
 }
 
 /// Where an event's evidence goes.
@@ -85,6 +92,12 @@ pub struct Engine {
     pub plan: Arc<Plan>,
     pub rollouts: Vec<Runtime>,
     pub guards: Vec<GuardRuntime>,
+    /// Bumped by every config change: a [`Route`] (which holds indices) computed under an
+    /// older generation must be computed again before it is recorded.
+    pub generation: u64,
+    /// Every stored event with a sequence number up to this one has been recorded (or was
+    /// outside its scope's current epoch): the watermark checkpoints carry.
+    pub recorded_seq: u64,
 }
 
 /// The signals a rollout (or guard) keeps statistics for: every built-in one, plus custom
@@ -131,8 +144,9 @@ impl Engine {
                         .unwrap_or_else(|| RolloutState::initial(now)),
                     r.stages.len(),
                 ),
-                evidence: Evidence::new(tracked(&r.gates), r.segments.len()),
+                evidence: Evidence::new(tracked(&r.gates), r.segments.len(), r.design_samples()),
                 healthy_read_only: 0,
+                dirty: true,
             })
             .collect();
         let guards = plan
@@ -146,13 +160,16 @@ impl Engine {
                     since: now,
                     epoch: 1,
                 }),
-                evidence: Evidence::new(tracked(&w.guards), 1),
+                evidence: Evidence::new(tracked(&w.guards), 1, GUARD_DESIGN_SAMPLES),
+                dirty: true,
             })
             .collect();
         Engine {
             plan,
             rollouts,
             guards,
+            generation: 0,
+            recorded_seq: 0,
         }
     }
 
@@ -179,6 +196,7 @@ impl Engine {
                 event.version, event.workflow
             ));
         }
+        self.check_ranges(event)?;
         if let Some(rollout) = self
             .plan
             .rollouts
@@ -216,6 +234,129 @@ impl Engine {
         }
     }
 
+    /// Every reported numeric signal must lie in its plausible range (`signals.NAME.range`).
+    fn check_ranges(&self, event: &TaskEvent) -> Result<(), String> {
+        let ranges = &self.plan.ranges;
+        for signal in [Signal::Quality, Signal::LatencyMs, Signal::CostUsd] {
+            if let Some(x) = event.observation(&signal) {
+                ranges.check(&signal, x)?;
+            }
+        }
+        for (name, &x) in &event.signals {
+            ranges.check(&Signal::Custom(name.clone()), x)?;
+        }
+        Ok(())
+    }
+
+    /// Records an event routed as `route` under `generation` into `scope`: a route from
+    /// before a config change is computed again, and recorded only if it still names the
+    /// same scope and epoch.
+    pub fn record_routed(
+        &mut self,
+        route: &Route,
+        generation: u64,
+        scope: Option<&(String, u64)>,
+        event: &TaskEvent,
+    ) {
+        if generation == self.generation {
+            self.record(route, event);
+        } else if let Ok(fresh) = self.route(event) {
+            if fresh.scope(self).as_ref() == scope {
+                self.record(&fresh, event);
+            }
+        }
+    }
+
+    /// The scope name and epoch of every rollout and guard, for start-up's replay.
+    pub fn scopes(&self) -> Vec<(String, u64)> {
+        let rollouts = self
+            .plan
+            .rollouts
+            .iter()
+            .zip(&self.rollouts)
+            .map(|(r, rt)| (r.name.clone(), rt.state.epoch));
+        let guards = self
+            .guards
+            .iter()
+            .map(|g| (format!("workflow:{}", g.workflow), g.state.epoch));
+        rollouts.chain(guards).collect()
+    }
+
+    /// Restores a scope's evidence from its checkpoint, if the checkpoint is of the scope's
+    /// current epoch and shape; returns whether it was used.
+    pub fn restore(&mut self, scope: &str, checkpoint: Checkpoint) -> bool {
+        if let Some(name) = scope.strip_prefix("workflow:") {
+            if let Some(g) = self.guard_index(name).map(|i| &mut self.guards[i]) {
+                if g.state.epoch == checkpoint.epoch
+                    && g.evidence.tracked == checkpoint.evidence.tracked
+                    && g.evidence.cells.len() == checkpoint.evidence.cells.len()
+                {
+                    g.evidence = checkpoint.evidence;
+                    return true;
+                }
+            }
+            return false;
+        }
+        let Some(i) = self.rollout_index(scope) else {
+            return false;
+        };
+        let rt = &mut self.rollouts[i];
+        if rt.state.epoch == checkpoint.epoch
+            && rt.evidence.tracked == checkpoint.evidence.tracked
+            && rt.evidence.cells.len() == checkpoint.evidence.cells.len()
+        {
+            rt.evidence = checkpoint.evidence;
+            rt.healthy_read_only = checkpoint.healthy_read_only;
+            rt.dirty = false;
+            return true;
+        }
+        false
+    }
+
+    /// Marks a scope's evidence as not yet checkpointed.
+    pub fn mark_dirty(&mut self, scope: &str) {
+        if let Some(name) = scope.strip_prefix("workflow:") {
+            if let Some(i) = self.guard_index(name) {
+                self.guards[i].dirty = true;
+            }
+        } else if let Some(i) = self.rollout_index(scope) {
+            self.rollouts[i].dirty = true;
+        }
+    }
+
+    /// Checkpoints of every scope whose evidence changed since the last call.
+    pub fn take_checkpoints(&mut self) -> Vec<(String, Checkpoint)> {
+        let seq = self.recorded_seq;
+        let mut out = Vec::new();
+        for (r, rt) in self.plan.rollouts.iter().zip(self.rollouts.iter_mut()) {
+            if std::mem::take(&mut rt.dirty) {
+                out.push((
+                    r.name.clone(),
+                    Checkpoint {
+                        epoch: rt.state.epoch,
+                        seq,
+                        healthy_read_only: rt.healthy_read_only,
+                        evidence: rt.evidence.clone(),
+                    },
+                ));
+            }
+        }
+        for g in &mut self.guards {
+            if std::mem::take(&mut g.dirty) {
+                out.push((
+                    format!("workflow:{}", g.workflow),
+                    Checkpoint {
+                        epoch: g.state.epoch,
+                        seq,
+                        healthy_read_only: 0,
+                        evidence: g.evidence.clone(),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
     /// Adds an event to evidence if its epoch is still the current one.
     pub fn record(&mut self, route: &Route, event: &TaskEvent) {
         match *route {
@@ -232,6 +373,7 @@ impl Engine {
                     return;
                 }
                 rt.evidence.record(segment, arm, event);
+                rt.dirty = true;
                 if arm == Arm::Candidate
                     && event.mode == Mode::ReadOnly
                     && is_healthy(&self.plan.rollouts[rollout].gates, event)
@@ -246,6 +388,7 @@ impl Engine {
                     .filter(|g| g.state.epoch == epoch)
                 {
                     g.evidence.record(0, Arm::Candidate, event);
+                    g.dirty = true;
                 }
             }
             Route::Untracked => {}
@@ -284,8 +427,11 @@ impl Engine {
     pub fn apply(&mut self, rollout: usize, decision: &Decision) {
         let rt = &mut self.rollouts[rollout];
         if decision.after.epoch != rt.state.epoch {
-            rt.evidence = rt.evidence.fresh();
+            rt.evidence = rt
+                .evidence
+                .fresh(self.plan.rollouts[rollout].design_samples());
             rt.healthy_read_only = 0;
+            rt.dirty = true;
         }
         rt.state = decision.after.clone();
     }
@@ -319,7 +465,7 @@ impl Engine {
                     candidate: &cell.signals[idx],
                     baseline: None,
                     alpha,
-                    design_samples: 500.0,
+                    design_samples: GUARD_DESIGN_SAMPLES,
                 };
                 Some(evaluate(spec, "all", &input))
             })
@@ -386,7 +532,8 @@ impl Engine {
     pub fn apply_guard(&mut self, guard: usize, decision: &GuardDecision) {
         let g = &mut self.guards[guard];
         if decision.after.epoch != g.state.epoch {
-            g.evidence = g.evidence.fresh();
+            g.evidence = g.evidence.fresh(GUARD_DESIGN_SAMPLES);
+            g.dirty = true;
         }
         g.state = decision.after.clone();
     }
@@ -423,6 +570,7 @@ impl Engine {
             confidence: 0.95,
             config_hash: self.plan.hash.clone(),
             previous_config_hash: None,
+            changes: Vec::new(),
             lane: crate::receipt::LaneView {
                 owner: String::new(),
                 affected_systems: Vec::new(),
@@ -539,66 +687,273 @@ impl Engine {
         }
     }
 
-    /// Swaps in a new plan. Rollouts whose policy is unchanged keep their state and evidence;
-    /// changed ones keep their state but start a new epoch, and get a `reconfigure` decision.
-    pub fn reload(&self, plan: Arc<Plan>, now: Millis) -> (Engine, Vec<(usize, Decision)>) {
-        let mut states = HashMap::new();
-        for (i, r) in self.plan.rollouts.iter().enumerate() {
-            states.insert(r.name.clone(), self.rollouts[i].state.clone());
-        }
-        let guard_states = self
-            .guards
-            .iter()
-            .map(|g| (g.workflow.clone(), g.state.clone()))
-            .collect();
-        let mut next = Engine::new(plan.clone(), states, guard_states, now);
-        let mut decisions = Vec::new();
-        for (i, r) in plan.rollouts.iter().enumerate() {
-            let Some(old) = self.rollout_index(&r.name) else {
-                continue;
-            };
-            let old_plan = &self.plan.rollouts[old];
-            if old_plan.policy_fingerprint() == r.policy_fingerprint()
-                && old_plan.workflow == r.workflow
-            {
-                next.rollouts[i].evidence = self.rollouts[old].evidence.clone();
-                next.rollouts[i].healthy_read_only = self.rollouts[old].healthy_read_only;
-                continue;
-            }
-            let before = self.rollouts[old].state.clone();
-            let mut after = before.clone();
-            after.epoch += 1;
-            if after.stage.is_some_and(|s| s >= r.stages.len()) {
-                after.stage = Some(r.stages.len() - 1);
-            }
-            decisions.push((
-                i,
-                Decision {
-                    action: Action::Reconfigure,
-                    actor: Actor::Operator("config-reload".into()),
-                    reason: "config reload changed this rollout's stages, gates or segments".into(),
-                    trigger: None,
-                    before,
-                    after,
-                    verdicts: Vec::new(),
-                },
-            ));
-        }
-        for (i, g) in next.guards.iter_mut().enumerate() {
-            if let Some(old) = self.guard_index(&g.workflow) {
-                let unchanged = self.guard_plan(old).map(|w| &w.guards)
-                    == plan.workflow(&g.workflow).map(|w| &w.guards);
-                if unchanged {
-                    g.evidence = self.guards[old].evidence.clone();
+    /// Builds the engine for a new `plan` — after a reload (`previous` is the running engine)
+    /// or at start-up (`previous` is `None`) — and every decision that takes it there, by one
+    /// set of rules:
+    /// - a rollout whose stored policy equals the new one keeps its state and evidence, with
+    ///   no receipt;
+    /// - one whose policy changed gets a `reconfigure` decision listing every change; it keeps
+    ///   its evidence unless a change alters what evidence means ([`term_resets_evidence`]);
+    /// - a rollout new to the config starts at its first stage (receipted);
+    /// - a rollout removed from the config keeps its state under its name as `dormant`
+    ///   (receipted), and a re-added one resumes from it — containment and re-enable debt
+    ///   included. Removing a contained rollout needs `force`.
+    ///
+    /// `stored` holds the store's states: at start-up every one, on reload at least those of
+    /// rollouts the running engine does not have.
+    pub fn reconcile(
+        previous: Option<&Engine>,
+        plan: Arc<Plan>,
+        stored: &HashMap<String, RolloutState>,
+        stored_guards: &HashMap<String, GuardState>,
+        force: bool,
+        now: Millis,
+    ) -> Result<Reconciliation, Refusal> {
+        let current = |name: &str| -> Option<&RolloutState> {
+            if let Some(prev) = previous {
+                if let Some(i) = prev.rollout_index(name) {
+                    return Some(&prev.rollouts[i].state);
                 }
             }
-            let _ = i;
+            stored.get(name)
+        };
+        // Rollouts leaving the config.
+        let mut leaving: Vec<(String, RolloutState)> = match previous {
+            Some(prev) => prev
+                .plan
+                .rollouts
+                .iter()
+                .zip(&prev.rollouts)
+                .map(|(r, rt)| (r.name.clone(), rt.state.clone()))
+                .collect(),
+            None => stored
+                .iter()
+                .filter(|(_, s)| !s.dormant)
+                .map(|(n, s)| (n.clone(), s.clone()))
+                .collect(),
+        };
+        leaving.retain(|(name, _)| plan.rollout(name).is_none());
+        leaving.sort_by(|a, b| a.0.cmp(&b.0));
+        let contained: Vec<String> = leaving
+            .iter()
+            .filter(|(_, s)| s.is_contained())
+            .map(|(n, s)| format!("{n} ({})", s.phase.name()))
+            .collect();
+        if !contained.is_empty() && !force {
+            return Err(Refusal::RemovesContained(contained));
         }
-        (next, decisions)
+        let mut states = HashMap::new();
+        let mut decisions = Vec::new();
+        for (i, r) in plan.rollouts.iter().enumerate() {
+            let terms = r.policy_terms();
+            let stage_of = |s: &RolloutState| clamp_stage(s.clone(), r.stages.len());
+            let before = match current(&r.name) {
+                Some(state) => state.clone(),
+                None => {
+                    let mut after = RolloutState::initial(now);
+                    after.policy = terms;
+                    let first = r.stages.first().map_or("", |s| s.name.as_str());
+                    decisions.push((
+                        i,
+                        reconfigure(
+                            RolloutState::initial(now),
+                            after.clone(),
+                            format!("added to the config; starts at stage {first}"),
+                            Vec::new(),
+                        ),
+                    ));
+                    states.insert(r.name.clone(), after);
+                    continue;
+                }
+            };
+            let diff = policy_diff(&before.policy, &terms);
+            let mut after = stage_of(&before);
+            after.policy = terms;
+            if before.dormant {
+                after.dormant = false;
+                after.epoch += 1;
+                let stage = after.stage_name(r).unwrap_or("none");
+                let mut changes = vec![format!(
+                    "re-added to the config; resumes its stored state: {}, stage {stage}",
+                    after.phase.name()
+                )];
+                changes.extend(diff.into_iter().map(|(_, line)| line));
+                decisions.push((
+                    i,
+                    reconfigure(
+                        before,
+                        after.clone(),
+                        "re-added to the config; resumes from its stored state".into(),
+                        changes,
+                    ),
+                ));
+            } else if before.policy.is_empty() {
+                // A state stored before policies were recorded: its policy is unknown.
+                after.epoch += 1;
+                decisions.push((
+                    i,
+                    reconfigure(
+                        before,
+                        after.clone(),
+                        "the stored state had no policy record; recorded the config's".into(),
+                        Vec::new(),
+                    ),
+                ));
+            } else if !diff.is_empty() {
+                let resets = diff.iter().any(|(key, _)| term_resets_evidence(key));
+                if resets {
+                    after.epoch += 1;
+                }
+                let reason = if resets {
+                    "the config changed this rollout's policy; evidence restarts (a new epoch)"
+                } else {
+                    "the config changed this rollout's policy; evidence is kept"
+                };
+                decisions.push((
+                    i,
+                    reconfigure(
+                        before,
+                        after.clone(),
+                        reason.into(),
+                        diff.into_iter().map(|(_, line)| line).collect(),
+                    ),
+                ));
+            }
+            states.insert(r.name.clone(), after);
+        }
+        let mut guard_states: HashMap<String, GuardState> = stored_guards.clone();
+        if let Some(prev) = previous {
+            for g in &prev.guards {
+                guard_states.insert(g.workflow.clone(), g.state.clone());
+            }
+        }
+        // The engine starts from the states *before* the decisions: applying each persisted
+        // decision moves it on (and starts fresh evidence where the epoch changed).
+        let mut starting = states.clone();
+        for (i, d) in &decisions {
+            starting.insert(plan.rollouts[*i].name.clone(), d.before.clone());
+        }
+        let engine = Engine::new(plan.clone(), starting, guard_states, now);
+        let removed = leaving
+            .into_iter()
+            .map(|(name, before)| {
+                let mut after = before.clone();
+                after.dormant = true;
+                let changes = vec![format!(
+                    "removed from the config while {}; its state, receipts and re-enable debt are kept and return if it is added again",
+                    before.phase.name()
+                )];
+                let reason = if before.is_contained() {
+                    "removed from the config with force while contained".to_string()
+                } else {
+                    "removed from the config".to_string()
+                };
+                (name, reconfigure(before, after, reason, changes))
+            })
+            .collect();
+        Ok(Reconciliation {
+            engine,
+            decisions,
+            removed,
+        })
+    }
+
+    /// Takes over `previous`'s live evidence for every rollout (and guard) whose epoch did not
+    /// change: called when swapping in a reconciled engine, after its decisions are applied,
+    /// so events recorded while the decisions were persisted are not lost.
+    pub fn carry_evidence(&mut self, previous: &Engine) {
+        self.generation = previous.generation + 1;
+        self.recorded_seq = previous.recorded_seq;
+        for (i, r) in self.plan.rollouts.iter().enumerate() {
+            if let Some(old) = previous.rollout_index(&r.name) {
+                let prev = &previous.rollouts[old];
+                if prev.state.epoch == self.rollouts[i].state.epoch
+                    && prev.evidence.cells.len() == r.segments.len()
+                {
+                    self.rollouts[i].evidence = prev.evidence.clone();
+                    self.rollouts[i].healthy_read_only = prev.healthy_read_only;
+                    self.rollouts[i].dirty = prev.dirty;
+                }
+            }
+        }
+        for g in self.guards.iter_mut() {
+            if let Some(old) = previous.guard_index(&g.workflow) {
+                let unchanged = previous.guard_plan(old).map(|w| &w.guards)
+                    == self.plan.workflow(&g.workflow).map(|w| &w.guards);
+                if unchanged && previous.guards[old].state.epoch == g.state.epoch {
+                    g.evidence = previous.guards[old].evidence.clone();
+                }
+            }
+        }
+    }
+
+    /// The receipt for a rollout that left the config, from its stored policy terms.
+    pub fn removal_receipt(&self, name: &str, decision: &Decision, now: Millis) -> Receipt {
+        let terms = &decision.before.policy;
+        let term = |k: &str| terms.get(k).cloned().unwrap_or_default();
+        let view = |s: &RolloutState| StateView {
+            state: s.phase,
+            stage: None,
+            stage_index: s.stage,
+            weights: indexmap::IndexMap::new(),
+            read_only: s.read_only,
+            narrows: s.narrows,
+            epoch: s.epoch,
+        };
+        Receipt {
+            id: String::new(),
+            at: rfc3339(now),
+            at_ms: now,
+            rollout: name.to_string(),
+            workflow: term("workflow"),
+            action: decision.action,
+            actor: decision.actor.clone(),
+            reason: decision.reason.clone(),
+            trigger: None,
+            before: view(&decision.before),
+            after: view(&decision.after),
+            evidence: Vec::new(),
+            confidence: term("confidence").parse().unwrap_or(0.0),
+            config_hash: self.plan.hash.clone(),
+            previous_config_hash: None,
+            changes: decision.changes.clone(),
+            lane: crate::receipt::LaneView {
+                owner: term("lane.owner"),
+                affected_systems: Vec::new(),
+                notify: Vec::new(),
+                repair: term("lane.repair"),
+            },
+        }
     }
 
     pub fn rollout_plan(&self, rollout: usize) -> &RolloutPlan {
         &self.plan.rollouts[rollout]
+    }
+}
+
+/// What a config change does: the new engine (in the states *before* `decisions`, which
+/// the shell persists and then applies), and the final decisions of rollouts that left.
+pub struct Reconciliation {
+    pub engine: Engine,
+    pub decisions: Vec<(usize, Decision)>,
+    pub removed: Vec<(String, Decision)>,
+}
+
+fn reconfigure(
+    before: RolloutState,
+    after: RolloutState,
+    reason: String,
+    changes: Vec<String>,
+) -> Decision {
+    Decision {
+        action: Action::Reconfigure,
+        actor: Actor::Operator("config".into()),
+        reason,
+        trigger: None,
+        before,
+        after,
+        verdicts: Vec::new(),
+        changes,
     }
 }
 

@@ -106,6 +106,43 @@ struct WireEvent {
 
 /// Longest accepted `event_id`, in bytes.
 pub const MAX_EVENT_ID: usize = 200;
+/// Longest accepted `subject` (the assignment key), in bytes.
+pub const MAX_SUBJECT: usize = 256;
+/// Most attributes on one request or event.
+pub const MAX_ATTRIBUTES: usize = 32;
+/// Longest attribute key, in bytes.
+pub const MAX_ATTRIBUTE_KEY: usize = 64;
+/// Longest attribute value, in bytes.
+pub const MAX_ATTRIBUTE_VALUE: usize = 256;
+
+/// Checks a subject and attributes against the size caps (assign, OFREP and events share them).
+pub fn check_identity<'a>(
+    subject: Option<&str>,
+    attributes: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) -> Result<(), String> {
+    if subject.is_some_and(|s| s.len() > MAX_SUBJECT) {
+        return Err(format!("`subject` is longer than {MAX_SUBJECT} bytes"));
+    }
+    if attributes.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{} attributes; at most {MAX_ATTRIBUTES} are accepted",
+            attributes.len()
+        ));
+    }
+    for (key, value) in attributes {
+        if key.is_empty() || key.len() > MAX_ATTRIBUTE_KEY {
+            return Err(format!(
+                "attribute keys must be 1 to {MAX_ATTRIBUTE_KEY} bytes"
+            ));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE {
+            return Err(format!(
+                "attribute `{key}` is longer than {MAX_ATTRIBUTE_VALUE} bytes"
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Checks one JSON item's shape and ranges (not whether the workflow exists: the engine does).
 pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
@@ -164,6 +201,21 @@ pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
             }
         };
         attributes.insert(key, value);
+    }
+    check_identity(
+        w.subject.as_deref(),
+        attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )?;
+    if workflow.len() > MAX_ATTRIBUTE_KEY || version.len() > MAX_ATTRIBUTE_KEY {
+        return Err(format!(
+            "`workflow` and `version` are at most {MAX_ATTRIBUTE_KEY} bytes"
+        ));
+    }
+    if w.signals.len() > MAX_ATTRIBUTES {
+        return Err(format!(
+            "{} custom signals; at most {MAX_ATTRIBUTES} are accepted",
+            w.signals.len()
+        ));
     }
     Ok(TaskEvent {
         event_id,

@@ -6,6 +6,7 @@
 //! Simpson's-paradox trap in the statistics notes).
 
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 
 use crate::event::TaskEvent;
 use crate::gate::{Signal, Stat};
@@ -14,12 +15,50 @@ use crate::gate::{Signal, Stat};
 const SCALE: f64 = 1_000_000.0;
 
 /// Running mean and variance, optionally with a histogram for quantiles.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Moments {
     pub n: u64,
     pub mean: f64,
     m2: f64,
+    #[serde(with = "histogram_codec", default)]
     hist: Option<Histogram<u64>>,
+}
+
+/// Histograms in checkpoints: HdrHistogram's V2 encoding, base64-free as a byte list.
+mod histogram_codec {
+    use hdrhistogram::Histogram;
+    use hdrhistogram::serialization::{Deserializer as HdrDe, Serializer as _, V2Serializer};
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer>(h: &Option<Histogram<u64>>, s: S) -> Result<S::Ok, S::Error> {
+        let bytes = match h {
+            None => None,
+            Some(h) => {
+                let mut out = Vec::new();
+                V2Serializer::new()
+                    .serialize(h, &mut out)
+                    .map_err(serde::ser::Error::custom)?;
+                Some(out)
+            }
+        };
+        bytes.serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Histogram<u64>>, D::Error> {
+        let bytes: Option<Vec<u8>> = Option::deserialize(d)?;
+        match bytes {
+            None => Ok(None),
+            Some(b) => {
+                let mut h: Histogram<u64> = HdrDe::new()
+                    .deserialize(&mut b.as_slice())
+                    .map_err(serde::de::Error::custom)?;
+                h.auto(true);
+                Ok(Some(h))
+            }
+        }
+    }
 }
 
 impl Moments {
@@ -34,6 +73,9 @@ impl Moments {
         }
     }
 
+    /// Welford's update. Values are range-checked at ingestion, so the running sums stay
+    /// finite; should one not (a value near f64::MAX), the mean and variance become NaN/∞ and
+    /// [`Moments::is_finite`] turns the gate's verdict into a fail-safe `fail`, never a hold.
     pub fn push(&mut self, x: f64) {
         self.n += 1;
         let delta = x - self.mean;
@@ -43,6 +85,11 @@ impl Moments {
             // Auto-resizing histograms accept any u64; a failure only loses quantile precision.
             let _ = h.record((x.max(0.0) * SCALE).round() as u64);
         }
+    }
+
+    /// Whether the statistics can still be computed.
+    pub fn is_finite(&self) -> bool {
+        self.mean.is_finite() && self.m2.is_finite()
     }
 
     /// Sample variance (n − 1).
@@ -71,7 +118,7 @@ impl Moments {
 }
 
 /// Successes out of trials (fallbacks out of tasks, rejects out of reviewed tasks).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bernoulli {
     pub n: u64,
     pub hits: u64,
@@ -88,7 +135,7 @@ impl Bernoulli {
 }
 
 /// The accumulator for one signal.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Accum {
     Numeric(Moments),
     Rate(Bernoulli),
@@ -99,6 +146,14 @@ impl Accum {
         match self {
             Accum::Numeric(m) => m.n,
             Accum::Rate(b) => b.n,
+        }
+    }
+
+    /// Whether this accumulator's statistics can be computed (rates always can).
+    pub fn is_finite(&self) -> bool {
+        match self {
+            Accum::Numeric(m) => m.is_finite(),
+            Accum::Rate(_) => true,
         }
     }
 
@@ -125,14 +180,14 @@ impl Accum {
 }
 
 /// Which signals a rollout tracks, and whether each needs a histogram.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tracked {
     pub signal: Signal,
     pub histogram: bool,
 }
 
 /// Evidence for one arm (baseline or candidate) in one segment.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmEvidence {
     pub tasks: u64,
     pub signals: Vec<Accum>,
@@ -161,24 +216,31 @@ pub enum Arm {
 }
 
 /// All evidence of one rollout's current epoch.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Evidence {
     pub tracked: Vec<Tracked>,
     /// Per rollout segment: `[baseline, candidate]`.
     pub cells: Vec<[ArmEvidence; 2]>,
+    /// The sample count the sequential tests are tuned for, fixed when the epoch starts:
+    /// retuning after seeing data would void the always-valid guarantee.
+    pub design_samples: f64,
 }
 
 impl Evidence {
-    pub fn new(tracked: Vec<Tracked>, segments: usize) -> Evidence {
+    pub fn new(tracked: Vec<Tracked>, segments: usize, design_samples: f64) -> Evidence {
         let cells = (0..segments)
             .map(|_| [ArmEvidence::new(&tracked), ArmEvidence::new(&tracked)])
             .collect();
-        Evidence { tracked, cells }
+        Evidence {
+            tracked,
+            cells,
+            design_samples,
+        }
     }
 
-    /// An empty copy with the same shape: the start of a new epoch.
-    pub fn fresh(&self) -> Evidence {
-        Evidence::new(self.tracked.clone(), self.cells.len())
+    /// An empty copy with the same shape, tuned for `design_samples`: a new epoch.
+    pub fn fresh(&self, design_samples: f64) -> Evidence {
+        Evidence::new(self.tracked.clone(), self.cells.len(), design_samples)
     }
 
     pub fn arm(&self, segment: usize, arm: Arm) -> Option<&ArmEvidence> {
@@ -209,4 +271,14 @@ impl Evidence {
             .map(|c| c[Arm::Candidate as usize].tasks)
             .sum()
     }
+}
+
+/// One scope's evidence as stored: the aggregates of its epoch covering every event with a
+/// sequence number up to `seq`, so start-up replays only the events after it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub epoch: u64,
+    pub seq: u64,
+    pub healthy_read_only: u64,
+    pub evidence: Evidence,
 }

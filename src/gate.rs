@@ -19,7 +19,7 @@ use crate::stats::{Interval, mean_halfwidth, quantile_ranks};
 pub const MIN_SAMPLES_PER_ARM: u64 = 100;
 
 /// A per-task measurement.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum Signal {
     Quality,
     LatencyMs,
@@ -310,6 +310,9 @@ pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVe
     }
 }
 
+/// A statistic that cannot be computed is never a pass, nor a silent hold: it fails safe.
+const NOT_COMPUTABLE: &str = "the statistic cannot be computed (a non-finite value); failing safe";
+
 const NO_BASELINE: &str = "not applicable: the segment sends the baseline no traffic at this stage";
 
 fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> CheckReport {
@@ -343,6 +346,13 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         let note = format!("needs {MIN_SAMPLES_PER_ARM} samples per arm, has {short}");
         return report(limit, None, Verdict::Inconclusive, Some(note));
     }
+    if [Some(input.candidate), baseline]
+        .into_iter()
+        .flatten()
+        .any(|a| !a.is_finite())
+    {
+        return report(limit, None, Verdict::Fail, Some(NOT_COMPUTABLE.into()));
+    }
     let margin = match (gate.stat, input.candidate, baseline) {
         (Stat::Quantile(p), Accum::Numeric(c), b) => {
             let b = match b {
@@ -366,7 +376,9 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
             rate_margin(check, c, b, input)
         }
     };
-    let verdict = if margin.lower > 0.0 {
+    let verdict = if margin.lower.is_nan() || margin.upper.is_nan() {
+        return report(limit, None, Verdict::Fail, Some(NOT_COMPUTABLE.into()));
+    } else if margin.lower > 0.0 {
         Verdict::Fail
     } else if margin.upper < 0.0 {
         Verdict::Pass
@@ -528,7 +540,7 @@ mod tests {
                 histogram: true,
             },
         ];
-        let mut ev = Evidence::new(tracked, 1);
+        let mut ev = Evidence::new(tracked, 1, 100.0);
         for &(arm, q, l) in pairs {
             ev.record(0, arm, &event(q, l));
         }
@@ -642,7 +654,7 @@ mod tests {
                 signal: Signal::LatencyMs,
                 histogram: true,
             }];
-            let mut ev = Evidence::new(tracked, 1);
+            let mut ev = Evidence::new(tracked, 1, 100.0);
             let mut alarm = false;
             for i in 1..=2000 {
                 for arm in [Arm::Baseline, Arm::Candidate] {
@@ -687,7 +699,7 @@ mod tests {
                     histogram: false,
                 },
             ];
-            let mut ev = Evidence::new(tracked, 1);
+            let mut ev = Evidence::new(tracked, 1, 100.0);
             let (mut alarm, mut rate_alarm) = (false, false);
             for i in 1..=2000 {
                 for arm in [Arm::Baseline, Arm::Candidate] {

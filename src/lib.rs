@@ -12,6 +12,7 @@ pub mod engine;
 pub mod event;
 pub mod evidence;
 pub mod gate;
+pub mod http_server;
 pub mod metrics;
 pub mod notify;
 pub mod ofrep;

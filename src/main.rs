@@ -6,7 +6,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use stagegate::clock::SystemClock;
 use stagegate::config::{Plan, render_plan};
 use stagegate::server::{Input, Shared, run_controller, run_pruner, run_ticker};
 
@@ -31,6 +30,10 @@ enum Cmd {
     Serve {
         #[arg(long, default_value = Plan::DEFAULT_PATH)]
         config: PathBuf,
+        /// Start even if the config removes rollouts still in containment (receipted; their
+        /// state is kept and returns if they are added again).
+        #[arg(long)]
+        force: bool,
     },
     /// Validate a config file and print the plan.
     Check {
@@ -51,7 +54,7 @@ enum Cmd {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Cmd::Serve { config } => serve(&config),
+        Cmd::Serve { config, force } => serve(&config, force),
         Cmd::Check { config } => check(&config),
         Cmd::Simulate { config, scenario } => simulate(&config, &scenario),
         Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(|out| print!("{out}")),
@@ -67,6 +70,12 @@ fn main() -> std::process::ExitCode {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let plan = Plan::load(path)?;
+    for warning in stagegate::notify::preflight(&plan) {
+        eprintln!("warning: {warning}");
+    }
+    if plan.auth.tokens.is_none() {
+        eprintln!("warning: auth.open is true: every endpoint answers without a token");
+    }
     print!("{}", render_plan(&plan));
     println!(
         "\nok: {} workflow(s), {} rollout(s)",
@@ -87,7 +96,7 @@ fn simulate(config: &Path, scenario: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(path: &Path) -> anyhow::Result<()> {
+fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("STAGEGATE_LOG")
@@ -97,13 +106,21 @@ fn serve(path: &Path) -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let plan = Plan::load(path)?;
+    if plan.auth.tokens.is_none() {
+        tracing::warn!(
+            "auth.open is true: every endpoint, including reload and rollback, answers without a token; never expose this server"
+        );
+    }
+    for warning in stagegate::notify::preflight(&plan) {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let listen = plan.server.listen.clone();
-        let (shared, inputs) = Shared::start(plan, path.to_path_buf(), Arc::new(SystemClock))?;
+        let (shared, inputs) = Shared::start(plan, path.to_path_buf(), force)?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("binding {listen}"))?;
@@ -115,10 +132,20 @@ fn serve(path: &Path) -> anyhow::Result<()> {
         tokio::spawn(reload_on_sighup(shared.clone()));
         tracing::info!(%addr, "listening");
         println!("listening on {addr}");
-        axum::serve(listener, stagegate::api::router(shared.clone()))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving")?;
+        let server = &shared.plan.load().server;
+        let limits = stagegate::http_server::Limits {
+            max_connections: server.max_connections,
+            header_timeout: std::time::Duration::from_millis(server.header_timeout),
+            idle_timeout: std::time::Duration::from_millis(server.idle_timeout),
+        };
+        stagegate::http_server::serve(
+            listener,
+            stagegate::api::router(shared.clone()),
+            limits,
+            shutdown_signal(),
+            std::time::Duration::from_secs(10),
+        )
+        .await;
         shared
             .ready
             .store(false, std::sync::atomic::Ordering::Relaxed);
@@ -159,6 +186,7 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
                 .inputs
                 .send(Input::Reload {
                     actor: "sighup".into(),
+                    force: false,
                     reply: None,
                 })
                 .await;

@@ -30,10 +30,12 @@ pub struct Metrics {
     assignments: IntCounterVec,
     events: IntCounterVec,
     notifications: IntCounterVec,
+    store_bytes: IntGaugeVec,
+    store_healthy: IntGaugeVec,
 }
 
 /// The `outcome` values of `stagegate_notifications_total`.
-pub const NOTIFICATION_OUTCOMES: [&str; 3] = ["sent", "retried", "failed"];
+pub const NOTIFICATION_OUTCOMES: [&str; 4] = ["sent", "retried", "failed", "skipped"];
 
 /// The `workflow` label for events naming a workflow the config does not know.
 pub const UNKNOWN_WORKFLOW: &str = "_unknown";
@@ -72,6 +74,18 @@ impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
         Metrics {
+            store_bytes: gauge(
+                &r,
+                "stagegate_store_bytes",
+                "Size of the store file on disk.",
+                &[],
+            ),
+            store_healthy: gauge(
+                &r,
+                "stagegate_store_healthy",
+                "1 while the store commits; 0 after a failed write until it recovers.",
+                &[],
+            ),
             rollout_info: gauge(
                 &r,
                 "stagegate_rollout_info",
@@ -167,6 +181,16 @@ impl Metrics {
     }
 
     /// The text exposition.
+    /// The store's size on disk and whether it commits.
+    pub fn store(&self, bytes: u64, healthy: bool) {
+        self.store_bytes
+            .with_label_values::<&str>(&[])
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        self.store_healthy
+            .with_label_values::<&str>(&[])
+            .set(i64::from(healthy));
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);

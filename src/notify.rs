@@ -158,15 +158,59 @@ pub fn slack_body(r: &Receipt) -> Value {
     json!({ "text": text })
 }
 
+/// Problems with the notifiers that will not stop stagegate but will stop notifications:
+/// an unset `url_env` (its notifications are skipped), or no listener at a URL's host and port
+/// right now (deliveries will be retried and may fail). `check` and `serve` print them.
+pub fn preflight(plan: &Plan) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for n in &plan.notifiers {
+        let url = match (&n.url, &n.url_env) {
+            (Some(u), _) => u.clone(),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(u) if !u.is_empty() => u,
+                _ => {
+                    warnings.push(format!(
+                        "notifier `{}`: environment variable {var} is unset; its notifications will be skipped (counted as outcome=\"skipped\")",
+                        n.name
+                    ));
+                    continue;
+                }
+            },
+            (None, None) => continue,
+        };
+        let Ok(parsed) = reqwest::Url::parse(&url) else {
+            warnings.push(format!("notifier `{}`: {url:?} is not a URL", n.name));
+            continue;
+        };
+        let (Some(host), Some(port)) = (parsed.host_str(), parsed.port_or_known_default()) else {
+            continue;
+        };
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&(host, port))
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .is_some_and(|addr| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+            });
+        if !reachable {
+            warnings.push(format!(
+                "notifier `{}`: nothing answers at {host}:{port} right now; deliveries will be retried and then count as failed",
+                n.name
+            ));
+        }
+    }
+    warnings
+}
+
 /// Backoff before attempt `n + 1`: 1 s, 2 s, 4 s … capped at 5 minutes.
 pub fn backoff(attempts: u32) -> Millis {
     (1_000u64 << attempts.min(20)).min(300_000)
 }
 
-/// Why a delivery failed: worth retrying, or not (no URL to send to).
+/// Why a delivery failed: worth retrying; or not, because the notifier is not configured in
+/// this environment (its `url_env` is unset — warned about at start and by `check`).
 enum Failure {
     Retry(String),
-    Permanent(String),
+    Unconfigured(String),
 }
 
 async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), Failure> {
@@ -175,8 +219,8 @@ async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), Failure> {
         (None, Some(var)) => std::env::var(var)
             .ok()
             .filter(|u| !u.is_empty())
-            .ok_or_else(|| Failure::Permanent(format!("environment variable {var} is unset")))?,
-        (None, None) => return Err(Failure::Permanent("no url".into())),
+            .ok_or_else(|| Failure::Unconfigured(format!("environment variable {var} is unset")))?,
+        (None, None) => return Err(Failure::Unconfigured("no url".into())),
     };
     let resp = http
         .post(url)
@@ -227,15 +271,13 @@ pub async fn run_notifier(shared: Arc<Shared>) {
                     let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
                     "sent"
                 }
-                Err(Failure::Permanent(e) | Failure::Retry(e))
-                    if item.attempts + 1 >= MAX_ATTEMPTS =>
-                {
-                    tracing::error!(notifier = %item.notifier, receipt = %item.receipt_id, error = %e, "notification failed for good");
+                Err(Failure::Unconfigured(e)) => {
+                    tracing::warn!(notifier = %item.notifier, receipt = %item.receipt_id, reason = %e, "notification skipped: the notifier is not configured here");
                     let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
-                    "failed"
+                    "skipped"
                 }
-                Err(Failure::Permanent(e)) => {
-                    tracing::error!(notifier = %item.notifier, receipt = %item.receipt_id, error = %e, "notification cannot be sent");
+                Err(Failure::Retry(e)) if item.attempts + 1 >= MAX_ATTEMPTS => {
+                    tracing::error!(notifier = %item.notifier, receipt = %item.receipt_id, error = %e, "notification failed for good");
                     let _ = tokio::task::spawn_blocking(move || store.notification_done(key)).await;
                     "failed"
                 }

@@ -16,9 +16,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::{ApiError, Body, authorize};
+use crate::api::{ApiError, Body};
 use crate::assign::{Assignment, Reason};
-use crate::config::Role;
 use crate::server::Shared;
 
 /// The evaluation context: the subject and the attributes.
@@ -66,7 +65,7 @@ fn context(body: &Body) -> Result<Context, ContextError> {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         _ => return Err(ContextError::TargetingKeyMissing),
     };
-    let attributes = ctx
+    let attributes: HashMap<String, String> = ctx
         .iter()
         .filter(|(k, _)| k.as_str() != "targetingKey")
         .filter_map(|(k, v)| {
@@ -79,6 +78,11 @@ fn context(body: &Body) -> Result<Context, ContextError> {
             Some((k.clone(), v))
         })
         .collect();
+    crate::event::check_identity(
+        Some(&targeting_key),
+        attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+    )
+    .map_err(ContextError::Invalid)?;
     Ok(Context {
         targeting_key,
         attributes,
@@ -114,21 +118,12 @@ fn evaluation(a: &Assignment<'_>) -> Value {
     json!({"key": a.workflow, "value": a.version, "variant": a.version, "reason": reason, "metadata": metadata})
 }
 
-fn check_auth(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
-    if !shared.tokens.load().open_assign {
-        authorize(shared, headers, Role::Ingest)?;
-    }
-    Ok(())
-}
-
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub async fn evaluate_flag(
     State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
     Path(key): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_auth(&shared, &headers)?;
     let ctx = match context(&body) {
         Ok(ctx) => ctx,
         Err(e) => return Ok(context_failure(Some(&key), &e)),
@@ -153,7 +148,6 @@ pub async fn evaluate_bulk(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    check_auth(&shared, &headers)?;
     let ctx = match context(&body) {
         Ok(ctx) => ctx,
         Err(e) => return Ok(context_failure(None, &e)),

@@ -79,6 +79,9 @@ pub struct Receipt {
     pub config_hash: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_config_hash: Option<String>,
+    /// What a config change changed (`reconfigure` receipts), one readable line each.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub changes: Vec<String>,
     pub lane: LaneView,
 }
 
@@ -100,6 +103,7 @@ impl Receipt {
             confidence: plan.confidence,
             config_hash: config_hash.to_string(),
             previous_config_hash: None,
+            changes: decision.changes.clone(),
             lane: LaneView {
                 owner: plan.lane.owner.clone(),
                 affected_systems: plan.lane.affected_systems.clone(),

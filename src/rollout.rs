@@ -5,6 +5,8 @@
 //! command or refuses it with the rule it breaks. Neither does I/O or reads a clock; the caller
 //! persists the decision with its receipt and only then applies it.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::clock::{Millis, human_duration};
@@ -123,6 +125,14 @@ pub struct RolloutState {
     pub reenable: Option<ReenableDue>,
     /// While paused: the phase a plain resume returns to.
     pub paused_from: Option<Phase>,
+    /// The policy (`RolloutPlan::policy_terms`) this state was last decided under: a reload
+    /// or restart with a different config is a receipted `reconfigure`, never a silent one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub policy: BTreeMap<String, String>,
+    /// Removed from the config: the state, receipts and re-enable debt wait under the name and
+    /// come back if it is added again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dormant: bool,
 }
 
 impl RolloutState {
@@ -136,7 +146,18 @@ impl RolloutState {
             read_only: false,
             reenable: None,
             paused_from: None,
+            policy: BTreeMap::new(),
+            dormant: false,
         }
+    }
+
+    /// Whether an automatic or operator containment is in force: removing such a rollout
+    /// from the config needs `force`.
+    pub fn is_contained(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Paused | Phase::Narrowed | Phase::ReadOnly | Phase::RolledBack
+        ) || self.reenable.is_some()
     }
 
     /// Candidate share of `segment` in basis points.
@@ -200,6 +221,8 @@ pub struct Decision {
     pub before: RolloutState,
     pub after: RolloutState,
     pub verdicts: Vec<GateVerdict>,
+    /// What a config change changed, one readable line each (reconfigure decisions only).
+    pub changes: Vec<String>,
 }
 
 /// A rollout's verdicts now, what it waits for, and the decision if one is due.
@@ -214,7 +237,8 @@ pub struct Assessment {
 /// Every gate's verdict in every segment that currently sends the candidate traffic.
 pub fn verdicts(plan: &RolloutPlan, state: &RolloutState, evidence: &Evidence) -> Vec<GateVerdict> {
     let alpha = plan.alpha_per_check();
-    let design = plan.design_samples();
+    // The tuning the epoch's evidence was gathered under, not the plan's current one.
+    let design = evidence.design_samples;
     let mut out = Vec::new();
     for (s, segment) in plan.segments.iter().enumerate() {
         let weight = state.weight_bps(plan, s);
@@ -323,6 +347,7 @@ pub fn assess(
                 before: state.clone(),
                 after,
                 verdicts: verdicts.clone(),
+                changes: Vec::new(),
             };
             return Assessment {
                 verdicts,
@@ -411,6 +436,7 @@ pub fn assess(
         before: state.clone(),
         after,
         verdicts: verdicts.clone(),
+        changes: Vec::new(),
     };
     Assessment {
         verdicts,
@@ -502,6 +528,12 @@ pub enum Refusal {
     /// A rule refuses it: the lane's re-enable proof is incomplete.
     #[error("re-enable refused: missing {}", .missing.join("; "))]
     ReenableProof { missing: Vec<String> },
+    /// A config change would drop rollouts that are still contained.
+    #[error(
+        "the config removes rollouts still in containment: {}; keep them in the config until they are resolved, or reload with force (admin) to remove them anyway (their state, receipts and re-enable debt are kept)",
+        .0.join(", ")
+    )]
+    RemovesContained(Vec<String>),
 }
 
 /// What a resume must prove, checked against the lane's re-enable rule.
@@ -641,6 +673,7 @@ pub fn operate(
         before: state.clone(),
         after,
         verdicts,
+        changes: Vec::new(),
     })
 }
 
@@ -676,6 +709,7 @@ rollouts:
       - { signal: cost_usd, stat: mean, max: 0.05, on_breach: read_only }
       - { signal: latency_ms, stat: mean, max: 2000, on_breach: narrow }
     lane: { owner: o, repair: fix, reenable: { ack: true, cooldown: 30m, healthy_read_only_samples: 5 } }
+auth: { open: true }
 "#;
 
     struct Sim {

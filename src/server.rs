@@ -49,6 +49,26 @@ impl Snapshot {
     }
 }
 
+/// The request-body bytes all in-flight requests may hold at once, counted in KiB.
+pub struct BodyBudget {
+    kib: Arc<tokio::sync::Semaphore>,
+}
+
+impl BodyBudget {
+    fn new(bytes: usize) -> BodyBudget {
+        let kib = (bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        BodyBudget {
+            kib: Arc::new(tokio::sync::Semaphore::new(kib)),
+        }
+    }
+
+    /// Reserves `bytes` until the permit drops; `None` when the budget is spent.
+    pub fn reserve(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        Arc::clone(&self.kib).try_acquire_many_owned(kib).ok()
+    }
+}
+
 /// A bearer token resolved from the environment.
 pub struct Token {
     pub secret: String,
@@ -99,6 +119,8 @@ pub struct Shared {
     pub config_path: PathBuf,
     pub inputs: mpsc::Sender<Input>,
     pub ready: AtomicBool,
+    /// Caps the request-body bytes held by in-flight requests.
+    pub body_budget: BodyBudget,
     /// Wakes the notifier when a decision put something in the outbox.
     pub notify_wake: tokio::sync::Notify,
 }
@@ -138,7 +160,9 @@ pub enum Input {
     },
     Reload {
         actor: String,
-        reply: Option<oneshot::Sender<Result<Vec<Receipt>, InputError>>>,
+        /// Remove rollouts still in containment (admin only).
+        force: bool,
+        reply: Option<oneshot::Sender<Result<Reloaded, InputError>>>,
     },
     Shutdown,
 }
@@ -156,7 +180,7 @@ pub struct IngestOutcome {
 pub enum IngestError {
     #[error("{0}")]
     Body(String),
-    #[error("the store could not commit the batch; nothing was acknowledged: {0}")]
+    #[error("{0}")]
     Store(String),
 }
 
@@ -169,13 +193,20 @@ pub struct Rejected {
 impl Shared {
     /// Opens the store, rebuilds state from it, and returns the shared state plus the receiving
     /// end of the controller's input channel.
+    ///
+    /// A config that differs from the one the stored states were decided under is a
+    /// reconfigure like a reload's, receipted before anything is served; `force` allows it to
+    /// remove contained rollouts (as `?force=true` does for a reload).
     pub fn start(
         plan: Plan,
         config_path: PathBuf,
-        clock: Arc<dyn Clock>,
+        force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
         let store = Store::open(&plan.server.data_dir)?;
-        Shared::start_with(plan, config_path, clock, store)
+        let clock = Arc::new(crate::clock::SteadyClock::anchored(
+            store.clock_high_water()?,
+        ));
+        Shared::start_with(plan, config_path, clock, store, force)
     }
 
     /// Like [`Shared::start`] with an already opened store (benchmarks turn durability off).
@@ -184,37 +215,65 @@ impl Shared {
         config_path: PathBuf,
         clock: Arc<dyn Clock>,
         store: Store,
+        force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
-        let loaded = store.load()?;
+        let (stored, stored_guards) = store.states()?;
         let now = clock.now();
         let plan = Arc::new(plan);
-        let mut engine = Engine::new(
-            plan.clone(),
-            loaded.rollouts.clone(),
-            loaded.guards.clone(),
-            now,
-        );
-        for (i, r) in plan.rollouts.iter().enumerate() {
-            if !loaded.rollouts.contains_key(&r.name) {
-                store.put_state(&Change::Rollout {
-                    name: &r.name,
-                    state: &engine.rollouts[i].state,
-                })?;
-            }
+        let reconciled = Engine::reconcile(None, plan.clone(), &stored, &stored_guards, force, now)
+            .map_err(|e| anyhow::anyhow!("{e} (start with `serve --force` to remove them)"))?;
+        let mut engine = reconciled.engine;
+        for (i, decision) in &reconciled.decisions {
+            let mut receipt = engine.receipt(*i, decision, now);
+            receipt.previous_config_hash = Some("(stored state)".into());
+            store.commit(
+                &Change::Rollout {
+                    name: &plan.rollouts[*i].name,
+                    state: &decision.after,
+                },
+                &mut receipt,
+                |r| crate::notify::outbox_for(&plan, r, now),
+            )?;
+            engine.apply(*i, decision);
+            tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, reason = %receipt.reason, changes = ?receipt.changes, "reconfigured at start-up");
         }
+        for (name, decision) in &reconciled.removed {
+            let mut receipt = engine.removal_receipt(name, decision, now);
+            store.commit(
+                &Change::Rollout {
+                    name,
+                    state: &decision.after,
+                },
+                &mut receipt,
+                |_| Vec::new(),
+            )?;
+            tracing::warn!(receipt = %receipt.id, rollout = %name, "rollout removed from the config at start-up");
+        }
+        // Evidence: each scope's checkpoint, then only the events stored after it.
         let mut replayed = 0usize;
-        for stored in &loaded.events {
-            if let Ok(route) = engine.route(&stored.event) {
-                if route
-                    .scope(&engine)
-                    .is_some_and(|(scope, epoch)| scope == stored.scope && epoch == stored.epoch)
-                {
-                    engine.record(&route, &stored.event);
-                    replayed += 1;
+        let mut restored = 0usize;
+        for (scope, epoch) in engine.scopes() {
+            let mut after = 0;
+            if let Some(cp) = store.checkpoint(&scope)? {
+                let seq = cp.seq;
+                if engine.restore(&scope, cp) {
+                    after = seq;
+                    restored += 1;
                 }
             }
+            replayed += store.replay(&scope, epoch, after, |stored| {
+                if let Ok(route) = engine.route(&stored.event) {
+                    if route
+                        .scope(&engine)
+                        .is_some_and(|(s, e)| s == stored.scope && e == stored.epoch)
+                    {
+                        engine.record(&route, &stored.event);
+                    }
+                }
+            })?;
         }
-        tracing::info!(store = %store.path().display(), replayed, "store opened");
+        engine.recorded_seq = store.last_seq()?;
+        tracing::info!(store = %store.path().display(), restored, replayed, "store opened");
         let metrics = Metrics::new();
         metrics.init_series(&plan);
         metrics.observe(&engine, now);
@@ -222,11 +281,9 @@ impl Shared {
         let (tx, rx) = mpsc::channel(64);
         let store = Arc::new(store);
         let (writer, jobs) = std::sync::mpsc::channel();
-        let writer_store = Arc::clone(&store);
-        std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || run_writer(&writer_store, &jobs))?;
+        let body_budget = BodyBudget::new(plan.server.max_inflight_body_bytes);
         let shared = Arc::new(Shared {
+            body_budget,
             writer,
             snapshot: ArcSwap::from_pointee(snapshot),
             tokens: ArcSwap::from_pointee(Tokens::from_plan(&plan)),
@@ -240,6 +297,10 @@ impl Shared {
             ready: AtomicBool::new(true),
             notify_wake: tokio::sync::Notify::new(),
         });
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run_writer(&weak, &jobs))?;
         Ok((shared, rx))
     }
 
@@ -249,8 +310,9 @@ impl Shared {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Serving, and the store commits.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+        self.ready.load(Ordering::Relaxed) && self.store.is_healthy()
     }
 
     /// Validates, deduplicates and durably stores a batch, then adds it to evidence.
@@ -267,8 +329,10 @@ impl Shared {
         let mut unknown_rejects = outcome.rejected.len() as u64;
         // Route under the lock; keep only what the plan knows.
         let mut routed = Vec::with_capacity(valid.len());
+        let generation;
         {
             let engine = self.engine();
+            generation = engine.generation;
             for (index, event) in valid {
                 match engine.route(&event) {
                     Ok(route) => {
@@ -304,35 +368,39 @@ impl Shared {
                 }),
             })
             .collect();
+        let routes = routed.iter().map(|(route, _, _)| route.clone()).collect();
         let (reply, done) = oneshot::channel();
         let stopped = || IngestError::Store("the store writer stopped".into());
         self.writer
-            .send(IngestJob { items, now, reply })
+            .send(IngestJob {
+                items,
+                routes,
+                generation,
+                now,
+                reply,
+            })
             .map_err(|_| stopped())?;
+        // The writer has recorded the new events into evidence when it replies.
         let fresh = done
             .await
             .map_err(|_| stopped())?
-            .map_err(|e| IngestError::Store(e.to_string()))?;
+            .map_err(IngestError::Store)?;
         // Count per workflow, then bump each counter once: no label lookup per event.
         let mut counts: Vec<(&str, u64, u64)> = Vec::new();
-        {
-            let mut engine = self.engine();
-            for ((route, _, event), new) in routed.iter().zip(fresh) {
-                let slot = match counts.iter().position(|(w, _, _)| *w == event.workflow) {
-                    Some(i) => i,
-                    None => {
-                        counts.push((&event.workflow, 0, 0));
-                        counts.len() - 1
-                    }
-                };
-                if new {
-                    engine.record(route, event);
-                    outcome.accepted += 1;
-                    counts[slot].1 += 1;
-                } else {
-                    outcome.duplicates += 1;
-                    counts[slot].2 += 1;
+        for ((_, _, event), new) in routed.iter().zip(fresh) {
+            let slot = match counts.iter().position(|(w, _, _)| *w == event.workflow) {
+                Some(i) => i,
+                None => {
+                    counts.push((&event.workflow, 0, 0));
+                    counts.len() - 1
                 }
+            };
+            if new {
+                outcome.accepted += 1;
+                counts[slot].1 += 1;
+            } else {
+                outcome.duplicates += 1;
+                counts[slot].2 += 1;
             }
         }
         for (workflow, accepted, duplicates) in counts {
@@ -366,18 +434,25 @@ impl Shared {
 /// A batch waiting for the writer thread.
 struct IngestJob {
     items: Vec<BatchItem>,
+    /// Where each item's evidence goes, as routed under `generation`.
+    routes: Vec<crate::engine::Route>,
+    generation: u64,
     now: crate::clock::Millis,
-    reply: oneshot::Sender<Result<Vec<bool>, StoreError>>,
+    reply: oneshot::Sender<Result<Vec<bool>, String>>,
 }
 
 /// Most batches one group commit takes.
 const GROUP_COMMIT_MAX: usize = 64;
 
 /// The writer thread: takes one batch, then every batch already waiting (up to
-/// [`GROUP_COMMIT_MAX`]), and commits them in one transaction — one fsync for all. Each batch
-/// is acknowledged only after that commit.
-fn run_writer(store: &Store, jobs: &std::sync::mpsc::Receiver<IngestJob>) {
+/// [`GROUP_COMMIT_MAX`]), and commits them in one transaction — one fsync for all. It then
+/// records the new events into evidence, in commit order, and only then acknowledges each
+/// batch: so the engine's `recorded_seq` is an exact watermark for checkpoints.
+fn run_writer(shared: &std::sync::Weak<Shared>, jobs: &std::sync::mpsc::Receiver<IngestJob>) {
     while let Ok(first) = jobs.recv() {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
         let mut group = vec![first];
         while group.len() < GROUP_COMMIT_MAX {
             match jobs.try_recv() {
@@ -387,20 +462,35 @@ fn run_writer(store: &Store, jobs: &std::sync::mpsc::Receiver<IngestJob>) {
         }
         let now = group.iter().map(|j| j.now).max().unwrap_or(0);
         let batches: Vec<&[BatchItem]> = group.iter().map(|j| j.items.as_slice()).collect();
-        match store.ingest_groups(&batches, now) {
-            Ok(results) => {
+        match shared.store.ingest_groups(&batches, now) {
+            Ok((results, last_seq)) => {
+                {
+                    let mut engine = shared.engine();
+                    for (job, fresh) in group.iter().zip(&results) {
+                        for ((item, route), new) in job.items.iter().zip(&job.routes).zip(fresh) {
+                            // Untracked events (no scope) are stored for dedupe only.
+                            if let (true, Some(stored)) = (*new, &item.stored) {
+                                let scope = (stored.scope.clone(), stored.epoch);
+                                engine.record_routed(
+                                    route,
+                                    job.generation,
+                                    Some(&scope),
+                                    &stored.event,
+                                );
+                            }
+                        }
+                    }
+                    engine.recorded_seq = engine.recorded_seq.max(last_seq);
+                }
                 for (job, fresh) in group.into_iter().zip(results) {
                     let _ = job.reply.send(Ok(fresh));
                 }
             }
             Err(e) => {
+                tracing::error!(error = %e, "group commit failed; nothing in it was acknowledged");
                 let message = e.to_string();
-                tracing::error!(error = %message, "group commit failed; nothing in it was acknowledged");
                 for job in group {
-                    let _ = job.reply.send(Err(StoreError::Unreadable {
-                        path: store.path().to_path_buf(),
-                        detail: message.clone(),
-                    }));
+                    let _ = job.reply.send(Err(message.clone()));
                 }
             }
         }
@@ -493,8 +583,32 @@ async fn tick(shared: &Arc<Shared>) {
             tracing::error!(error = %e, "could not persist a guard decision; it will be retried next tick");
         }
     }
-    let engine = shared.engine();
-    shared.metrics.observe(&engine, now);
+    let checkpoints = {
+        let mut engine = shared.engine();
+        shared.metrics.observe(&engine, now);
+        engine.take_checkpoints()
+    };
+    write_checkpoints(shared, checkpoints).await;
+}
+
+/// Writes evidence checkpoints off the async threads; on failure the scopes stay dirty.
+async fn write_checkpoints(
+    shared: &Arc<Shared>,
+    checkpoints: Vec<(String, crate::evidence::Checkpoint)>,
+) {
+    if checkpoints.is_empty() {
+        return;
+    }
+    let s = Arc::clone(shared);
+    let scopes: Vec<String> = checkpoints.iter().map(|(s, _)| s.clone()).collect();
+    let written = tokio::task::spawn_blocking(move || s.store.put_checkpoints(&checkpoints)).await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::warn!("evidence checkpoints not written; retried next tick");
+        let mut engine = shared.engine();
+        for scope in scopes {
+            engine.mark_dirty(&scope);
+        }
+    }
 }
 
 async fn decide_guard(
@@ -523,45 +637,128 @@ async fn decide_guard(
     Ok(receipt)
 }
 
-async fn reload(shared: &Arc<Shared>, actor: &str) -> Result<Vec<Receipt>, InputError> {
-    let plan = Plan::load(&shared.config_path)?;
+/// What a reload did.
+#[derive(Debug, serde::Serialize)]
+pub struct Reloaded {
+    pub receipts: Vec<Receipt>,
+    /// Settings that changed in the file but only take effect at the next start.
+    pub needs_restart: Vec<String>,
+}
+
+/// Server settings that a running process cannot change: the running values stay in the plan
+/// (so it tells the truth), and each difference is reported as needing a restart.
+fn keep_restart_only(running: &Plan, next: &mut Plan) -> Vec<String> {
+    let (old, new) = (&running.server, &mut next.server);
+    let mut out = Vec::new();
+    let mut keep = |key: &str, before: String, after: String| {
+        if before != after {
+            out.push(format!(
+                "server.{key}: {before} → {after} (needs a restart; still {before})"
+            ));
+        }
+    };
+    keep("listen", old.listen.clone(), new.listen.clone());
+    keep(
+        "data_dir",
+        old.data_dir.display().to_string(),
+        new.data_dir.display().to_string(),
+    );
+    keep(
+        "max_body_bytes",
+        old.max_body_bytes.to_string(),
+        new.max_body_bytes.to_string(),
+    );
+    keep(
+        "max_inflight_body_bytes",
+        old.max_inflight_body_bytes.to_string(),
+        new.max_inflight_body_bytes.to_string(),
+    );
+    keep(
+        "max_connections",
+        old.max_connections.to_string(),
+        new.max_connections.to_string(),
+    );
+    keep(
+        "header_timeout",
+        crate::clock::human_duration(old.header_timeout),
+        crate::clock::human_duration(new.header_timeout),
+    );
+    keep(
+        "idle_timeout",
+        crate::clock::human_duration(old.idle_timeout),
+        crate::clock::human_duration(new.idle_timeout),
+    );
+    new.listen.clone_from(&old.listen);
+    new.data_dir.clone_from(&old.data_dir);
+    new.max_body_bytes = old.max_body_bytes;
+    new.max_inflight_body_bytes = old.max_inflight_body_bytes;
+    new.max_connections = old.max_connections;
+    new.header_timeout = old.header_timeout;
+    new.idle_timeout = old.idle_timeout;
+    out
+}
+
+/// Reloads the config file: validate, reconcile, persist every receipt, then swap the engine.
+/// A crash part-way leaves each rollout either on its old policy or on its new one with its
+/// receipt; the next start reconciles the rest by the same rules.
+async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reloaded, InputError> {
+    let mut plan = Plan::load(&shared.config_path)?;
+    let running = shared.plan.load_full();
+    let needs_restart = keep_restart_only(&running, &mut plan);
     let now = shared.clock.now();
-    let previous = shared.plan.load().hash.clone();
+    let store = Arc::clone(&shared.store);
+    let (stored, stored_guards) = tokio::task::spawn_blocking(move || store.states())
+        .await
+        .map_err(|_| InputError::ShuttingDown)??;
     let plan = Arc::new(plan);
-    let (next, decisions) = shared.engine().reload(plan.clone(), now);
+    let reconciled = {
+        let engine = shared.engine();
+        Engine::reconcile(
+            Some(&engine),
+            plan.clone(),
+            &stored,
+            &stored_guards,
+            force,
+            now,
+        )?
+    };
+    let mut next = reconciled.engine;
+    let mut receipts = Vec::new();
+    for (i, mut decision) in reconciled.decisions {
+        decision.actor = crate::rollout::Actor::Operator(actor.to_string());
+        let mut receipt = next.receipt(i, &decision, now);
+        receipt.previous_config_hash = Some(running.hash.clone());
+        let change = OwnedChange::Rollout(plan.rollouts[i].name.clone(), decision.after.clone());
+        receipts.push(persist(shared, change, receipt).await?);
+        next.apply(i, &decision);
+    }
+    for (name, mut decision) in reconciled.removed {
+        decision.actor = crate::rollout::Actor::Operator(actor.to_string());
+        let mut receipt = next.removal_receipt(&name, &decision, now);
+        receipt.previous_config_hash = Some(running.hash.clone());
+        let change = OwnedChange::Rollout(name, decision.after.clone());
+        receipts.push(persist(shared, change, receipt).await?);
+    }
     {
         let mut engine = shared.engine();
+        next.carry_evidence(&engine);
         *engine = next;
         shared.plan.store(plan.clone());
         shared.tokens.store(Arc::new(Tokens::from_plan(&plan)));
         shared.metrics.init_series(&plan);
         shared.publish(&engine);
     }
-    let mut receipts = Vec::new();
-    for (i, mut decision) in decisions {
-        decision.actor = crate::rollout::Actor::Operator(actor.to_string());
-        // The engine already holds the reloaded state; `apply` re-applies the new epoch.
-        receipts.push(decide(shared, i, decision, Some(previous.clone())).await?);
+    for receipt in &receipts {
+        shared.metrics.decision(receipt);
     }
-    // New rollouts' initial states, written off the async threads and outside the engine lock.
-    let states: Vec<(String, crate::rollout::RolloutState)> = {
-        let engine = shared.engine();
-        plan.rollouts
-            .iter()
-            .zip(&engine.rollouts)
-            .map(|(r, rt)| (r.name.clone(), rt.state.clone()))
-            .collect()
-    };
-    let store = Arc::clone(&shared.store);
-    tokio::task::spawn_blocking(move || {
-        states
-            .iter()
-            .try_for_each(|(name, state)| store.put_state(&Change::Rollout { name, state }))
-    })
-    .await
-    .map_err(|_| InputError::ShuttingDown)??;
+    for line in &needs_restart {
+        tracing::warn!(setting = %line, "config reload: setting needs a restart");
+    }
     tracing::info!(config = %plan.hash, reconfigured = receipts.len(), "config reloaded");
-    Ok(receipts)
+    Ok(Reloaded {
+        receipts,
+        needs_restart,
+    })
 }
 
 /// The controller loop: the only place state changes.
@@ -616,8 +813,12 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                 };
                 let _ = reply.send(result);
             }
-            Input::Reload { actor, reply } => {
-                let result = reload(&shared, &actor).await;
+            Input::Reload {
+                actor,
+                force,
+                reply,
+            } => {
+                let result = reload(&shared, &actor, force).await;
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "config reload refused; the running config is unchanged");
                 }
@@ -625,7 +826,11 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                     let _ = reply.send(result);
                 }
             }
-            Input::Shutdown => break,
+            Input::Shutdown => {
+                let checkpoints = shared.engine().take_checkpoints();
+                write_checkpoints(&shared, checkpoints).await;
+                break;
+            }
         }
     }
 }
@@ -641,20 +846,41 @@ pub async fn run_ticker(shared: Arc<Shared>) {
     }
 }
 
-/// Prunes dedupe keys older than `server.dedupe_window`, hourly-ish.
+/// Store upkeep: reopens a store whose writes failed (every second while unhealthy), prunes
+/// dedupe keys older than `server.dedupe_window` and raw events older than `server.retention`
+/// that checkpoints cover, and reports the store's size.
 pub async fn run_pruner(shared: Arc<Shared>) {
+    let mut last_prune: Option<crate::clock::Millis> = None;
     loop {
-        let window = shared.plan.load().server.dedupe_window;
-        let cutoff = shared.clock.now().saturating_sub(window);
+        let plan = shared.plan.load_full();
+        let now = shared.clock.now();
         let s = Arc::clone(&shared);
-        match tokio::task::spawn_blocking(move || s.store.prune_dedupe(cutoff)).await {
-            Ok(Ok(n)) if n > 0 => tracing::info!(pruned = n, "dedupe keys pruned"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "dedupe pruning failed"),
-            _ => {}
+        let _ = tokio::task::spawn_blocking(move || s.store.recover(now)).await;
+        let period =
+            (plan.server.dedupe_window.min(plan.server.retention) / 24).clamp(1_000, 3_600_000);
+        let due = last_prune.is_none_or(|t| now.saturating_sub(t) >= period);
+        if due && shared.store.is_healthy() {
+            last_prune = Some(now);
+            let dedupe_cutoff = now.saturating_sub(plan.server.dedupe_window);
+            let event_cutoff = now.saturating_sub(plan.server.retention);
+            let s = Arc::clone(&shared);
+            let pruned = tokio::task::spawn_blocking(move || {
+                let keys = s.store.prune_dedupe(dedupe_cutoff)?;
+                let events = s.store.prune_events(event_cutoff)?;
+                Ok::<_, StoreError>((keys, events))
+            })
+            .await;
+            match pruned {
+                Ok(Ok((keys, events))) if keys + events > 0 => {
+                    tracing::info!(dedupe_keys = keys, events, "store pruned");
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "store pruning failed"),
+                _ => {}
+            }
         }
-        tokio::time::sleep(std::time::Duration::from_millis(
-            (window / 24).clamp(1_000, 3_600_000),
-        ))
-        .await;
+        shared
+            .metrics
+            .store(shared.store.size_bytes(), shared.store.is_healthy());
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

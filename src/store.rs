@@ -3,18 +3,33 @@
 //! One file, `stagegate.redb`, in `data_dir`. Every write is a single ACID transaction with
 //! immediate durability, so what the API acknowledges survives kill -9: an event batch with its
 //! dedupe keys; a decision's new state with its receipt (never one without the other). Events
-//! are keyed by `(scope, epoch, seq)` so a restart replays only the current epoch and an epoch
-//! change prunes the old one. redb's file lock refuses a second process on the same directory.
+//! are keyed by `(scope, epoch, seq)`; an epoch change prunes the old epoch.
+//!
+//! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
+//! plus the tail of events after them, so it stays flat however many events were stored, and
+//! raw events covered by a checkpoint are pruned after `server.retention`.
+//!
+//! A failed write (a full disk) marks the store unhealthy: `/readyz` says so, writes answer 503
+//! with what happened, and [`Store::recover`] reopens the file once writes succeed again. A
+//! damaged file is never written: start-up checks it read-only first, and a file that needs
+//! redb's repair is copied aside first and restored byte for byte if the repair fails.
+//! redb's file lock refuses a second process on the same directory.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, RwLock};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
+    TableDefinition,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Millis;
 use crate::engine::GuardState;
 use crate::event::TaskEvent;
+use crate::evidence::Checkpoint;
 use crate::notify::Outbox;
 use crate::receipt::Receipt;
 use crate::rollout::RolloutState;
@@ -26,6 +41,12 @@ const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 const DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_by_time");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// Commit time → the last event sequence number committed by then (for retention).
+const SEQ_MARKS: TableDefinition<u64, u64> = TableDefinition::new("seq_marks");
+
+/// redb's page cache: its default (1 GiB) made RSS grow with every stored event.
+const CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// The file name inside `data_dir`.
 pub const FILE_NAME: &str = "stagegate.redb";
@@ -35,9 +56,17 @@ pub enum StoreError {
     #[error("{path}: another stagegate process has this data_dir open (the store is locked)")]
     Locked { path: PathBuf },
     #[error(
-        "{path}: the store cannot be opened ({detail}); it was left untouched — restore it from a backup or move it aside"
+        "{path}: the store cannot be opened ({detail}); it was left untouched — restore it from a backup, or move it aside to start with an empty store"
     )]
     Unreadable { path: PathBuf, detail: String },
+    #[error(
+        "{path}: the store file is empty (0 bytes), so it is not a stagegate store; it was left untouched — restore it from a backup, or remove it to start with an empty store"
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "the store cannot commit ({detail}); nothing in this request was acknowledged or changed. stagegate retries every second and recovers by itself once writes succeed — free space (or fix the file system) under {dir}"
+    )]
+    Unavailable { dir: PathBuf, detail: String },
     #[error("store: {0}")]
     Db(#[from] redb::Error),
     #[error("store: a record does not decode: {0}")]
@@ -62,13 +91,8 @@ pub struct BatchItem {
     pub stored: Option<StoredEvent>,
 }
 
-/// What start-up reads back.
-#[derive(Debug, Default)]
-pub struct Loaded {
-    pub rollouts: HashMap<String, RolloutState>,
-    pub guards: HashMap<String, GuardState>,
-    pub events: Vec<StoredEvent>,
-}
+/// Every stored state by name: rollouts, and guarded workflows.
+pub type StoredStates = (HashMap<String, RolloutState>, HashMap<String, GuardState>);
 
 /// A state change to persist with its receipt.
 pub enum Change<'a> {
@@ -105,33 +129,190 @@ impl Change<'_> {
 }
 
 pub struct Store {
-    db: Database,
+    /// `None` only while [`Store::recover`] reopens the file.
+    db: RwLock<Option<Database>>,
     path: PathBuf,
     durability: Durability,
+    healthy: AtomicBool,
+    last_failure: Mutex<String>,
+}
+
+/// Whether a redb error means the file system refused a write (the store must be reopened).
+fn is_io(e: &StoreError) -> bool {
+    matches!(
+        e,
+        StoreError::Db(
+            redb::Error::Io(_)
+                | redb::Error::PreviousIo
+                | redb::Error::DatabaseClosed
+                | redb::Error::TransactionPoisoned
+                | redb::Error::Backend(_)
+        ) | StoreError::Unavailable { .. }
+    )
+}
+
+/// Runs `f` with panics caught and the panic message kept off stderr: redb reports some
+/// damaged pages by panicking, and a damaged file must end in a clear error, not a backtrace.
+fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    out.map_err(|p| {
+        p.downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "redb panicked on a damaged page".into())
+    })
+}
+
+fn builder() -> Builder {
+    let mut b = Builder::new();
+    b.set_cache_size(CACHE_BYTES);
+    b
 }
 
 impl Store {
-    /// Opens (or creates) the store in `dir`. Refuses a directory another process holds, and a
-    /// file that is not a readable store — it is never replaced.
+    /// Opens (or creates) the store in `dir`. Refuses a directory another process holds, an
+    /// empty file, and a file that is not a readable store — none is ever replaced or written.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         let path = dir.join(FILE_NAME);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unreadable {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        let db = Database::create(&path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked { path: path.clone() },
-            other => StoreError::Unreadable {
-                path: path.clone(),
-                detail: other.to_string(),
-            },
-        })?;
+        let db = Self::open_checked(&path)?;
         let store = Store {
-            db,
+            db: RwLock::new(Some(db)),
             path,
             durability: Durability::Immediate,
+            healthy: AtomicBool::new(true),
+            last_failure: Mutex::new(String::new()),
         };
-        let tx = store.db.begin_write().map_err(dberr)?;
+        store.create_tables().map_err(|e| StoreError::Unreadable {
+            path: store.path.clone(),
+            detail: e.to_string(),
+        })?;
+        Ok(store)
+    }
+
+    /// Opens `path` read-write only once it is known to be sound: an existing file is opened
+    /// read-only first; one that needs redb's repair (an unclean stop, or damage) is copied
+    /// aside, repaired, checked, and — if any of that fails — restored byte for byte.
+    fn open_checked(path: &Path) -> Result<Database, StoreError> {
+        let unreadable = |detail: String| StoreError::Unreadable {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let open_error = |e: redb::DatabaseError| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked {
+                path: path.to_path_buf(),
+            },
+            other => unreadable(other.to_string()),
+        };
+        let existing = match std::fs::metadata(path) {
+            Ok(m) => Some(m.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(unreadable(e.to_string())),
+        };
+        match existing {
+            None => return builder().create(path).map_err(open_error),
+            Some(0) => {
+                return Err(StoreError::Empty {
+                    path: path.to_path_buf(),
+                });
+            }
+            Some(_) => {}
+        }
+        let probe = quietly(|| {
+            builder()
+                .open_read_only(path)
+                .map_err(open_error)
+                .and_then(|ro| Self::verify(&ro.begin_read().map_err(dberr)?))
+        })
+        .map_err(unreadable)?;
+        match probe {
+            Ok(()) => return builder().open(path).map_err(open_error),
+            Err(StoreError::Unreadable { detail, .. })
+                if detail.contains(&redb::DatabaseError::RepairAborted.to_string()) => {}
+            Err(other) => return Err(other),
+        }
+        // Not shut down cleanly (kill -9), or damaged: repair a file whose original is kept.
+        let backup = path.with_extension("redb.before-repair");
+        std::fs::copy(path, &backup).map_err(|e| {
+            unreadable(format!(
+                "needs repair, but it could not be copied aside first: {e}"
+            ))
+        })?;
+        let repaired = quietly(|| {
+            let db = builder().open(path).map_err(open_error)?;
+            Self::verify(&db.begin_read().map_err(dberr)?)?;
+            Ok::<_, StoreError>(db)
+        })
+        .map_err(unreadable)
+        .and_then(|r| r);
+        match repaired {
+            Ok(db) => {
+                let _ = std::fs::remove_file(&backup);
+                tracing::info!(store = %path.display(), "store repaired after an unclean stop");
+                Ok(db)
+            }
+            Err(StoreError::Locked { path }) => {
+                let _ = std::fs::remove_file(&backup);
+                Err(StoreError::Locked { path })
+            }
+            Err(e) => {
+                std::fs::rename(&backup, path).map_err(|r| {
+                    unreadable(format!(
+                        "{e}; restoring the original from {} failed: {r}",
+                        backup.display()
+                    ))
+                })?;
+                Err(unreadable(match e {
+                    StoreError::Unreadable { detail, .. } => detail,
+                    other => other.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// Reads every table's records that start-up relies on (states, checkpoints, counters,
+    /// the newest receipts), so a damaged page shows up before anything is written.
+    fn verify(tx: &ReadTransaction) -> Result<(), StoreError> {
+        for table in [STATES, CHECKPOINTS] {
+            match tx.open_table(table) {
+                Ok(t) => {
+                    for row in t.iter().map_err(dberr)? {
+                        let _ = row.map_err(dberr)?;
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
+                Err(e) => return Err(dberr(e)),
+            }
+        }
+        match tx.open_table(COUNTERS) {
+            Ok(t) => {
+                for row in t.iter().map_err(dberr)? {
+                    let _ = row.map_err(dberr)?;
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(dberr(e)),
+        }
+        match tx.open_table(RECEIPTS) {
+            Ok(t) => {
+                for row in t.iter().map_err(dberr)?.rev().take(100) {
+                    let _ = row.map_err(dberr)?;
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(dberr(e)),
+        }
+        Ok(())
+    }
+
+    fn create_tables(&self) -> Result<(), StoreError> {
+        let tx = self.write()?;
         tx.open_table(STATES).map_err(dberr)?;
         tx.open_table(RECEIPTS).map_err(dberr)?;
         tx.open_table(EVENTS).map_err(dberr)?;
@@ -139,11 +320,101 @@ impl Store {
         tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
         tx.open_table(OUTBOX).map_err(dberr)?;
-        tx.commit().map_err(|e| StoreError::Unreadable {
-            path: store.path.clone(),
-            detail: e.to_string(),
-        })?;
-        Ok(store)
+        tx.open_table(CHECKPOINTS).map_err(dberr)?;
+        tx.open_table(SEQ_MARKS).map_err(dberr)?;
+        tx.commit().map_err(dberr)
+    }
+
+    /// Whether the last write succeeded (`/readyz`).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Why the store is unhealthy, if it is.
+    pub fn failure(&self) -> Option<String> {
+        (!self.is_healthy()).then(|| {
+            self.last_failure
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    fn unavailable(&self, detail: String) -> StoreError {
+        StoreError::Unavailable {
+            dir: self.path.parent().unwrap_or(&self.path).to_path_buf(),
+            detail,
+        }
+    }
+
+    /// Runs a write; an I/O failure marks the store unhealthy and says what to do.
+    fn writing<T>(&self, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        if !self.is_healthy() {
+            return Err(self.unavailable(self.failure().unwrap_or_default()));
+        }
+        match f() {
+            Err(e) if is_io(&e) => {
+                let detail = match &e {
+                    StoreError::Unavailable { detail, .. } => detail.clone(),
+                    other => other.to_string(),
+                };
+                if let Ok(mut m) = self.last_failure.lock() {
+                    m.clone_from(&detail);
+                }
+                self.healthy.store(false, Ordering::Relaxed);
+                tracing::error!(store = %self.path.display(), error = %detail, "the store cannot commit; not ready until a write succeeds again");
+                Err(self.unavailable(detail))
+            }
+            other => other,
+        }
+    }
+
+    /// Reopens an unhealthy store and proves it can commit; returns whether it is healthy.
+    pub fn recover(&self, now: Millis) -> bool {
+        if self.is_healthy() {
+            return true;
+        }
+        let Ok(mut slot) = self.db.write() else {
+            return false;
+        };
+        // The old handle must go first: it holds the file lock.
+        drop(slot.take());
+        let reopened = quietly(|| builder().open(&self.path)).ok().and_then(|r| {
+            r.map_err(|e| tracing::warn!(error = %e, "store reopen failed"))
+                .ok()
+        });
+        *slot = reopened;
+        drop(slot);
+        let probe = (|| {
+            let tx = self.write()?;
+            tx.open_table(COUNTERS)
+                .map_err(dberr)?
+                .insert("probe", now)
+                .map_err(dberr)?;
+            tx.commit().map_err(dberr)
+        })();
+        match probe {
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(store = %self.path.display(), "the store commits again; ready");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "store still cannot commit");
+                false
+            }
+        }
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        let slot = self
+            .db
+            .read()
+            .map_err(|_| self.unavailable("the store handle is poisoned".into()))?;
+        let db = slot
+            .as_ref()
+            .ok_or_else(|| self.unavailable("the store is being reopened".into()))?;
+        db.begin_read().map_err(dberr)
     }
 
     /// Turns fsync-on-commit off: only for benchmarks that measure what durability costs.
@@ -160,7 +431,14 @@ impl Store {
     }
 
     fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let mut tx = self.db.begin_write().map_err(dberr)?;
+        let slot = self
+            .db
+            .read()
+            .map_err(|_| self.unavailable("the store handle is poisoned".into()))?;
+        let db = slot
+            .as_ref()
+            .ok_or_else(|| self.unavailable("the store is being reopened".into()))?;
+        let mut tx = db.begin_write().map_err(dberr)?;
         tx.set_durability(self.durability)
             .map_err(|e| StoreError::Unreadable {
                 path: self.path.clone(),
@@ -169,45 +447,170 @@ impl Store {
         Ok(tx)
     }
 
-    /// Reads back everything start-up needs.
-    pub fn load(&self) -> Result<Loaded, StoreError> {
-        let tx = self.db.begin_read().map_err(dberr)?;
-        let mut loaded = Loaded::default();
+    /// Every stored rollout and guard state (dormant ones included).
+    pub fn states(&self) -> Result<StoredStates, StoreError> {
+        let tx = self.read()?;
+        let mut rollouts = HashMap::new();
+        let mut guards = HashMap::new();
         let states = tx.open_table(STATES).map_err(dberr)?;
         for row in states.iter().map_err(dberr)? {
             let (key, value) = row.map_err(dberr)?;
             if let Some(name) = key.value().strip_prefix("rollout:") {
-                loaded
-                    .rollouts
-                    .insert(name.to_string(), serde_json::from_slice(value.value())?);
+                rollouts.insert(name.to_string(), serde_json::from_slice(value.value())?);
             } else if let Some(name) = key.value().strip_prefix("guard:") {
-                loaded
-                    .guards
-                    .insert(name.to_string(), serde_json::from_slice(value.value())?);
+                guards.insert(name.to_string(), serde_json::from_slice(value.value())?);
             }
         }
+        Ok((rollouts, guards))
+    }
+
+    /// The checkpoint of `scope`, if one was written.
+    pub fn checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+        let found = table.get(scope).map_err(dberr)?;
+        Ok(match found {
+            Some(v) => Some(serde_json::from_slice(v.value())?),
+            None => None,
+        })
+    }
+
+    /// Calls `f` with every stored event of `scope`'s `epoch` after sequence number `after`,
+    /// in order; returns how many.
+    pub fn replay(
+        &self,
+        scope: &str,
+        epoch: u64,
+        after: u64,
+        mut f: impl FnMut(StoredEvent),
+    ) -> Result<usize, StoreError> {
+        let tx = self.read()?;
         let events = tx.open_table(EVENTS).map_err(dberr)?;
-        for row in events.iter().map_err(dberr)? {
+        let mut n = 0;
+        let from = after.saturating_add(1);
+        for row in events
+            .range((scope, epoch, from)..=(scope, epoch, u64::MAX))
+            .map_err(dberr)?
+        {
             let (_, value) = row.map_err(dberr)?;
-            loaded.events.push(serde_json::from_slice(value.value())?);
+            f(serde_json::from_slice(value.value())?);
+            n += 1;
         }
-        Ok(loaded)
+        Ok(n)
+    }
+
+    /// The last event sequence number committed.
+    pub fn last_seq(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
+        Ok(counters
+            .get("events")
+            .map_err(dberr)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// The latest time any commit was stamped with: a clock anchor that never goes back.
+    pub fn clock_high_water(&self) -> Result<Millis, StoreError> {
+        let tx = self.read()?;
+        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
+        Ok(counters
+            .get("clock")
+            .map_err(dberr)?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Writes evidence checkpoints in one transaction.
+    pub fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError> {
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
+        self.writing(|| {
+            let tx = self.write()?;
+            {
+                let mut table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+                for (scope, cp) in checkpoints {
+                    table
+                        .insert(scope.as_str(), serde_json::to_vec(cp)?.as_slice())
+                        .map_err(dberr)?;
+                }
+            }
+            tx.commit().map_err(dberr)
+        })
+    }
+
+    /// Deletes raw events committed before `cutoff` that a checkpoint covers (events of older
+    /// epochs too); returns how many.
+    pub fn prune_events(&self, cutoff: Millis) -> Result<usize, StoreError> {
+        self.writing(|| {
+            let tx = self.write()?;
+            let mut pruned = 0;
+            {
+                let mut marks = tx.open_table(SEQ_MARKS).map_err(dberr)?;
+                let cutoff_seq = match marks.range(..=cutoff).map_err(dberr)?.next_back() {
+                    Some(row) => row.map_err(dberr)?.1.value(),
+                    None => 0,
+                };
+                let checkpoints: Vec<(String, Checkpoint)> = {
+                    let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+                    let mut out = Vec::new();
+                    for row in table.iter().map_err(dberr)? {
+                        let (k, v) = row.map_err(dberr)?;
+                        out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+                    }
+                    out
+                };
+                let mut events = tx.open_table(EVENTS).map_err(dberr)?;
+                for (scope, cp) in &checkpoints {
+                    let upto = cp.seq.min(cutoff_seq);
+                    let scope = scope.as_str();
+                    events
+                        .retain_in((scope, 0u64, 0u64)..=(scope, cp.epoch, upto), |_, _| {
+                            pruned += 1;
+                            false
+                        })
+                        .map_err(dberr)?;
+                }
+                // Keep the newest mark at or before the cutoff: it still locates the cutoff.
+                if cutoff > 0 {
+                    marks
+                        .retain_in(..cutoff.saturating_sub(1), |_, _| false)
+                        .map_err(dberr)?;
+                }
+            }
+            tx.commit().map_err(dberr)?;
+            Ok(pruned)
+        })
+    }
+
+    /// The store file's size on disk, in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
     }
 
     /// Writes a batch in one transaction: new events with their dedupe keys. Returns, per
     /// item, whether it was new (`false`: a duplicate, of an earlier batch or of this one).
     pub fn ingest(&self, items: &[BatchItem], now: Millis) -> Result<Vec<bool>, StoreError> {
-        let mut out = self.ingest_groups(&[items], now)?;
+        let (mut out, _) = self.ingest_groups(&[items], now)?;
         Ok(out.pop().unwrap_or_default())
     }
 
-    /// Group commit: several batches in one transaction (one fsync), results per batch.
+    /// Group commit: several batches in one transaction (one fsync), results per batch, and
+    /// the last event sequence number the commit assigned.
     pub fn ingest_groups(
         &self,
         groups: &[&[BatchItem]],
         now: Millis,
-    ) -> Result<Vec<Vec<bool>>, StoreError> {
+    ) -> Result<(Vec<Vec<bool>>, u64), StoreError> {
+        self.writing(|| self.ingest_groups_inner(groups, now))
+    }
+
+    fn ingest_groups_inner(
+        &self,
+        groups: &[&[BatchItem]],
+        now: Millis,
+    ) -> Result<(Vec<Vec<bool>>, u64), StoreError> {
         let tx = self.write()?;
+        let last_seq;
         let mut results = Vec::with_capacity(groups.len());
         {
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
@@ -241,9 +644,15 @@ impl Store {
                 results.push(fresh);
             }
             counters.insert("events", seq).map_err(dberr)?;
+            advance_clock(&mut counters, now)?;
+            tx.open_table(SEQ_MARKS)
+                .map_err(dberr)?
+                .insert(now, seq)
+                .map_err(dberr)?;
+            last_seq = seq;
         }
         tx.commit().map_err(dberr)?;
-        Ok(results)
+        Ok((results, last_seq))
     }
 
     /// Persists a state change and its receipt atomically, assigning the receipt's id, with the
@@ -255,6 +664,15 @@ impl Store {
         receipt: &mut Receipt,
         outbox: impl Fn(&Receipt) -> Vec<Outbox>,
     ) -> Result<(), StoreError> {
+        self.writing(|| self.commit_inner(change, receipt, &outbox))
+    }
+
+    fn commit_inner(
+        &self,
+        change: &Change<'_>,
+        receipt: &mut Receipt,
+        outbox: &dyn Fn(&Receipt) -> Vec<Outbox>,
+    ) -> Result<(), StoreError> {
         let (key, scope, epoch) = change.key_and_scope();
         let tx = self.write()?;
         {
@@ -265,6 +683,7 @@ impl Store {
                 .map_or(0, |v| v.value())
                 + 1;
             counters.insert("receipts", seq).map_err(dberr)?;
+            advance_clock(&mut counters, receipt.at_ms)?;
             receipt.id = Receipt::id_for(seq);
             let mut receipts = tx.open_table(RECEIPTS).map_err(dberr)?;
             receipts
@@ -298,18 +717,6 @@ impl Store {
         Ok(())
     }
 
-    /// Persists a state without a decision (a rollout seen for the first time).
-    pub fn put_state(&self, change: &Change<'_>) -> Result<(), StoreError> {
-        let (key, _, _) = change.key_and_scope();
-        let tx = self.write()?;
-        tx.open_table(STATES)
-            .map_err(dberr)?
-            .insert(key.as_str(), change.bytes()?.as_slice())
-            .map_err(dberr)?;
-        tx.commit().map_err(dberr)?;
-        Ok(())
-    }
-
     /// Receipts, newest first, optionally for one rollout (or workflow) and since a time.
     pub fn receipts(
         &self,
@@ -317,7 +724,7 @@ impl Store {
         since: Option<Millis>,
         limit: usize,
     ) -> Result<Vec<Receipt>, StoreError> {
-        let tx = self.db.begin_read().map_err(dberr)?;
+        let tx = self.read()?;
         let table = tx.open_table(RECEIPTS).map_err(dberr)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(dberr)?.rev() {
@@ -342,7 +749,7 @@ impl Store {
         let Some(seq) = id.strip_prefix("r-").and_then(|s| s.parse::<u64>().ok()) else {
             return Ok(None);
         };
-        let tx = self.db.begin_read().map_err(dberr)?;
+        let tx = self.read()?;
         let table = tx.open_table(RECEIPTS).map_err(dberr)?;
         let found = table.get(seq).map_err(dberr)?;
         Ok(match found {
@@ -357,7 +764,7 @@ impl Store {
         now: Millis,
         limit: usize,
     ) -> Result<Vec<(u64, Outbox)>, StoreError> {
-        let tx = self.db.begin_read().map_err(dberr)?;
+        let tx = self.read()?;
         let table = tx.open_table(OUTBOX).map_err(dberr)?;
         let mut due = Vec::new();
         for row in table.iter().map_err(dberr)? {
@@ -375,28 +782,34 @@ impl Store {
 
     /// Removes a delivered (or abandoned) notification.
     pub fn notification_done(&self, key: u64) -> Result<(), StoreError> {
-        let tx = self.write()?;
-        tx.open_table(OUTBOX)
-            .map_err(dberr)?
-            .remove(key)
-            .map_err(dberr)?;
-        tx.commit().map_err(dberr)?;
-        Ok(())
+        self.writing(|| {
+            let tx = self.write()?;
+            tx.open_table(OUTBOX)
+                .map_err(dberr)?
+                .remove(key)
+                .map_err(dberr)?;
+            tx.commit().map_err(dberr)
+        })
     }
 
     /// Stores a notification's next attempt.
     pub fn notification_retry(&self, key: u64, item: &Outbox) -> Result<(), StoreError> {
-        let tx = self.write()?;
-        tx.open_table(OUTBOX)
-            .map_err(dberr)?
-            .insert(key, serde_json::to_vec(item)?.as_slice())
-            .map_err(dberr)?;
-        tx.commit().map_err(dberr)?;
-        Ok(())
+        self.writing(|| {
+            let tx = self.write()?;
+            tx.open_table(OUTBOX)
+                .map_err(dberr)?
+                .insert(key, serde_json::to_vec(item)?.as_slice())
+                .map_err(dberr)?;
+            tx.commit().map_err(dberr)
+        })
     }
 
     /// Forgets dedupe keys accepted before `cutoff`; returns how many.
     pub fn prune_dedupe(&self, cutoff: Millis) -> Result<usize, StoreError> {
+        self.writing(|| self.prune_dedupe_inner(cutoff))
+    }
+
+    fn prune_dedupe_inner(&self, cutoff: Millis) -> Result<usize, StoreError> {
         let tx = self.write()?;
         let mut pruned = 0;
         {
@@ -418,4 +831,19 @@ impl Store {
         tx.commit().map_err(dberr)?;
         Ok(pruned)
     }
+}
+
+/// Moves the stored clock high-water mark forward (never back).
+fn advance_clock(
+    counters: &mut redb::Table<'_, &'static str, u64>,
+    now: Millis,
+) -> Result<(), StoreError> {
+    let seen = counters
+        .get("clock")
+        .map_err(dberr)?
+        .map_or(0, |v| v.value());
+    if now > seen {
+        counters.insert("clock", now).map_err(dberr)?;
+    }
+    Ok(())
 }

@@ -113,7 +113,12 @@ fn operator_verbs_act_and_refusals_exit_nonzero_with_the_servers_message() {
     assert!(ok, "{err}");
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("ID"), "{out}");
-    assert_eq!(lines.len(), 5, "pause, resume, promote, rollback:\n{out}");
+    assert_eq!(
+        lines.len(),
+        6,
+        "pause, resume, promote, rollback, and the rollout's creation:\n{out}"
+    );
+    assert!(lines[5].contains("added to the config"), "{out}");
     assert!(
         lines[1].contains("rollback") && lines[1].contains("bad drafts"),
         "{out}"

@@ -115,7 +115,7 @@ fn pending_notifications_survive_kill_9() {
 }
 
 #[test]
-fn a_notifier_without_a_url_fails_at_once() {
+fn a_notifier_whose_url_variable_is_unset_is_skipped_not_failed() {
     let receiver = Receiver::start(0);
     let text = config_notifying(receiver.port).replace(
         "url_env: TEST_SLACK_URL",
@@ -132,15 +132,24 @@ fn a_notifier_without_a_url_fails_at_once() {
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = server.get("/metrics", None).text;
-        if metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="failed"} 1"#)
+        if metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="skipped"} 1"#)
         {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(
-        metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="failed"} 1"#),
+        metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="skipped"} 1"#),
         "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="failed"} 0"#),
+        "an unconfigured notifier is not a failing one: {metrics}"
+    );
+    assert!(
+        server.log().contains("STAGEGATE_TEST_UNSET_URL is unset"),
+        "warned at start: {}",
+        server.log()
     );
     assert!(
         metrics.contains(r#"stagegate_notifications_total{notifier="chat",outcome="retried"} 0"#),

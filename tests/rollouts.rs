@@ -84,7 +84,7 @@ fn healthy_candidate_climbs_every_stage_then_waits_for_approval() {
         .rev()
         .map(|r| r["action"].as_str().unwrap_or(""))
         .collect();
-    assert_eq!(actions, ["expand", "expand", "promote"]);
+    assert_eq!(actions, ["reconfigure", "expand", "expand", "promote"]);
     let expand = &receipts[2];
     assert_eq!(expand["actor"]["kind"], "controller");
     assert_eq!(expand["before"]["stage"], "internal");
@@ -243,7 +243,13 @@ fn a_handful_of_terrible_events_changes_nothing() {
         assert_eq!(g["verdict"], "inconclusive", "{g}");
         assert_eq!(g["candidate"]["samples"], 25);
     }
-    assert!(server.receipts().is_empty());
+    let receipts = server.receipts();
+    assert_eq!(
+        receipts.len(),
+        1,
+        "only the rollout's creation: {receipts:?}"
+    );
+    assert_eq!(receipts[0]["action"], "reconfigure");
 }
 
 #[test]

@@ -69,6 +69,8 @@ rollouts:
 
 pub struct Server {
     child: Option<Child>,
+    /// A command the binary runs under (`prlimit …`, `faketime …`), kept across restarts.
+    wrapper: Vec<String>,
     pub base: String,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
@@ -84,10 +86,16 @@ pub struct Reply {
 
 impl Server {
     pub fn start(config: &str) -> Server {
+        Self::start_wrapped(config, &[])
+    }
+
+    /// Starts the binary as the last arguments of `wrapper` (e.g. `["prlimit", "--nofile=256", "--"]`).
+    pub fn start_wrapped(config: &str, wrapper: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let config_path = dir.path().join("stagegate.yaml");
         Self::write_config(&config_path, dir.path(), config);
-        Self::launch(dir, config_path)
+        let wrapper = wrapper.iter().map(ToString::to_string).collect();
+        Self::launch(dir, config_path, wrapper)
     }
 
     pub fn write_config(path: &Path, dir: &Path, config: &str) {
@@ -99,12 +107,20 @@ impl Server {
         .expect("write config");
     }
 
-    fn spawn(config_path: &Path, dir: &Path) -> std::io::Result<Child> {
+    fn spawn(config_path: &Path, dir: &Path, wrapper: &[String]) -> std::io::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("server.log"))?;
-        Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        let mut command = match wrapper.split_first() {
+            None => Command::new(env!("CARGO_BIN_EXE_stagegate")),
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(env!("CARGO_BIN_EXE_stagegate"));
+                c
+            }
+        };
+        command
             .args(["serve", "--config"])
             .arg(config_path)
             .env("STAGEGATE_ADMIN_TOKEN", ADMIN)
@@ -129,8 +145,8 @@ impl Server {
         format!("http://127.0.0.1:{port}/slack")
     }
 
-    fn launch(dir: tempfile::TempDir, config_path: PathBuf) -> Server {
-        let mut child = Self::spawn(&config_path, dir.path()).expect("spawn stagegate");
+    fn launch(dir: tempfile::TempDir, config_path: PathBuf, wrapper: Vec<String>) -> Server {
+        let mut child = Self::spawn(&config_path, dir.path(), &wrapper).expect("spawn stagegate");
         let stdout = child.stdout.take().expect("stdout piped");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -160,6 +176,7 @@ impl Server {
             .expect("client");
         Server {
             child: Some(child),
+            wrapper,
             base: format!("http://{addr}"),
             dir,
             config_path,
@@ -188,7 +205,30 @@ impl Server {
         }
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
         let config_path = self.config_path.clone();
-        Self::launch(dir, config_path)
+        Self::launch(dir, config_path, std::mem::take(&mut self.wrapper))
+    }
+
+    /// SIGTERM, wait for a clean exit, then start again on the same data dir and config.
+    pub fn stop_and_restart(mut self) -> Server {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+        assert_eq!(self.wait_exit(), Some(0), "clean exit:\n{}", self.log());
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+        let config_path = self.config_path.clone();
+        Self::launch(dir, config_path, std::mem::take(&mut self.wrapper))
+    }
+
+    /// Rewrites the config file in place (the data dir stays).
+    pub fn rewrite_config(&self, config: &str) {
+        Self::write_config(&self.config_path, self.dir.path(), config);
+    }
+
+    /// The address (`127.0.0.1:port`) the server listens on.
+    pub fn addr(&self) -> &str {
+        self.base.trim_start_matches("http://")
     }
 
     /// Waits up to 20 s for the process to exit by itself; returns its exit code.
@@ -472,6 +512,10 @@ impl Receiver {
                         break (head, body);
                     }
                 };
+                if head.is_empty() {
+                    // A probe (stagegate's start-up reachability check) that sent nothing.
+                    continue;
+                }
                 let mut lines = head.lines();
                 let path = lines
                     .next()
