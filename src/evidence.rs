@@ -62,7 +62,7 @@ mod histogram_codec {
 }
 
 impl Moments {
-    fn with_histogram() -> Moments {
+    pub fn with_histogram() -> Moments {
         let hist = Histogram::new(2).ok().map(|mut h: Histogram<u64>| {
             h.auto(true);
             h

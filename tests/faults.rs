@@ -400,40 +400,70 @@ fn start_up_reads_checkpoints_and_covered_raw_events_are_pruned() {
     assert_eq!(r.body["duplicates"], 5, "{}", r.text);
 }
 
+/// libfaketime's preload library (Debian package faketime / libfaketime).
+fn libfaketime() -> std::path::PathBuf {
+    std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|d| d.path().join("faketime").join("libfaketime.so.1"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime is missing: ./scripts/test installs it (Debian package faketime)")
+        })
+}
+
 #[test]
 fn a_wall_clock_jump_satisfies_no_cooldown_and_prunes_no_dedupe_key() {
-    if Command::new("faketime").arg("--help").output().is_err() {
-        panic!("faketime is missing: ./scripts/test installs it (Debian package faketime)");
-    }
     let dir = tempfile::tempdir().expect("tmp");
     let offset = dir.path().join("offset");
     std::fs::write(&offset, "+0s\n").expect("offset");
-    let text = config("").replace("cooldown: 1s", "cooldown: 30m");
-    let faked = format!("FAKETIME_TIMESTAMP_FILE={}", offset.display());
-    let server = Server::start_wrapped(
-        &text,
-        &[
-            "env",
-            &faked,
-            "FAKETIME_NO_CACHE=1",
-            "FAKETIME_DONT_FAKE_MONOTONIC=1",
-            "faketime",
-            "-f",
-            "+0s",
-        ],
+    let env = [
+        format!("LD_PRELOAD={}", libfaketime().display()),
+        format!("FAKETIME_TIMESTAMP_FILE={}", offset.display()),
+        "FAKETIME_NO_CACHE=1".to_string(),
+        "FAKETIME_DONT_FAKE_MONOTONIC=1".to_string(),
+    ];
+    // The only missing re-enable proof is the 30-minute cooldown; dedupe keys live 24 s.
+    let text = with_server_settings("dedupe_window: 24s").replace(
+        "cooldown: 1s, healthy_read_only_samples: 20",
+        "cooldown: 30m, healthy_read_only_samples: 0",
     );
+    let mut wrapper = vec!["env"];
+    wrapper.extend(env.iter().map(String::as_str));
+    let server = Server::start_wrapped(&text, &wrapper);
     server.drive_cost_read_only("jump");
     let dup = events("dedupe", 1, "v7", internal(), HEALTHY);
     assert_eq!(server.send_events(&dup)["accepted"], 1);
-    // The wall clock jumps two days ahead.
+
+    // The wall clock jumps two days ahead, as the server's process sees it.
     std::fs::write(&offset, "+2d\n").expect("jump");
-    std::thread::sleep(Duration::from_millis(1500));
+    let seen = Command::new("env")
+        .args(&env)
+        .args(["date", "+%s"])
+        .output()
+        .expect("date");
+    let faked: u64 = String::from_utf8_lossy(&seen.stdout)
+        .trim()
+        .parse()
+        .expect("seconds");
+    let real = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs();
+    assert!(
+        faked > real + 86_400,
+        "faketime is in force: {faked} vs {real}"
+    );
+    // Long enough for a dedupe pruning pass (every second at this window).
+    std::thread::sleep(Duration::from_millis(2500));
+
     let r = server.post(
         "/v1/rollouts/support-reply-v8/resume",
         Some(OPERATOR),
         &json!({"reason": "jumped", "ack": true}),
     );
-    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.status, 422, "the cooldown is not over: {}", r.text);
     assert!(r.text.contains("cooldown"), "{}", r.text);
     let r: Value = server.send_events(&dup);
     assert_eq!(r["duplicates"], 1, "the dedupe key is still known: {r}");
