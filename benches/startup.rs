@@ -81,8 +81,9 @@ fn fill(dir: &Path, config: &Path, n: usize) {
     });
 }
 
-/// Starts the binary on `config`; returns (ms to `listening`, peak RSS in MiB).
-fn start(config: &Path) -> (f64, f64) {
+/// Starts the binary on `config`; returns (ms to `listening`, peak RSS in MiB). It is then
+/// stopped with SIGTERM, or SIGKILL when `crash` (so the next start is an unclean one).
+fn start(config: &Path, crash: bool) -> (f64, f64) {
     let t = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_stagegate"))
         .args(["serve", "--config"])
@@ -105,16 +106,24 @@ fn start(config: &Path) -> (f64, f64) {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0.0);
-    let _ = child.kill();
+    if crash {
+        let _ = child.kill();
+    } else {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+    }
     let _ = child.wait();
     (ms, hwm_kb / 1024.0)
 }
 
-/// Median of three starts.
-fn measure(config: &Path) -> (f64, f64) {
-    let mut runs: Vec<(f64, f64)> = (0..3).map(|_| start(config)).collect();
+/// Median of three clean starts, and a start after kill -9.
+fn measure(config: &Path) -> ((f64, f64), (f64, f64)) {
+    let mut runs: Vec<(f64, f64)> = (0..3).map(|_| start(config, false)).collect();
     runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-    runs[1]
+    let _ = start(config, true);
+    let after_crash = start(config, false);
+    (runs[1], after_crash)
 }
 
 fn main() {
@@ -124,15 +133,17 @@ fn main() {
         .unwrap_or_else(|| vec![100_000, 1_000_000]);
     let empty_dir = tempfile::tempdir().expect("tmp");
     let empty_config = config(empty_dir.path());
-    let (base_ms, base_mb) = measure(&empty_config);
-    println!("start-up (time to `listening`, peak RSS), median of 3 starts");
+    let ((base_ms, base_mb), (base_crash_ms, _)) = measure(&empty_config);
     println!(
-        "{:>12} {:>10} {:>8} {:>10} {:>8} {:>10}",
-        "events", "ms", "ratio", "RSS MiB", "ratio", "store MiB"
+        "start-up: time to `listening` and peak RSS (median of 3 clean starts), and time after kill -9"
     );
     println!(
-        "{:>12} {base_ms:>10.1} {:>8} {base_mb:>10.1} {:>8} {:>10}",
-        "0 (baseline)", "1.00x", "1.00x", "-"
+        "{:>12} {:>9} {:>7} {:>9} {:>7} {:>12} {:>7} {:>10}",
+        "events", "ms", "ratio", "RSS MiB", "ratio", "after -9 ms", "ratio", "store MiB"
+    );
+    println!(
+        "{:>12} {base_ms:>9.1} {:>7} {base_mb:>9.1} {:>7} {base_crash_ms:>12.1} {:>7} {:>10}",
+        "0 (baseline)", "1.00x", "1.00x", "1.00x", "-"
     );
     for n in sizes {
         let dir = tempfile::tempdir().expect("tmp");
@@ -142,11 +153,12 @@ fn main() {
         let fill_s = filled.elapsed().as_secs_f64();
         let store_mb = std::fs::metadata(dir.path().join("data").join("stagegate.redb"))
             .map_or(0.0, |m| m.len() as f64 / 1024.0 / 1024.0);
-        let (ms, mb) = measure(&config);
+        let ((ms, mb), (crash_ms, _)) = measure(&config);
         println!(
-            "{n:>12} {ms:>10.1} {:>7.2}x {mb:>10.1} {:>7.2}x {store_mb:>10.1}   (filled in {fill_s:.1} s)",
+            "{n:>12} {ms:>9.1} {:>6.2}x {mb:>9.1} {:>6.2}x {crash_ms:>12.1} {:>6.2}x {store_mb:>10.1}   (filled in {fill_s:.1} s)",
             ms / base_ms,
-            mb / base_mb
+            mb / base_mb,
+            crash_ms / base_crash_ms
         );
     }
 }

@@ -123,7 +123,10 @@ pub async fn serve(
                 .timer(TokioTimer::new())
                 .header_read_timeout(header_timeout)
                 .keep_alive(keep_alive)
-                .max_buf_size(64 * 1024);
+                // Headroom past the API's own limits (`api::request_limits`), so that oversized
+                // URIs and headers are refused there, in the JSON error shape, not by hyper.
+                .max_buf_size(256 * 1024)
+                .max_headers(256);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let period = idle.clamp(Duration::from_millis(50), Duration::from_secs(1));

@@ -303,6 +303,60 @@ fn bad_input_gets_clear_errors_of_one_shape() {
     assert_eq!(resp.status(), 400);
     let body: Value = resp.json().expect("json error");
     assert!(body["error"]["message"].is_string(), "{body}");
+    // Oversized request targets and headers: 414 and 431, in the same shape.
+    let resp = client
+        .get(format!(
+            "{}/v1/rollouts?{}",
+            server.base,
+            "a".repeat(10_000)
+        ))
+        .send()
+        .expect("send");
+    assert_eq!(resp.status(), 414);
+    let body: Value = resp.json().expect("json error");
+    assert_eq!(body["error"]["code"], "uri_too_long", "{body}");
+    let resp = client
+        .get(format!("{}/healthz", server.base))
+        .header("x-big", "b".repeat(40_000))
+        .send()
+        .expect("send");
+    assert_eq!(resp.status(), 431);
+    let body: Value = resp.json().expect("json error");
+    assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+}
+
+#[test]
+fn a_kill_9_during_a_reload_still_ends_in_exactly_one_receipted_reconfigure() {
+    let base = config("");
+    let changed = base.replace("min: 0.80", "min: 0.81");
+    for attempt in 0..4 {
+        let server = Server::start(&base);
+        let epoch = server.status()["epoch"].as_u64().unwrap_or(0);
+        server.rewrite_config(&changed);
+        // SIGHUP, then kill -9 after a varying delay: before, during or after the reload.
+        let pid = server.pid().to_string();
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .expect("hup");
+        std::thread::sleep(std::time::Duration::from_millis(attempt * 3));
+        let server = server.crash_and_restart();
+        let receipts = receipts_for(&server, "support-reply-v8");
+        let reconfigures: Vec<&Value> = receipts
+            .iter()
+            .filter(|r| {
+                r["changes"].as_array().is_some_and(|c| {
+                    c.iter().any(|l| {
+                        l.as_str()
+                            .is_some_and(|l| l.starts_with("gates.quality_mean"))
+                    })
+                })
+            })
+            .collect();
+        assert_eq!(reconfigures.len(), 1, "attempt {attempt}: {receipts:?}");
+        assert_eq!(server.status()["epoch"].as_u64(), Some(epoch + 1));
+        drop(server);
+    }
 }
 
 #[test]
