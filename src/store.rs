@@ -279,36 +279,10 @@ impl Store {
     /// Reads every table's records that start-up relies on (states, checkpoints, counters,
     /// the newest receipts), so a damaged page shows up before anything is written.
     fn verify(tx: &ReadTransaction) -> Result<(), StoreError> {
-        for table in [STATES, CHECKPOINTS] {
-            match tx.open_table(table) {
-                Ok(t) => {
-                    for row in t.iter().map_err(dberr)? {
-                        let _ = row.map_err(dberr)?;
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(dberr(e)),
-            }
-        }
-        match tx.open_table(COUNTERS) {
-            Ok(t) => {
-                for row in t.iter().map_err(dberr)? {
-                    let _ = row.map_err(dberr)?;
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(dberr(e)),
-        }
-        match tx.open_table(RECEIPTS) {
-            Ok(t) => {
-                for row in t.iter().map_err(dberr)?.rev().take(100) {
-                    let _ = row.map_err(dberr)?;
-                }
-            }
-            Err(redb::TableError::TableDoesNotExist(_)) => {}
-            Err(e) => return Err(dberr(e)),
-        }
-        Ok(())
+        read_rows(tx, STATES, usize::MAX)?;
+        read_rows(tx, CHECKPOINTS, usize::MAX)?;
+        read_rows(tx, COUNTERS, usize::MAX)?;
+        read_rows(tx, RECEIPTS, 100)
     }
 
     fn create_tables(&self) -> Result<(), StoreError> {
@@ -468,11 +442,7 @@ impl Store {
     pub fn checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError> {
         let tx = self.read()?;
         let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
-        let found = table.get(scope).map_err(dberr)?;
-        Ok(match found {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
-            None => None,
-        })
+        decode(table.get(scope).map_err(dberr)?)
     }
 
     /// Calls `f` with every stored event of `scope`'s `epoch` after sequence number `after`,
@@ -751,11 +721,7 @@ impl Store {
         };
         let tx = self.read()?;
         let table = tx.open_table(RECEIPTS).map_err(dberr)?;
-        let found = table.get(seq).map_err(dberr)?;
-        Ok(match found {
-            Some(v) => Some(serde_json::from_slice(v.value())?),
-            None => None,
-        })
+        decode(table.get(seq).map_err(dberr)?)
     }
 
     /// Up to `limit` outbox items due at `now`, with their keys.
@@ -844,6 +810,33 @@ fn advance_clock(
         .map_or(0, |v| v.value());
     if now > seen {
         counters.insert("clock", now).map_err(dberr)?;
+    }
+    Ok(())
+}
+
+/// Decodes a JSON record, if there is one.
+fn decode<T: serde::de::DeserializeOwned>(
+    found: Option<redb::AccessGuard<'_, &[u8]>>,
+) -> Result<Option<T>, StoreError> {
+    Ok(found
+        .map(|v| serde_json::from_slice(v.value()))
+        .transpose()?)
+}
+
+/// Reads a table's newest `newest` rows (a missing table has none), so that a damaged page
+/// shows up as an error here rather than later.
+fn read_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+    tx: &ReadTransaction,
+    table: TableDefinition<K, V>,
+    newest: usize,
+) -> Result<(), StoreError> {
+    let t = match tx.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(dberr(e)),
+    };
+    for row in t.iter().map_err(dberr)?.rev().take(newest) {
+        row.map_err(dberr)?;
     }
     Ok(())
 }
