@@ -380,7 +380,11 @@ impl Store {
         }
     }
 
-    fn read(&self) -> Result<ReadTransaction, StoreError> {
+    /// Runs `f` on the open database handle (none while [`Store::recover`] reopens it).
+    fn with_db<T>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let slot = self
             .db
             .read()
@@ -388,7 +392,11 @@ impl Store {
         let db = slot
             .as_ref()
             .ok_or_else(|| self.unavailable("the store is being reopened".into()))?;
-        db.begin_read().map_err(dberr)
+        f(db)
+    }
+
+    fn read(&self) -> Result<ReadTransaction, StoreError> {
+        self.with_db(|db| db.begin_read().map_err(dberr))
     }
 
     /// Turns fsync-on-commit off: only for benchmarks that measure what durability costs.
@@ -405,14 +413,7 @@ impl Store {
     }
 
     fn write(&self) -> Result<redb::WriteTransaction, StoreError> {
-        let slot = self
-            .db
-            .read()
-            .map_err(|_| self.unavailable("the store handle is poisoned".into()))?;
-        let db = slot
-            .as_ref()
-            .ok_or_else(|| self.unavailable("the store is being reopened".into()))?;
-        let mut tx = db.begin_write().map_err(dberr)?;
+        let mut tx = self.with_db(|db| db.begin_write().map_err(dberr))?;
         tx.set_durability(self.durability)
             .map_err(|e| StoreError::Unreadable {
                 path: self.path.clone(),
