@@ -258,6 +258,9 @@ pub struct SignalRanges {
     pub overrides: BTreeMap<String, (f64, f64)>,
 }
 
+/// Longest name (rollout, workflow, version, segment, notifier, token) in bytes.
+pub const MAX_NAME: usize = 64;
+
 /// Largest magnitude a range bound may have: squares and sums of values stay finite in f64.
 pub const MAX_SIGNAL_MAGNITUDE: f64 = 1e12;
 
@@ -733,6 +736,25 @@ impl Validator {
         });
     }
 
+    /// Names become metric label values and receipt fields: 1 to 64 characters of letters,
+    /// digits, `-`, `_` and `.`.
+    fn name<T>(&mut self, at: &Spanned<T>, key: &str, name: &str) {
+        let ok = (1..=MAX_NAME).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+        if !ok {
+            self.report(
+                at,
+                key.to_string(),
+                format!(
+                    "`{}` is not a valid name: use 1 to {MAX_NAME} letters, digits, `-`, `_` or `.`",
+                    name.chars().take(80).collect::<String>()
+                ),
+            );
+        }
+    }
+
     fn duration(&mut self, raw: &Option<Spanned<String>>, key: &str, default: Millis) -> Millis {
         match raw {
             None => default,
@@ -775,8 +797,12 @@ impl Validator {
         let mut rollouts = Vec::new();
         let mut seen_workflows = BTreeSet::new();
         let mut seen_names = BTreeSet::new();
+        for (name, seg) in &raw.segments {
+            self.name(seg, &format!("segments.{name}"), name);
+        }
         for (i, rollout) in raw.rollouts.iter().enumerate() {
             let key = format!("rollouts[{i}]");
+            self.name(rollout, &format!("{key}.name"), &rollout.value.name);
             if !seen_names.insert(rollout.value.name.clone()) {
                 self.report(
                     rollout,
@@ -966,6 +992,7 @@ impl Validator {
         }
         let mut tokens = Vec::new();
         for (i, t) in raw.tokens.iter().enumerate() {
+            self.name(t, &format!("auth.tokens[{i}].name"), &t.value.name);
             match Role::parse(&t.value.role.value) {
                 Some(role) => tokens.push(TokenPlan {
                     name: t.value.name.clone(),
@@ -1000,6 +1027,7 @@ impl Validator {
         let mut out: Vec<NotifierPlan> = Vec::new();
         for (i, n) in raw.iter().enumerate() {
             let key = format!("notifiers[{i}]");
+            self.name(n, &format!("{key}.name"), &n.value.name);
             let kind = match n.value.kind.value.as_str() {
                 "webhook" => NotifierKind::Webhook,
                 "slack" => NotifierKind::Slack,
@@ -1036,6 +1064,10 @@ impl Validator {
         let mut out = Vec::new();
         for (name, w) in raw {
             let key = format!("workflows.{name}");
+            self.name(w, &key, name);
+            for (i, version) in w.value.versions.iter().enumerate() {
+                self.name(w, &format!("{key}.versions[{i}]"), version);
+            }
             if w.value.versions.is_empty() {
                 self.report(w, format!("{key}.versions"), "list at least one version");
             }
@@ -1537,6 +1569,18 @@ mod tests {
         let closed = check("auth: { tokens: [{ name: a, role: viewer, token_env: X }, { name: b, role: admin, token_env: Y }] }\n")
             .expect("admin present; viewer is read's alias");
         assert_eq!(closed.auth.tokens.map(|t| t[0].role), Some(Role::Read));
+    }
+
+    #[test]
+    fn names_are_short_label_safe_words() {
+        let long = "r".repeat(65);
+        let errs = parse(&format!(
+            "segments: {{ \"a b\": {{}} }}\nworkflows: {{ w: {{ stable: v1, versions: [v1, \"{long}\"] }} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("segments.a b")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("versions[1]")), "{errs:?}");
     }
 
     #[test]
