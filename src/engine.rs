@@ -121,7 +121,20 @@ fn tracked(gates: &[crate::gate::GateSpec]) -> Vec<Tracked> {
             let histogram = gates
                 .iter()
                 .any(|g| g.signal == signal && matches!(g.stat, Stat::Quantile(_)));
-            Tracked { signal, histogram }
+            let mut limits: Vec<f64> = gates
+                .iter()
+                .filter(|g| g.signal == signal && crate::gate::bets_on(&g.signal, g.stat))
+                .flat_map(|g| g.checks.iter())
+                .filter(|c| !c.is_relative())
+                .map(Check::threshold)
+                .collect();
+            limits.sort_by(f64::total_cmp);
+            limits.dedup();
+            Tracked {
+                signal,
+                histogram,
+                limits,
+            }
         })
         .collect()
 }

@@ -22,6 +22,9 @@ pub struct Moments {
     m2: f64,
     #[serde(with = "histogram_codec", default)]
     hist: Option<Histogram<u64>>,
+    /// Betting e-processes against absolute limits (bounded signals only: quality in 0..1).
+    #[serde(default)]
+    pub bets: Vec<Bet>,
 }
 
 /// Histograms in checkpoints: HdrHistogram's V2 encoding, base64-free as a byte list.
@@ -77,6 +80,10 @@ impl Moments {
     /// finite; should one not (a value near f64::MAX), the mean and variance become NaN/∞ and
     /// [`Moments::is_finite`] turns the gate's verdict into a fail-safe `fail`, never a hold.
     pub fn push(&mut self, x: f64) {
+        let variance = if self.n >= 2 { self.variance() } else { 0.25 };
+        for bet in &mut self.bets {
+            bet.update(x, self.n, self.mean, variance, false);
+        }
         self.n += 1;
         let delta = x - self.mean;
         self.mean += delta / self.n as f64;
@@ -118,10 +125,87 @@ impl Moments {
 }
 
 /// Successes out of trials (fallbacks out of tasks, rejects out of reviewed tasks).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Bernoulli {
     pub n: u64,
     pub hits: u64,
+    /// Betting e-processes against each absolute limit a gate puts on this rate.
+    #[serde(default)]
+    pub bets: Vec<Bet>,
+}
+
+impl Bernoulli {
+    pub fn push(&mut self, hit: bool) {
+        let mean = if self.n == 0 {
+            0.0
+        } else {
+            self.hits as f64 / self.n as f64
+        };
+        for bet in &mut self.bets {
+            bet.update(
+                f64::from(u8::from(hit)),
+                self.n,
+                mean,
+                mean * (1.0 - mean),
+                true,
+            );
+        }
+        self.n += 1;
+        self.hits += u64::from(hit);
+    }
+}
+
+/// A test by betting (Waudby-Smith & Ramdas 2023) of a bounded signal's mean against one
+/// absolute `limit`: two gamblers, one betting the mean is above the limit, one that it is
+/// below, each staking a *predictable* fraction (chosen before seeing the observation). Under
+/// the hypothesis a gambler bets against, its capital is a nonnegative supermartingale, so by
+/// Ville's inequality it ever reaches `1/α` with probability at most `α` — at every look, from
+/// the first observation, with no minimum sample count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bet {
+    pub limit: f64,
+    /// ln of the capital betting that the mean is above `limit`.
+    pub log_above: f64,
+    /// ln of the capital betting that the mean is below `limit`.
+    pub log_below: f64,
+}
+
+/// Pseudo-observations at the limit that the running estimates start from: the stakes grow as
+/// evidence accumulates instead of following the first few observations.
+const BET_PRIOR: f64 = 5.0;
+/// Largest share of the capital at risk on one observation.
+const BET_CAP: f64 = 0.5;
+
+impl Bet {
+    pub fn new(limit: f64) -> Bet {
+        Bet {
+            limit: limit.clamp(1e-6, 1.0 - 1e-6),
+            log_above: 0.0,
+            log_below: 0.0,
+        }
+    }
+
+    /// Bets on `x` (in 0..=1) with stakes from the `n` observations before it (their `mean`
+    /// and `variance`): Kelly's fraction for 0/1 outcomes, aGRAPA's otherwise.
+    fn update(&mut self, x: f64, n: u64, mean: f64, variance: f64, binary: bool) {
+        let m = self.limit;
+        let nf = n as f64;
+        let shrunk = (nf * mean + BET_PRIOR * m) / (nf + BET_PRIOR);
+        let edge = shrunk - m;
+        let (up, down) = if binary {
+            let kelly = edge / (m * (1.0 - m));
+            (kelly.max(0.0), (-kelly).max(0.0))
+        } else {
+            let spread = (nf * variance + BET_PRIOR * 0.25) / (nf + BET_PRIOR) + edge * edge;
+            let grapa = edge / spread.max(1e-9);
+            (grapa.max(0.0), (-grapa).max(0.0))
+        };
+        let up = up.min(BET_CAP / m);
+        let down = down.min(BET_CAP / (1.0 - m));
+        let x = x.clamp(0.0, 1.0);
+        self.log_above += (1.0 + up * (x - m)).ln();
+        self.log_below += (1.0 - down * (x - m)).ln();
+    }
 }
 
 impl Bernoulli {
@@ -157,6 +241,16 @@ impl Accum {
         }
     }
 
+    /// The betting e-process against `limit`, if this signal keeps one.
+    pub fn bet(&self, limit: f64) -> Option<&Bet> {
+        let bets = match self {
+            Accum::Numeric(m) => &m.bets,
+            Accum::Rate(b) => &b.bets,
+        };
+        bets.iter()
+            .find(|b| (b.limit - limit.clamp(1e-6, 1.0 - 1e-6)).abs() < 1e-12)
+    }
+
     /// The point value of `stat` (mean, quantile or rate).
     pub fn value(&self, stat: Stat) -> Option<f64> {
         match (self, stat) {
@@ -171,10 +265,7 @@ impl Accum {
     fn push(&mut self, x: f64) {
         match self {
             Accum::Numeric(m) => m.push(x),
-            Accum::Rate(b) => {
-                b.n += 1;
-                b.hits += u64::from(x >= 0.5);
-            }
+            Accum::Rate(b) => b.push(x >= 0.5),
         }
     }
 }
@@ -184,6 +275,10 @@ impl Accum {
 pub struct Tracked {
     pub signal: Signal,
     pub histogram: bool,
+    /// Absolute limits the gates put on this signal's mean or rate, tested by betting (bounded
+    /// signals only).
+    #[serde(default)]
+    pub limits: Vec<f64>,
 }
 
 /// Evidence for one arm (baseline or candidate) in one segment.
@@ -197,10 +292,22 @@ impl ArmEvidence {
     fn new(tracked: &[Tracked]) -> ArmEvidence {
         let signals = tracked
             .iter()
-            .map(|t| match (t.signal.is_rate(), t.histogram) {
-                (true, _) => Accum::Rate(Bernoulli::default()),
-                (false, true) => Accum::Numeric(Moments::with_histogram()),
-                (false, false) => Accum::Numeric(Moments::default()),
+            .map(|t| {
+                let bets = t.limits.iter().map(|&l| Bet::new(l)).collect();
+                match (t.signal.is_rate(), t.histogram) {
+                    (true, _) => Accum::Rate(Bernoulli {
+                        bets,
+                        ..Bernoulli::default()
+                    }),
+                    (false, true) => Accum::Numeric(Moments {
+                        bets,
+                        ..Moments::with_histogram()
+                    }),
+                    (false, false) => Accum::Numeric(Moments {
+                        bets,
+                        ..Moments::default()
+                    }),
+                }
             })
             .collect();
         ArmEvidence { tasks: 0, signals }

@@ -195,6 +195,13 @@ impl fmt::Display for Check {
     }
 }
 
+/// Whether absolute checks of `stat` on `signal` are decided by betting: the signal is bounded
+/// in 0..1 (rates, and quality's mean), so a test by betting is valid from the first
+/// observation and close to the information limit.
+pub fn bets_on(signal: &Signal, stat: Stat) -> bool {
+    signal.is_rate() || (*signal == Signal::Quality && stat == Stat::Mean)
+}
+
 /// A validated gate.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GateSpec {
@@ -336,6 +343,15 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         None
     };
     let limit = check.limit(baseline.and_then(|b| b.value(gate.stat)));
+    if let (false, Some(bet)) = (
+        check.is_relative(),
+        input
+            .candidate
+            .bet(check.threshold())
+            .filter(|_| bets_on(&gate.signal, gate.stat)),
+    ) {
+        return bet_report(check, bet, input, limit);
+    }
     let short = [Some(input.candidate), baseline]
         .into_iter()
         .flatten()
@@ -386,6 +402,48 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         Verdict::Inconclusive
     };
     report(limit, Some(margin), verdict, None)
+}
+
+/// The verdict of an absolute check decided by betting: `fail` once the gambler betting on a
+/// breach has multiplied its stake by `1/α`, `pass` once the one betting on compliance has.
+/// The reported margin bounds are the normal-mixture ones, for reading only.
+fn bet_report(
+    check: &Check,
+    bet: &crate::evidence::Bet,
+    input: &GateInput<'_>,
+    limit: Option<f64>,
+) -> CheckReport {
+    let threshold = (1.0 / input.alpha).ln();
+    let (breach, comply) = if check.breach_is_below() {
+        (bet.log_below, bet.log_above)
+    } else {
+        (bet.log_above, bet.log_below)
+    };
+    let verdict = if breach >= threshold {
+        Verdict::Fail
+    } else if comply >= threshold {
+        Verdict::Pass
+    } else {
+        Verdict::Inconclusive
+    };
+    let margin = match input.candidate {
+        Accum::Rate(c) if c.n > 0 => Some(rate_margin(check, c, None, input)),
+        Accum::Numeric(c) if c.n > 1 => Some(mean_margin(check, c, None, input)),
+        _ => None,
+    };
+    CheckReport {
+        check: check.to_string(),
+        limit,
+        margin_lower: margin.map(|m| m.lower).filter(|v| v.is_finite()),
+        margin_upper: margin.map(|m| m.upper).filter(|v| v.is_finite()),
+        verdict,
+        note: Some(format!(
+            "test by betting: evidence of a breach e={:.3}, of compliance e={:.3}; decides at e ≥ {:.0}",
+            breach.exp(),
+            comply.exp(),
+            1.0 / input.alpha
+        )),
+    }
 }
 
 /// `D` and its variance coefficients for a linear check on two arms' estimates:
@@ -548,10 +606,12 @@ mod tests {
             Tracked {
                 signal: Signal::Quality,
                 histogram: false,
+                limits: Vec::new(),
             },
             Tracked {
                 signal: Signal::LatencyMs,
                 histogram: true,
+                limits: Vec::new(),
             },
         ];
         let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -667,6 +727,7 @@ mod tests {
             let tracked = vec![Tracked {
                 signal: Signal::LatencyMs,
                 histogram: true,
+                limits: Vec::new(),
             }];
             let mut ev = Evidence::new(tracked, 1, 100.0);
             let mut alarm = false;
@@ -707,10 +768,12 @@ mod tests {
                 Tracked {
                     signal: Signal::Quality,
                     histogram: false,
+                    limits: Vec::new(),
                 },
                 Tracked {
                     signal: Signal::Fallback,
                     histogram: false,
+                    limits: Vec::new(),
                 },
             ];
             let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -785,7 +848,7 @@ mod tests {
                 c.hits += binomial(&mut rng, n_c, cand);
                 b.n += n_b;
                 b.hits += binomial(&mut rng, n_b, base);
-                let (ca, ba) = (Accum::Rate(c), Accum::Rate(b));
+                let (ca, ba) = (Accum::Rate(c.clone()), Accum::Rate(b.clone()));
                 let input = GateInput {
                     candidate: &ca,
                     baseline: check.is_relative().then_some(&ba),
@@ -823,5 +886,119 @@ mod tests {
                 assert!(alarms <= 71, "{check} at share {share}: {alarms}/{runs}");
             }
         }
+    }
+
+    /// Candidate tasks (observations) until an absolute `max limit` rate check decided by
+    /// betting fails, for a true rate `p`; `None` if it never does within `cap` observations.
+    /// The verdict is read through `evaluate` after every `look` observations.
+    fn bet_fail_after(
+        p: f64,
+        limit: f64,
+        alpha: f64,
+        seed: u64,
+        look: u64,
+        cap: u64,
+    ) -> Option<u64> {
+        let g = gate(Signal::Fallback, Stat::Rate, vec![Check::Max(limit)]);
+        let mut rng = crate::stats::tests_rng(seed);
+        let mut c = Bernoulli {
+            bets: vec![crate::evidence::Bet::new(limit)],
+            ..Bernoulli::default()
+        };
+        for n in 1..=cap {
+            c.push(rng.uniform() < p);
+            if n % look == 0 {
+                let acc = Accum::Rate(c.clone());
+                let input = GateInput {
+                    candidate: &acc,
+                    baseline: None,
+                    alpha,
+                    design_samples: 500.0,
+                };
+                if evaluate(&g, "s", &input).verdict == Verdict::Fail {
+                    return Some(n);
+                }
+            }
+        }
+        None
+    }
+
+    fn median(mut xs: Vec<u64>) -> u64 {
+        xs.sort_unstable();
+        xs[xs.len() / 2]
+    }
+
+    #[test]
+    fn betting_holds_alpha_at_the_limit_and_fails_near_the_information_limit() {
+        // The least favourable healthy candidate: its rate exactly at the limit 0.10; 30 tasks a
+        // minute (10 % of 5/s), a look a minute for 24 hours, 1 000 runs, α = 0.05.
+        let runs = 1000;
+        let alarms = (0..runs)
+            .filter(|&seed| bet_fail_after(0.10, 0.10, 0.05, seed, 30, 30 * 1440).is_some())
+            .count();
+        eprintln!(
+            "rate max 0.1 by betting, candidate at the limit: {alarms}/{runs} runs false-alarmed over 24 h (declared α 5%)"
+        );
+        assert!(alarms <= 71, "{alarms}/{runs}");
+        // A bad candidate: observations to the first fail, checked after every observation.
+        // Wald's SPRT with the alternative known needs ≈ 20 (p = 0.30) and ≈ 250 (p = 0.15).
+        for (p, target) in [(0.30, 40), (0.15, 295)] {
+            let n: Vec<u64> = (0..runs)
+                .map(|seed| {
+                    bet_fail_after(p, 0.10, 0.05, 10_000 + seed, 1, 100_000).unwrap_or(u64::MAX)
+                })
+                .collect();
+            let med = median(n.clone());
+            let p90 = {
+                let mut s = n.clone();
+                s.sort_unstable();
+                s[s.len() * 9 / 10]
+            };
+            eprintln!(
+                "rate {p} vs max 0.1 by betting: median {med} candidate tasks to fail, p90 {p90} (target median ≤ {target})"
+            );
+            assert!(med <= target, "p = {p}: median {med}");
+        }
+    }
+
+    #[test]
+    fn quality_by_betting_holds_alpha_at_the_limit_and_catches_a_drop() {
+        // Quality scores in 0..1 around a mean exactly at the `min 0.8` limit, then 0.1 below it.
+        let g = gate(Signal::Quality, Stat::Mean, vec![Check::Min(0.8)]);
+        let run = |mean: f64, seed: u64, cap: u64| -> Option<u64> {
+            let mut rng = crate::stats::tests_rng(seed);
+            let mut m = Moments::default();
+            m.bets.push(crate::evidence::Bet::new(0.8));
+            for n in 1..=cap {
+                // A symmetric two-point-plus-noise score keeps the mean exactly `mean`.
+                let x = (mean + 0.15 * (2.0 * rng.uniform() - 1.0)).clamp(0.0, 1.0);
+                m.push(x);
+                if n % 10 == 0 {
+                    let acc = Accum::Numeric(m.clone());
+                    let input = GateInput {
+                        candidate: &acc,
+                        baseline: None,
+                        alpha: 0.05,
+                        design_samples: 500.0,
+                    };
+                    if evaluate(&g, "s", &input).verdict == Verdict::Fail {
+                        return Some(n);
+                    }
+                }
+            }
+            None
+        };
+        let runs = 1000;
+        let alarms = (0..runs).filter(|&s| run(0.8, s, 5_000).is_some()).count();
+        eprintln!(
+            "quality min 0.8 by betting, candidate mean at the limit: {alarms}/{runs} runs false-alarmed over 5 000 tasks (declared α 5%)"
+        );
+        assert!(alarms <= 71, "{alarms}/{runs}");
+        let n: Vec<u64> = (0..runs)
+            .map(|s| run(0.7, 50_000 + s, 5_000).unwrap_or(u64::MAX))
+            .collect();
+        let med = median(n);
+        eprintln!("quality mean 0.7 vs min 0.8 by betting: median {med} tasks to fail");
+        assert!(med <= 100, "median {med}");
     }
 }

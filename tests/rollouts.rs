@@ -33,16 +33,17 @@ fn healthy_candidate_climbs_every_stage_then_waits_for_approval() {
 
     climb_to_smb5(&server, "h");
     // smb-5: internal keeps 100 %, everyone gets 5 %. Both arms report in `everyone`.
-    server.send_events(&events("h-smb-b", 1500, "v7", smb(), HEALTHY));
-    server.send_events(&events("h-smb-c", 1500, "v8", smb(), HEALTHY));
+    // Relative rate checks with a margin need a few thousand tasks per arm at α/30 per check.
+    server.send_events(&events("h-smb-b", 3000, "v7", smb(), HEALTHY));
+    server.send_events(&events("h-smb-c", 3000, "v8", smb(), HEALTHY));
     server.send_events(&events("h-smb-i", 1000, "v8", internal(), HEALTHY));
     server.wait_for("stage half", |s| stage(s) == "half");
 
-    server.send_events(&events("h-half-b", 1500, "v7", smb(), HEALTHY));
-    server.send_events(&events("h-half-c", 1500, "v8", smb(), HEALTHY));
+    server.send_events(&events("h-half-b", 3000, "v7", smb(), HEALTHY));
+    server.send_events(&events("h-half-c", 3000, "v8", smb(), HEALTHY));
     server.send_events(&events("h-half-i", 1000, "v8", internal(), HEALTHY));
-    server.send_events(&events("h-half-eb", 1500, "v7", enterprise(), HEALTHY));
-    server.send_events(&events("h-half-ec", 1500, "v8", enterprise(), HEALTHY));
+    server.send_events(&events("h-half-eb", 3000, "v7", enterprise(), HEALTHY));
+    server.send_events(&events("h-half-ec", 3000, "v8", enterprise(), HEALTHY));
     let s = server.wait_for("approval wait", |s| {
         s["waiting"]
             .as_str()
@@ -223,7 +224,10 @@ fn regression_in_one_segment_is_caught_and_named() {
 }
 
 #[test]
-fn a_handful_of_terrible_events_changes_nothing() {
+fn a_handful_of_terrible_events_is_evidence_only_for_bounded_signals() {
+    // 25 tasks that all fall back, are rejected and score 0: for bounded signals (rates,
+    // quality) a test by betting needs no minimum count, and this is overwhelming evidence.
+    // Unbounded signals (latency, cost) still wait for 100 samples per arm.
     let server = Server::start(&config(""));
     let terrible = Profile {
         quality: 0.0,
@@ -234,22 +238,27 @@ fn a_handful_of_terrible_events_changes_nothing() {
     };
     let r = server.send_events(&events("t", 25, "v8", internal(), terrible));
     assert_eq!(r["accepted"], 25);
-    std::thread::sleep(std::time::Duration::from_millis(400)); // several ticks
-    let s = server.status();
-    assert_eq!((state(&s), stage(&s)), ("progressing", "internal"));
-    let gates = s["gates"].as_array().cloned().unwrap_or_default();
-    assert_eq!(gates.len(), 5);
-    for g in &gates {
-        assert_eq!(g["verdict"], "inconclusive", "{g}");
-        assert_eq!(g["candidate"]["samples"], 25);
-    }
+    let s = server.wait_for("the rollback", |s| state(s) == "rolled_back");
     let receipts = server.receipts();
-    assert_eq!(
-        receipts.len(),
-        1,
-        "only the rollout's creation: {receipts:?}"
+    let rollback = &receipts[0];
+    assert_eq!(rollback["action"], "rollback", "{rollback}");
+    let trigger = rollback["trigger"]["gate"].as_str().unwrap_or("");
+    assert!(
+        ["quality_mean", "review_reject_rate"].contains(&trigger),
+        "a bounded gate acted: {trigger}"
     );
-    assert_eq!(receipts[0]["action"], "reconfigure");
+    for verdict in rollback["evidence"].as_array().cloned().unwrap_or_default() {
+        if ["latency_ms_p95", "cost_usd_mean"].contains(&verdict["gate"].as_str().unwrap_or("")) {
+            assert_eq!(verdict["verdict"], "inconclusive", "{verdict}");
+            assert!(
+                verdict["checks"][0]["note"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("needs 100")
+            );
+        }
+    }
+    assert_eq!(s["candidate_samples"], 0, "a new epoch");
 }
 
 #[test]
