@@ -168,7 +168,77 @@ pub struct Bet {
     pub log_above: f64,
     /// ln of the capital betting that the mean is below `limit`.
     pub log_below: f64,
+    /// Change detectors: a shift above the limit that starts late, after hours at a healthy
+    /// level, is diluted in the cumulative test; these watch for its start.
+    #[serde(default)]
+    pub above: Vec<Cusum>,
+    #[serde(default)]
+    pub below: Vec<Cusum>,
+    /// Observations so far (the detectors' clock).
+    #[serde(default)]
+    pub n: u64,
 }
+
+/// Page's CUSUM on the log-wealth of one fixed bet: `S = max(0, S + ln(1 ± λ(x − m)))`. Under
+/// the hypothesis (the mean stays on the limit's safe side) each increment has a nonpositive
+/// expected exponential, so the run length to `S ≥ h` averages at least `e^h` observations
+/// (Lorden 1971; an e-detector in Shin, Ramdas & Rinaldo 2022). For 0/1 outcomes with
+/// `λ = (p1 − m)/(m(1 − m))` it is exactly the Bernoulli likelihood-ratio CUSUM for `p1`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cusum {
+    /// The post-change mean this detector is tuned for.
+    pub shift_to: f64,
+    pub lambda: f64,
+    pub stat: f64,
+    /// The observation count when `stat` was last 0: the estimated change point.
+    pub since: u64,
+    /// Sum of the observations after `since`: the post-change estimate's numerator.
+    pub sum_since: f64,
+}
+
+impl Cusum {
+    fn new(limit: f64, shift_to: f64) -> Cusum {
+        let lambda = ((shift_to - limit) / (limit * (1.0 - limit))).abs();
+        Cusum {
+            shift_to,
+            lambda,
+            stat: 0.0,
+            since: 0,
+            sum_since: 0.0,
+        }
+    }
+
+    fn update(&mut self, x: f64, limit: f64, sign: f64, n: u64) {
+        let step = (1.0 + sign * self.lambda * (x - limit))
+            .max(f64::MIN_POSITIVE)
+            .ln();
+        self.stat += step;
+        self.sum_since += x;
+        if self.stat <= 0.0 {
+            self.stat = 0.0;
+            self.since = n;
+            self.sum_since = 0.0;
+        }
+    }
+
+    /// The mean since the estimated change point, and how many observations it covers.
+    pub fn post_change(&self, n: u64) -> (f64, u64) {
+        let k = n.saturating_sub(self.since);
+        (
+            if k == 0 {
+                0.0
+            } else {
+                self.sum_since / k as f64
+            },
+            k,
+        )
+    }
+}
+
+/// Detector shifts, as multiples of the limit: above it (rates: 0.10 → 0.15, 0.20, 0.30) and
+/// below it (scores: 0.80 → 0.75, 0.70, 0.60).
+const SHIFTS_ABOVE: [f64; 3] = [1.5, 2.0, 3.0];
+const SHIFTS_BELOW: [f64; 3] = [0.9375, 0.875, 0.75];
 
 /// Pseudo-observations at the limit that the running estimates start from: the stakes grow as
 /// evidence accumulates instead of following the first few observations.
@@ -178,11 +248,35 @@ const BET_CAP: f64 = 0.5;
 
 impl Bet {
     pub fn new(limit: f64) -> Bet {
+        let m = limit.clamp(1e-6, 1.0 - 1e-6);
+        let above = SHIFTS_ABOVE
+            .iter()
+            .map(|f| (m * f).min(m + 0.9 * (1.0 - m)))
+            .filter(|&p1| p1 > m)
+            .map(|p1| Cusum::new(m, p1))
+            .collect();
+        let below = SHIFTS_BELOW
+            .iter()
+            .map(|f| m * f)
+            .map(|p1| Cusum::new(m, p1))
+            .collect();
         Bet {
-            limit: limit.clamp(1e-6, 1.0 - 1e-6),
+            limit: m,
             log_above: 0.0,
             log_below: 0.0,
+            above,
+            below,
+            n: 0,
         }
+    }
+
+    /// The first detector past `threshold` in the breach direction (`above` for a `max`).
+    pub fn change(&self, above: bool, threshold: f64) -> Option<&Cusum> {
+        let detectors = if above { &self.above } else { &self.below };
+        detectors
+            .iter()
+            .filter(|c| c.stat >= threshold)
+            .max_by(|a, b| a.stat.total_cmp(&b.stat))
     }
 
     /// Bets on `x` (in 0..=1) with stakes from the `n` observations before it (their `mean`
@@ -205,6 +299,13 @@ impl Bet {
         let x = x.clamp(0.0, 1.0);
         self.log_above += (1.0 + up * (x - m)).ln();
         self.log_below += (1.0 - down * (x - m)).ln();
+        self.n += 1;
+        for c in &mut self.above {
+            c.update(x, m, 1.0, self.n);
+        }
+        for c in &mut self.below {
+            c.update(x, m, -1.0, self.n);
+        }
     }
 }
 

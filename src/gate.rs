@@ -195,6 +195,17 @@ impl fmt::Display for Check {
     }
 }
 
+/// Average run length to a false alarm of each change detector, in observations of one arm
+/// in one segment: under a steady healthy candidate, about one false alarm per this many tasks
+/// per check.
+pub const CHANGE_ARL: f64 = 1e6;
+
+/// The CUSUM threshold: each of a bet's three detectors has an average run length of at least
+/// `e^h`, so `h = ln(3·ARL)` keeps the three together at `CHANGE_ARL`.
+pub fn change_threshold() -> f64 {
+    (3.0 * CHANGE_ARL).ln()
+}
+
 /// Whether absolute checks of `stat` on `signal` are decided by betting: the signal is bounded
 /// in 0..1 (rates, and quality's mean), so a test by betting is valid from the first
 /// observation and close to the information limit.
@@ -419,6 +430,22 @@ fn bet_report(
     } else {
         (bet.log_above, bet.log_below)
     };
+    let change = bet.change(!check.breach_is_below(), change_threshold());
+    if let Some(c) = change.filter(|_| breach < threshold) {
+        let (mean, k) = c.post_change(bet.n);
+        return CheckReport {
+            check: check.to_string(),
+            limit,
+            margin_lower: None,
+            margin_upper: None,
+            verdict: Verdict::Fail,
+            note: Some(format!(
+                "change detected: mean {mean:.4} over the last {k} tasks (since task {} of this stage) against the limit {:.4}; the cumulative mean is diluted by the earlier tasks (CUSUM: on average at most one false alarm per {CHANGE_ARL:e} tasks)",
+                c.since + 1,
+                bet.limit
+            )),
+        };
+    }
     let verdict = if breach >= threshold {
         Verdict::Fail
     } else if comply >= threshold {
@@ -1000,5 +1027,85 @@ mod tests {
         let med = median(n);
         eprintln!("quality mean 0.7 vs min 0.8 by betting: median {med} tasks to fail");
         assert!(med <= 100, "median {med}");
+    }
+
+    /// A candidate at `before` for `switch` tasks, then at `after`; `per_minute` candidate tasks,
+    /// a look a minute, `max 0.10` at α = 0.05. Returns the task count at the first fail.
+    fn first_fail(
+        before: f64,
+        after: f64,
+        switch: u64,
+        per_minute: u64,
+        minutes: u64,
+        seed: u64,
+    ) -> Option<u64> {
+        let g = gate(Signal::Fallback, Stat::Rate, vec![Check::Max(0.10)]);
+        let mut rng = crate::stats::tests_rng(seed);
+        let mut c = Bernoulli {
+            bets: vec![crate::evidence::Bet::new(0.10)],
+            ..Bernoulli::default()
+        };
+        for minute in 1..=minutes {
+            for _ in 0..per_minute {
+                let p = if c.n < switch { before } else { after };
+                c.push(rng.uniform() < p);
+            }
+            let _ = minute;
+            let acc = Accum::Rate(c.clone());
+            let input = GateInput {
+                candidate: &acc,
+                baseline: None,
+                alpha: 0.05,
+                design_samples: 500.0,
+            };
+            if evaluate(&g, "s", &input).verdict == Verdict::Fail {
+                return Some(c.n);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_late_regression_is_caught_by_change_detection_within_minutes() {
+        // 50 % of 5 tasks/s = 150 candidate tasks a minute; 0.05 for three hours, then 0.15.
+        let runs = 300;
+        let switch = 150 * 180;
+        let mut delays: Vec<u64> = Vec::new();
+        let mut early = 0;
+        for seed in 0..runs {
+            match first_fail(0.05, 0.15, switch, 150, 180 + 120, 70_000 + seed) {
+                Some(n) if n <= switch => early += 1,
+                Some(n) => delays.push(n - switch),
+                None => delays.push(u64::MAX),
+            }
+        }
+        let med = median(delays.clone());
+        let mut sorted = delays.clone();
+        sorted.sort_unstable();
+        let p90 = sorted[sorted.len() * 9 / 10];
+        eprintln!(
+            "late 0.05 → 0.15 at 150 candidate tasks/min vs max 0.1: median {med} tasks ({:.1} min) after the change to fail, p90 {p90}; {early}/{runs} failed before it",
+            med as f64 / 150.0
+        );
+        assert!(med <= 1500 && med / 150 <= 15, "median {med}");
+        assert!(
+            early <= 15,
+            "{early}/{runs} false alarms during the healthy hours"
+        );
+    }
+
+    #[test]
+    fn change_detection_false_alarms_at_the_limit_stay_rare() {
+        // The least favourable healthy candidate: exactly at the limit, 30 tasks a minute for
+        // 24 hours (43 200 tasks), 300 runs. Cumulative test (α = 0.05) and detectors together.
+        let runs = 300;
+        let alarms = (0..runs)
+            .filter(|&seed| first_fail(0.10, 0.10, 0, 30, 1440, 90_000 + seed).is_some())
+            .count();
+        eprintln!(
+            "max 0.1 with change detection, candidate at the limit for 24 h: {alarms}/{runs} runs false-alarmed (α 5% + 43 200/ARL {:e})",
+            CHANGE_ARL
+        );
+        assert!(alarms <= 27, "{alarms}/{runs}");
     }
 }
