@@ -162,6 +162,7 @@ struct RawRollout {
     stages: Vec<Spanned<RawStage>>,
     confidence: Option<Spanned<f64>>,
     max_narrows: Option<u32>,
+    bake: Option<Spanned<String>>,
     #[serde(default)]
     gates: Vec<Spanned<RawGate>>,
     lane: Spanned<RawLane>,
@@ -257,6 +258,9 @@ pub struct ServerPlan {
 pub struct SignalRanges {
     pub overrides: BTreeMap<String, (f64, f64)>,
 }
+
+/// How long gates keep watching after promotion unless a rollout says otherwise.
+pub const DEFAULT_BAKE: Millis = 24 * 3_600_000;
 
 /// Longest name (rollout, workflow, version, segment, notifier, token) in bytes.
 pub const MAX_NAME: usize = 64;
@@ -423,6 +427,9 @@ pub struct RolloutPlan {
     pub stages: Vec<StagePlan>,
     pub confidence: f64,
     pub max_narrows: u32,
+    /// After promotion, the gates keep watching the new stable version this long (absolute
+    /// limits decide: the last stage leaves the baseline no traffic); a breach acts.
+    pub bake: Millis,
     pub gates: Vec<GateSpec>,
     pub lane: LanePlan,
 }
@@ -465,6 +472,7 @@ impl RolloutPlan {
         t.insert("segments".into(), segments.join("; "));
         t.insert("confidence".into(), self.confidence.to_string());
         t.insert("max_narrows".into(), self.max_narrows.to_string());
+        t.insert("bake".into(), crate::clock::human_duration(self.bake));
         let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
         t.insert("stages".into(), names.join(", "));
         for stage in &self.stages {
@@ -819,6 +827,15 @@ impl Validator {
             }
             if let Some(plan) = self.rollout(&key, rollout, &segments, &workflows, &notifiers) {
                 rollouts.push(plan);
+            }
+        }
+        for (name, w) in &raw.workflows {
+            if !w.value.guards.is_empty() && rollouts.iter().any(|r| &r.workflow == name) {
+                self.report(
+                    w,
+                    format!("workflows.{name}.guards"),
+                    "a workflow under a rollout is watched by the rollout's gates (and its `bake` after promotion); guards here would never apply — move these limits into the rollout's gates",
+                );
             }
         }
         Plan {
@@ -1308,6 +1325,7 @@ impl Validator {
             stages,
             confidence,
             max_narrows: r.max_narrows.unwrap_or(2),
+            bake: self.duration(&r.bake, &format!("{key}.bake"), DEFAULT_BAKE),
             gates,
             lane: LanePlan {
                 owner: lane.owner.clone(),
@@ -1569,6 +1587,20 @@ mod tests {
         let closed = check("auth: { tokens: [{ name: a, role: viewer, token_env: X }, { name: b, role: admin, token_env: Y }] }\n")
             .expect("admin present; viewer is read's alias");
         assert_eq!(closed.auth.tokens.map(|t| t[0].role), Some(Role::Read));
+    }
+
+    #[test]
+    fn guards_on_a_workflow_under_a_rollout_are_refused_with_the_reason() {
+        let text = include_str!("../config/stagegate.yaml").replace(
+            "    stable: v7\n",
+            "    stable: v7\n    guards: [{ signal: quality, stat: mean, min: 0.5 }]\n",
+        );
+        let errs = parse(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("workflows.support-reply.guards") && errs[0].contains("never apply"),
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -284,13 +284,14 @@ pub fn assess(
         Phase::Progressing | Phase::Narrowed | Phase::ReadOnly => {}
         Phase::Paused => return hold("paused: an operator decides".into(), verdicts),
         Phase::RolledBack => return hold("rolled back: resume to start again".into(), verdicts),
-        Phase::Promoted => {
+        Phase::Promoted if now >= state.stage_started.saturating_add(plan.bake) => {
             return Assessment {
                 verdicts,
                 waiting: None,
                 decision: None,
             };
         }
+        Phase::Promoted => {}
     }
     let Some(stage) = state.stage else {
         return hold("narrowed to zero: resume to start again".into(), verdicts);
@@ -368,6 +369,16 @@ pub fn assess(
     if state.phase == Phase::ReadOnly {
         return hold(
             "read-only fallback: resume with the lane's re-enable proof".into(),
+            verdicts,
+        );
+    }
+    if state.phase == Phase::Promoted {
+        let until = state.stage_started.saturating_add(plan.bake);
+        return hold(
+            format!(
+                "promoted; baking until {}: the gates keep watching the new stable version",
+                crate::clock::rfc3339(until)
+            ),
             verdicts,
         );
     }
@@ -823,6 +834,35 @@ auth: { open: true }
             s.timeline(),
             "10m controller expand s1->s2 progressing\n12m operator promote s2->s3 promoted"
         );
+    }
+
+    #[test]
+    fn a_breach_while_baking_after_promotion_rolls_back_and_not_after() {
+        let mut s = Sim::new();
+        s.op(Command::Promote {
+            reason: "ship".into(),
+            full: true,
+        })
+        .expect("promote");
+        s.tick(60);
+        s.feed(150, "v2", None, [0.5, 0.01, 1000.0], Mode::Full);
+        s.tick(1);
+        assert_eq!(
+            s.timeline(),
+            "0m operator promote s1->s3 promoted\n61m controller rollback s3->- rolled_back by quality_mean@everyone"
+        );
+
+        // After the bake period (24 h by default) the controller leaves a promoted rollout be.
+        let mut s = Sim::new();
+        s.op(Command::Promote {
+            reason: "ship".into(),
+            full: true,
+        })
+        .expect("promote");
+        s.tick(24 * 60);
+        s.feed(150, "v2", None, [0.5, 0.01, 1000.0], Mode::Full);
+        s.tick(1);
+        assert_eq!(s.timeline(), "0m operator promote s1->s3 promoted");
     }
 
     #[test]

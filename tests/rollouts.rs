@@ -415,3 +415,38 @@ fn operator_rollback_and_state_survive_a_restart() {
         (Some(0), Some(150))
     );
 }
+
+#[test]
+fn a_regression_after_promotion_is_rolled_back_during_the_bake() {
+    let server = Server::start(&config(""));
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/promote",
+        Some(ADMIN),
+        &json!({"reason": "ship it", "full": true}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(state(&server.status()), "promoted");
+    assert!(
+        server.status()["waiting"]
+            .as_str()
+            .is_some_and(|w| w.contains("baking until")),
+        "{}",
+        server.status()
+    );
+    // The new stable version regresses for everyone within the (default 24 h) bake.
+    let bad = Profile {
+        quality: 0.4,
+        ..HEALTHY
+    };
+    server.send_events(&events("baked", 200, "v8", smb(), bad));
+    let s = server.wait_for("the rollback", |s| state(s) == "rolled_back");
+    assert_eq!(s["weights"]["everyone"], 0.0);
+    let receipt = &server.receipts()[0];
+    assert_eq!(receipt["before"]["state"], "promoted", "{receipt}");
+    assert_eq!(receipt["trigger"]["gate"], "quality_mean");
+    assert_eq!(
+        server.assign("after-bake", smb())["version"],
+        "v7",
+        "everyone is back on the previous version"
+    );
+}
