@@ -294,6 +294,17 @@ fn render_rollout(r: &Value) -> String {
     if !r["waiting"].is_null() {
         let _ = writeln!(out, "waiting   {}", s(&r["waiting"]));
     }
+    for h in r["holding"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "holding   {}@{} {} (n={}): {}",
+            s(&h["gate"]),
+            s(&h["segment"]),
+            s(&h["verdict"]),
+            s(&h["candidate_samples"]),
+            s(&h["why"])
+        );
+    }
     if let Some(re) = r["reenable"].as_object() {
         let _ = writeln!(
             out,

@@ -678,6 +678,7 @@ impl Engine {
                     candidate_tasks: rt.evidence.arm(i, Arm::Candidate).map_or(0, |a| a.tasks),
                 })
                 .collect(),
+            holding: holding(plan, rt, &assessment.verdicts, now),
             gates: assessment.verdicts,
             config_hash: self.plan.hash.clone(),
         }
@@ -1029,8 +1030,80 @@ pub struct RolloutStatus {
     pub next_decision: Option<Action>,
     pub reenable: Option<ReenableStatus>,
     pub segments: Vec<SegmentSamples>,
+    /// Every gate × segment not passing at this stage: what holds the rollout, how many more
+    /// candidate tasks it needs at the effect seen so far, and when that is at today's traffic.
+    pub holding: Vec<Holding>,
     pub gates: Vec<GateVerdict>,
     pub config_hash: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Holding {
+    pub gate: String,
+    pub segment: String,
+    pub verdict: crate::gate::Verdict,
+    pub candidate_samples: u64,
+    /// `None`: at the effect seen so far it may never pass.
+    pub samples_to_decide: Option<u64>,
+    /// At the segment's candidate traffic since the stage began.
+    pub eta: Option<String>,
+    /// The same in words.
+    pub why: String,
+}
+
+/// What holds a rollout at its stage: each gate × segment whose verdict is not `pass`.
+fn holding(
+    plan: &RolloutPlan,
+    rt: &Runtime,
+    verdicts: &[GateVerdict],
+    now: Millis,
+) -> Vec<Holding> {
+    let elapsed = now.saturating_sub(rt.state.stage_started).max(1) as f64;
+    verdicts
+        .iter()
+        .filter(|v| v.verdict != Verdict::Pass)
+        .map(|v| {
+            let segment_tasks = plan
+                .segments
+                .iter()
+                .position(|s| s.name == v.segment)
+                .and_then(|i| rt.evidence.arm(i, Arm::Candidate))
+                .map_or(0, |a| a.tasks);
+            let per_ms = segment_tasks as f64 / elapsed;
+            let eta = v
+                .samples_to_decide
+                .filter(|_| per_ms > 0.0 && v.verdict == Verdict::Inconclusive)
+                .map(|n| human_duration((n as f64 / per_ms).ceil() as Millis));
+            let unbounded = v.checks.iter().any(|c| {
+                c.verdict == Verdict::Inconclusive
+                    && c.samples_to_decide.is_none()
+                    && c.margin_upper.is_none()
+                    && c.margin_lower.is_some()
+            });
+            let why = match (v.verdict, v.samples_to_decide, &eta) {
+                (Verdict::Fail, _, _) => "failing: its on_breach applies".to_string(),
+                (_, Some(n), Some(eta)) => {
+                    format!("needs ~{n} more candidate tasks: ~{eta} at this stage's traffic")
+                }
+                (_, Some(n), None) => format!("needs ~{n} more candidate tasks"),
+                (_, None, _) if unbounded => {
+                    "needs more candidate tasks before its confidence bound exists".to_string()
+                }
+                (_, None, _) => {
+                    "at the effect seen so far it may never pass: the estimate is on the wrong side of the limit".to_string()
+                }
+            };
+            Holding {
+                gate: v.gate.clone(),
+                segment: v.segment.clone(),
+                verdict: v.verdict,
+                candidate_samples: v.candidate.samples,
+                samples_to_decide: v.samples_to_decide,
+                eta,
+                why,
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Serialize)]

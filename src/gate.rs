@@ -271,6 +271,9 @@ pub struct CheckReport {
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// While inconclusive: candidate samples still needed to decide at the effect seen so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_to_decide: Option<u64>,
 }
 
 /// A gate's verdict in one segment.
@@ -284,6 +287,10 @@ pub struct GateVerdict {
     /// The error budget each check of this gate was held to.
     pub alpha: f64,
     pub checks: Vec<CheckReport>,
+    /// While inconclusive: the candidate samples still needed before every check could
+    /// decide at the effect seen so far (`None`: at this effect it may never pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub samples_to_decide: Option<u64>,
 }
 
 /// What a gate looks at in one segment.
@@ -324,6 +331,15 @@ pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVe
         candidate: summary(Some(input.candidate)),
         baseline: summary(input.baseline),
         alpha: input.alpha,
+        samples_to_decide: (verdict == Verdict::Inconclusive)
+            .then(|| {
+                applicable
+                    .iter()
+                    .filter(|c| c.verdict == Verdict::Inconclusive)
+                    .map(|c| c.samples_to_decide)
+                    .try_fold(0u64, |most, n| n.map(|n| most.max(n)))
+            })
+            .flatten(),
         checks,
     }
 }
@@ -344,6 +360,7 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         margin_upper: margin.map(|m| m.upper).filter(|v| v.is_finite()),
         verdict,
         note,
+        samples_to_decide: None,
     };
     let baseline = if check.is_relative() {
         match input.baseline {
@@ -371,7 +388,9 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         .unwrap_or(0);
     if short < MIN_SAMPLES_PER_ARM {
         let note = format!("needs {MIN_SAMPLES_PER_ARM} samples per arm, has {short}");
-        return report(limit, None, Verdict::Inconclusive, Some(note));
+        let mut r = report(limit, None, Verdict::Inconclusive, Some(note));
+        r.samples_to_decide = Some(MIN_SAMPLES_PER_ARM - short);
+        return r;
     }
     if [Some(input.candidate), baseline]
         .into_iter()
@@ -412,7 +431,24 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
     } else {
         Verdict::Inconclusive
     };
-    report(limit, Some(margin), verdict, None)
+    let mut r = report(limit, Some(margin), verdict, None);
+    if verdict == Verdict::Inconclusive {
+        r.samples_to_decide = samples_to_pass(margin, input.candidate.samples());
+    }
+    r
+}
+
+/// The extra candidate samples until an interval of this width would clear zero at the current
+/// estimate, if the estimate is on the passing side: widths shrink like `1/√n` (the mixture's
+/// slowly growing log factor is ignored, so this is an estimate, not a promise).
+fn samples_to_pass(margin: Interval, n: u64) -> Option<u64> {
+    let center = (margin.lower + margin.upper) / 2.0;
+    let half = (margin.upper - margin.lower) / 2.0;
+    if !(center < 0.0 && half.is_finite()) || n == 0 {
+        return None;
+    }
+    let total = n as f64 * (half / -center).powi(2);
+    Some((total - n as f64).ceil().max(1.0) as u64)
 }
 
 /// The verdict of an absolute check decided by betting: `fail` once the gambler betting on a
@@ -439,6 +475,7 @@ fn bet_report(
             margin_lower: None,
             margin_upper: None,
             verdict: Verdict::Fail,
+            samples_to_decide: None,
             note: Some(format!(
                 "change detected: mean {mean:.4} over the last {k} tasks (since task {} of this stage) against the limit {:.4}; the cumulative mean is diluted by the earlier tasks (CUSUM: on average at most one false alarm per {CHANGE_ARL:e} tasks)",
                 c.since + 1,
@@ -458,12 +495,20 @@ fn bet_report(
         Accum::Numeric(c) if c.n > 1 => Some(mean_margin(check, c, None, input)),
         _ => None,
     };
+    // At the evidence's current growth rate per task, how many more tasks to reach `1/α`.
+    let samples_to_decide =
+        (verdict == Verdict::Inconclusive && comply > 0.0 && bet.n > 0).then(|| {
+            ((threshold - comply) / (comply / bet.n as f64))
+                .ceil()
+                .max(1.0) as u64
+        });
     CheckReport {
         check: check.to_string(),
         limit,
         margin_lower: margin.map(|m| m.lower).filter(|v| v.is_finite()),
         margin_upper: margin.map(|m| m.upper).filter(|v| v.is_finite()),
         verdict,
+        samples_to_decide,
         note: Some(format!(
             "test by betting: evidence of a breach e={:.3}, of compliance e={:.3}; decides at e ≥ {:.0}",
             breach.exp(),
@@ -1107,5 +1152,72 @@ mod tests {
             CHANGE_ARL
         );
         assert!(alarms <= 27, "{alarms}/{runs}");
+    }
+
+    #[test]
+    fn the_samples_to_decide_estimate_is_the_right_order_of_magnitude() {
+        // A healthy rate (0.02 vs max 0.10, by betting) and a healthy mean (cost 0.01 ± noise vs
+        // max 0.0106, normal mixture): after 100 tasks, estimate the tasks still needed to pass,
+        // then count them. Median actual/estimate over 200 runs must be within 0.5..2.
+        let rate = gate(Signal::Fallback, Stat::Rate, vec![Check::Max(0.10)]);
+        let cost = gate(Signal::CostUsd, Stat::Mean, vec![Check::Max(0.0106)]);
+        let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+        for seed in 0..200u64 {
+            let mut rng = crate::stats::tests_rng(seed + 123);
+            let mut r = Bernoulli {
+                bets: vec![crate::evidence::Bet::new(0.10)],
+                ..Bernoulli::default()
+            };
+            let mut m = Moments::default();
+            let mut estimate: [Option<u64>; 2] = [None, None];
+            let mut passed: [Option<u64>; 2] = [None, None];
+            for n in 1..=20_000u64 {
+                r.push(rng.uniform() < 0.02);
+                m.push(0.01 * (1.0 + 0.5 * (2.0 * rng.uniform() - 1.0)));
+                for (k, (g, acc)) in [
+                    (&rate, Accum::Rate(r.clone())),
+                    (&cost, Accum::Numeric(m.clone())),
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    if passed[k].is_some() || (n != 100 && n % 25 != 0) {
+                        continue;
+                    }
+                    let input = GateInput {
+                        candidate: &acc,
+                        baseline: None,
+                        alpha: 0.01,
+                        design_samples: 500.0,
+                    };
+                    let v = evaluate(g, "s", &input);
+                    if n == 100 {
+                        estimate[k] = v.samples_to_decide;
+                    }
+                    if v.verdict == Verdict::Pass {
+                        passed[k] = Some(n);
+                    }
+                }
+                if passed.iter().all(Option::is_some) {
+                    break;
+                }
+            }
+            for k in 0..2 {
+                if let (Some(e), Some(p)) = (estimate[k], passed[k]) {
+                    ratios[k].push((p - 100) as f64 / e as f64);
+                }
+            }
+        }
+        for (k, name) in ["rate by betting", "cost mean"].iter().enumerate() {
+            let mut r = ratios[k].clone();
+            assert!(r.len() >= 150, "{name}: an estimate in {} runs", r.len());
+            r.sort_by(f64::total_cmp);
+            let med = r[r.len() / 2];
+            eprintln!(
+                "{name}: actual / estimated tasks to pass, median {med:.2} over {} runs",
+                r.len()
+            );
+            assert!((0.5..=2.0).contains(&med), "{name}: {med}");
+        }
     }
 }

@@ -31,6 +31,7 @@ pub struct Metrics {
     events: IntCounterVec,
     notifications: IntCounterVec,
     store_bytes: IntGaugeVec,
+    samples_to_decide: IntGaugeVec,
     store_healthy: IntGaugeVec,
 }
 
@@ -79,6 +80,12 @@ impl Metrics {
                 "stagegate_store_bytes",
                 "Size of the store file on disk.",
                 &[],
+            ),
+            samples_to_decide: gauge(
+                &r,
+                "stagegate_gate_samples_to_decide",
+                "Candidate samples an inconclusive gate still needs at the effect seen so far (-1: may never pass at this effect).",
+                &["rollout", "segment", "gate"],
             ),
             store_healthy: gauge(
                 &r,
@@ -287,6 +294,7 @@ impl Metrics {
             &self.stage_age,
             &self.stage_expected,
             &self.gate_verdict,
+            &self.samples_to_decide,
             &self.signal_samples,
             &self.workflow_read_only,
         ] {
@@ -349,6 +357,14 @@ impl Metrics {
                 self.gate_verdict
                     .with_label_values(&[r, &v.segment, &v.gate])
                     .set(v.verdict.gauge());
+                if v.verdict == crate::gate::Verdict::Inconclusive {
+                    self.samples_to_decide
+                        .with_label_values(&[r, &v.segment, &v.gate])
+                        .set(
+                            v.samples_to_decide
+                                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
+                        );
+                }
             }
         }
         for w in &engine.plan.workflows {

@@ -450,3 +450,47 @@ fn a_regression_after_promotion_is_rolled_back_during_the_bake() {
         "everyone is back on the previous version"
     );
 }
+
+#[test]
+fn status_says_which_gates_hold_the_stage_and_roughly_how_long_for() {
+    let server = Server::start(&config(""));
+    // 150 healthy internal tasks: the latency and cost gates have their 100 samples and can
+    // estimate; the stage's segment has no baseline traffic.
+    server.send_events(&events("w", 150, "v8", internal(), HEALTHY));
+    let s = server.status();
+    let holding = s["holding"].as_array().cloned().unwrap_or_default();
+    let gates: Vec<Value> = s["gates"].as_array().cloned().unwrap_or_default();
+    let not_passing = gates.iter().filter(|g| g["verdict"] != "pass").count();
+    assert_eq!(holding.len(), not_passing, "{s}");
+    for h in &holding {
+        assert_eq!(h["candidate_samples"], 150, "{h}");
+        assert!(h["why"].is_string(), "{h}");
+    }
+    // The fallback rate (a test by betting) knows how far it is; p95 has no upper bound yet.
+    let fallback = holding
+        .iter()
+        .find(|h| h["gate"] == "fallback_rate")
+        .expect("fallback holds");
+    assert!(
+        fallback["samples_to_decide"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{fallback}"
+    );
+    assert!(fallback["eta"].is_string(), "{fallback}");
+    let p95 = holding
+        .iter()
+        .find(|h| h["gate"] == "latency_ms_p95")
+        .expect("p95 holds");
+    assert!(
+        p95["why"]
+            .as_str()
+            .is_some_and(|w| w.contains("before its confidence bound exists")),
+        "{p95}"
+    );
+    let metrics = server.get("/metrics", None).text;
+    assert!(
+        metrics.contains("stagegate_gate_samples_to_decide{"),
+        "{metrics}"
+    );
+}
