@@ -176,6 +176,8 @@ struct RawStage {
     min_duration: Option<Spanned<String>>,
     min_samples: Option<u64>,
     approval: Option<Spanned<String>>,
+    /// Baseline share (percent) kept in every segment this stage would give 100 %.
+    holdout: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1205,6 +1207,23 @@ impl Validator {
                 }
                 weights[idx] = (pct.value * 100.0).round() as u16;
             }
+            if let Some(h) = &stage.value.holdout {
+                if !(h.value > 0.0 && h.value < 100.0) {
+                    self.report(
+                        h,
+                        format!("{skey}.holdout"),
+                        format!(
+                            "{} is not a holdout share; expected more than 0 and less than 100",
+                            h.value
+                        ),
+                    );
+                } else {
+                    let kept = 10_000 - (h.value * 100.0).round() as u16;
+                    for w in weights.iter_mut().filter(|w| **w == 10_000) {
+                        *w = kept;
+                    }
+                }
+            }
             if let Some(prev) = stages.last() {
                 for (idx, (before, now)) in prev.weights_bps.iter().zip(&weights).enumerate() {
                     if now < before {
@@ -1511,6 +1530,36 @@ pub fn render_plan(plan: &Plan) -> String {
             );
             let _ = writeln!(out, "{row}");
         }
+        let relative: Vec<String> = r
+            .gates
+            .iter()
+            .flat_map(|g| {
+                g.checks
+                    .iter()
+                    .filter(|c| c.is_relative())
+                    .map(move |c| format!("{} {}", g.name, c))
+            })
+            .collect();
+        if !relative.is_empty() {
+            for st in &r.stages {
+                let full: Vec<&str> = r
+                    .segments
+                    .iter()
+                    .zip(&st.weights_bps)
+                    .filter(|(_, w)| **w == 10_000)
+                    .map(|(s, _)| s.name.as_str())
+                    .collect();
+                if !full.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "  note: at stage {} the baseline gets no traffic in {}: relative checks ({}) do not apply there; absolute checks decide (a stage `holdout: PCT` keeps a baseline share)",
+                        st.name,
+                        full.join(", "),
+                        relative.join(", ")
+                    );
+                }
+            }
+        }
         let _ = writeln!(out, "  gates (alpha per check {:.5}):", r.alpha_per_check());
         for g in &r.gates {
             let checks: Vec<String> = g.checks.iter().map(ToString::to_string).collect();
@@ -1601,6 +1650,29 @@ mod tests {
             errs[0].contains("workflows.support-reply.guards") && errs[0].contains("never apply"),
             "{errs:?}"
         );
+    }
+
+    #[test]
+    fn a_holdout_keeps_a_baseline_share_where_a_stage_gives_all() {
+        let text = include_str!("../config/stagegate.yaml").replace(
+            "{ name: internal,  traffic: { internal: 100 },",
+            "{ name: internal,  traffic: { internal: 100 }, holdout: 10,",
+        );
+        let plan = parse(&text).expect("valid");
+        assert_eq!(plan.rollouts[0].stages[0].weights_bps, vec![9_000, 0, 0]);
+        let rendered = render_plan(&plan);
+        assert!(
+            !rendered.contains("note: at stage internal the baseline gets no traffic"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "note: at stage full the baseline gets no traffic in internal, enterprise, everyone"
+            ),
+            "{rendered}"
+        );
+        let errs = parse(&text.replace("holdout: 10,", "holdout: 100,")).unwrap_err();
+        assert!(errs[0].contains("holdout"), "{errs:?}");
     }
 
     #[test]

@@ -129,6 +129,10 @@ pub struct RolloutState {
     /// or restart with a different config is a receipted `reconfigure`, never a silent one.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub policy: BTreeMap<String, String>,
+    /// The gate and segment whose breach caused the last narrow: re-expansion needs that gate
+    /// to pass in that segment on evidence gathered after the narrow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub narrowed_by: Option<Trigger>,
     /// Removed from the config: the state, receipts and re-enable debt wait under the name and
     /// come back if it is added again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -147,6 +151,7 @@ impl RolloutState {
             reenable: None,
             paused_from: None,
             policy: BTreeMap::new(),
+            narrowed_by: None,
             dormant: false,
         }
     }
@@ -339,7 +344,10 @@ pub fn assess(
                     state.narrows
                 ));
             }
-            let after = contain(state, action, stage, now);
+            let mut after = contain(state, action, stage, now);
+            if action == Action::Narrow {
+                after.narrowed_by = Some(trigger.clone());
+            }
             let decision = Decision {
                 action,
                 actor: Actor::Controller,
@@ -399,6 +407,30 @@ pub fn assess(
             verdicts,
         );
     }
+    // Narrowed with memory: the gate that breached must pass where it breached, on evidence
+    // gathered since the narrow (this epoch), before the candidate goes back there.
+    if let Some(by) = &state.narrowed_by {
+        let cleared = verdicts
+            .iter()
+            .any(|v| v.gate == by.gate && v.segment == by.segment && v.verdict == Verdict::Pass);
+        if !cleared {
+            return hold(
+                format!(
+                    "narrowed by {}@{}: re-expansion needs {} to pass in {} on evidence gathered since the narrow{}",
+                    by.gate,
+                    by.segment,
+                    by.gate,
+                    by.segment,
+                    if verdicts.iter().any(|v| v.segment == by.segment) {
+                        ""
+                    } else {
+                        "; that segment gets no candidate traffic at this stage, so an operator's promote decides"
+                    }
+                ),
+                verdicts,
+            );
+        }
+    }
     let elapsed = now.saturating_sub(state.stage_started);
     if elapsed < plan_stage.min_duration {
         return hold(
@@ -430,6 +462,7 @@ pub fn assess(
     }
     let mut after = state.clone();
     after.enter_stage(Some(stage + 1), now);
+    after.narrowed_by = None;
     after.phase = if stage + 2 == plan.stages.len() {
         Phase::Promoted
     } else {
@@ -626,6 +659,7 @@ pub fn operate(
                     if state.stage.is_none() || from == Phase::RolledBack =>
                 {
                     after.narrows = 0;
+                    after.narrowed_by = None;
                     after.read_only = false;
                     after.phase = Phase::Progressing;
                     after.enter_stage(Some(0), now);
@@ -660,6 +694,8 @@ pub fn operate(
                 state.stage.map_or(0, |s| (s + 1).min(last))
             };
             after.enter_stage(Some(next), now);
+            // The operator decides: a narrow's memory is cleared.
+            after.narrowed_by = None;
             after.phase = if next == last {
                 Phase::Promoted
             } else {
@@ -863,6 +899,41 @@ auth: { open: true }
         s.feed(150, "v2", None, [0.5, 0.01, 1000.0], Mode::Full);
         s.tick(1);
         assert_eq!(s.timeline(), "0m operator promote s1->s3 promoted");
+    }
+
+    #[test]
+    fn after_a_narrow_the_breaching_gate_must_pass_where_it_breached() {
+        let mut s = Sim::new();
+        s.op(Command::Promote {
+            reason: "to s2".into(),
+            full: false,
+        })
+        .expect("promote");
+        // Slow only for `everyone`: the latency gate narrows the rollout back to s1.
+        s.feed(150, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full);
+        s.feed(150, "v1", None, [0.9, 0.01, 1000.0], Mode::Full);
+        s.feed(150, "v2", None, [0.9, 0.01, 3000.0], Mode::Full);
+        s.tick(1);
+        // At s1 only `internal` is exposed, and it is healthy: no automatic re-expansion.
+        s.feed(300, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full);
+        s.tick(15);
+        s.tick(15);
+        assert_eq!(
+            s.timeline(),
+            "0m operator promote s1->s2 progressing\n1m controller narrow s2->s1 narrowed by latency_ms_mean@everyone"
+        );
+        let waiting = s.engine.assess(0, s.now).waiting.unwrap_or_default();
+        assert!(
+            waiting.contains("narrowed by latency_ms_mean@everyone")
+                && waiting.contains("operator's promote decides"),
+            "{waiting}"
+        );
+        s.op(Command::Promote {
+            reason: "fixed the slow path".into(),
+            full: false,
+        })
+        .expect("the operator decides");
+        assert_eq!(s.engine.rollouts[0].state.narrowed_by, None);
     }
 
     #[test]
