@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod notify;
 pub mod ofrep;
 pub mod receipt;
+pub mod replay;
 pub mod rollout;
 pub mod server;
 pub mod simulate;

@@ -48,6 +48,27 @@ enum Cmd {
         config: PathBuf,
         #[arg(long)]
         scenario: PathBuf,
+        /// Overrides the scenario's seed (the first seed with --runs).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Runs this many seeds and prints a summary: shares rolled back / read-only /
+        /// narrowed / promoted, and quantiles of exposed tasks and of times to contain and promote.
+        #[arg(long, default_value_t = 1)]
+        runs: u64,
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run recorded events (NDJSON, each with `ts`) through the policy and print what it would
+    /// have decided, when, and on what evidence.
+    Replay {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        events: PathBuf,
+        /// JSON (the decisions as receipts) instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -56,7 +77,18 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Cmd::Serve { config, force } => serve(&config, force),
         Cmd::Check { config } => check(&config),
-        Cmd::Simulate { config, scenario } => simulate(&config, &scenario),
+        Cmd::Simulate {
+            config,
+            scenario,
+            seed,
+            runs,
+            json,
+        } => simulate(&config, &scenario, seed, runs, json),
+        Cmd::Replay {
+            config,
+            events,
+            json,
+        } => replay(&config, &events, json),
         Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(|out| print!("{out}")),
     };
     match result {
@@ -85,14 +117,61 @@ fn check(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn simulate(config: &Path, scenario: &Path) -> anyhow::Result<()> {
+fn simulate(
+    config: &Path,
+    scenario: &Path,
+    seed: Option<u64>,
+    runs: u64,
+    json: bool,
+) -> anyhow::Result<()> {
     let plan = Plan::load(config)?;
     let text = std::fs::read_to_string(scenario)
         .with_context(|| format!("reading {}", scenario.display()))?;
-    let scenario = stagegate::simulate::Scenario::parse(&text)?;
+    let mut scenario = stagegate::simulate::Scenario::parse(&text)?;
+    if let Some(seed) = seed {
+        scenario.seed = seed;
+    }
+    anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     // A fixed virtual epoch: runs are reproducible.
-    let report = stagegate::simulate::run(plan, &scenario, 1_800_000_000_000)?;
-    print!("{}", report.render());
+    let start = 1_800_000_000_000;
+    if runs == 1 {
+        let report = stagegate::simulate::run(plan, &scenario, start)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            print!("{}", report.render());
+        }
+        return Ok(());
+    }
+    let (_, summary) = stagegate::simulate::run_many(&plan, &scenario, start, runs)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", summary.render());
+    }
+    Ok(())
+}
+
+fn replay(config: &Path, events: &Path, json: bool) -> anyhow::Result<()> {
+    let plan = Plan::load(config)?;
+    let text = std::fs::read(events).with_context(|| format!("reading {}", events.display()))?;
+    let mut parsed = Vec::new();
+    for (i, item) in stagegate::event::split_batch(&text)
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .enumerate()
+    {
+        let event = item
+            .and_then(stagegate::event::parse_event)
+            .map_err(|e| anyhow::anyhow!("{}: event {i}: {e}", events.display()))?;
+        parsed.push(event);
+    }
+    let out = stagegate::replay::replay(plan, parsed)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!("{}", out.render());
+    }
     Ok(())
 }
 

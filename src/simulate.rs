@@ -60,6 +60,9 @@ pub struct Scenario {
     pub candidate: Behaviour,
     #[serde(default)]
     pub incidents: Vec<Incident>,
+    /// Share of tasks that get a reviewer's verdict (approved or rejected); default 0.5.
+    #[serde(default)]
+    pub reviewed: Option<f64>,
 }
 
 fn default_seed() -> u64 {
@@ -124,8 +127,9 @@ impl Scenario {
 }
 
 /// The outcome of a simulation.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
+    pub seed: u64,
     pub timeline: Vec<String>,
     pub final_phase: Phase,
     pub final_stage: Option<String>,
@@ -135,6 +139,103 @@ pub struct Report {
     /// incident `at: 0s`) served in full mode before containment.
     pub blast_radius: u64,
     pub contained_after: Option<Millis>,
+    /// Every action the controller (or the simulated operator) took, in order.
+    pub actions: Vec<Action>,
+    /// Virtual time from the start until the rollout was promoted, if it was.
+    pub promoted_after: Option<Millis>,
+}
+
+/// What many seeds of one scenario did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub runs: usize,
+    /// Share of runs with at least one automatic action of each kind.
+    pub rolled_back: f64,
+    pub read_only: f64,
+    pub narrowed: f64,
+    pub promoted: f64,
+    /// Tasks a bad candidate served before containment: p50 and p90 over the runs.
+    pub exposed_p50: u64,
+    pub exposed_p90: u64,
+    /// Time from the first incident to containment, over the runs that contained it.
+    pub contain_p50: Option<String>,
+    pub contain_p90: Option<String>,
+    /// Time from the start to promotion, over the runs that promoted.
+    pub promote_p50: Option<String>,
+    pub promote_p90: Option<String>,
+}
+
+fn quantile<T: Copy + Ord>(mut xs: Vec<T>, q: f64) -> Option<T> {
+    xs.sort_unstable();
+    let i = ((xs.len() as f64 - 1.0) * q).round() as usize;
+    xs.get(i).copied()
+}
+
+impl Summary {
+    pub fn of(reports: &[Report]) -> Summary {
+        let n = reports.len().max(1) as f64;
+        let share =
+            |a: Action| reports.iter().filter(|r| r.actions.contains(&a)).count() as f64 / n;
+        let exposed: Vec<u64> = reports.iter().map(|r| r.blast_radius).collect();
+        let contain: Vec<Millis> = reports.iter().filter_map(|r| r.contained_after).collect();
+        let promote: Vec<Millis> = reports.iter().filter_map(|r| r.promoted_after).collect();
+        Summary {
+            runs: reports.len(),
+            rolled_back: share(Action::Rollback),
+            read_only: share(Action::ReadOnly),
+            narrowed: share(Action::Narrow),
+            promoted: reports
+                .iter()
+                .filter(|r| r.promoted_after.is_some())
+                .count() as f64
+                / n,
+            exposed_p50: quantile(exposed.clone(), 0.5).unwrap_or(0),
+            exposed_p90: quantile(exposed, 0.9).unwrap_or(0),
+            contain_p50: quantile(contain.clone(), 0.5).map(human_duration),
+            contain_p90: quantile(contain, 0.9).map(human_duration),
+            promote_p50: quantile(promote.clone(), 0.5).map(human_duration),
+            promote_p90: quantile(promote, 0.9).map(human_duration),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let pct = |x: f64| format!("{:.1}%", x * 100.0);
+        let or_dash = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+        format!(
+            "{} runs: rolled back {}, read-only {}, narrowed {}, promoted {}\n\
+             exposed tasks (served by a bad candidate before containment): p50 {}, p90 {}\n\
+             time to contain: p50 {}, p90 {}\n\
+             time to promote: p50 {}, p90 {}\n",
+            self.runs,
+            pct(self.rolled_back),
+            pct(self.read_only),
+            pct(self.narrowed),
+            pct(self.promoted),
+            self.exposed_p50,
+            self.exposed_p90,
+            or_dash(&self.contain_p50),
+            or_dash(&self.contain_p90),
+            or_dash(&self.promote_p50),
+            or_dash(&self.promote_p90),
+        )
+    }
+}
+
+/// Runs `runs` seeds of a scenario, from `seed` on, and summarises them.
+pub fn run_many(
+    plan: &Plan,
+    scenario: &Scenario,
+    start: Millis,
+    runs: u64,
+) -> Result<(Vec<Report>, Summary), ScenarioError> {
+    let mut reports = Vec::new();
+    for i in 0..runs {
+        let mut sc = scenario.clone();
+        sc.seed = scenario.seed.wrapping_add(i);
+        reports.push(run(plan.clone(), &sc, start)?);
+    }
+    let summary = Summary::of(&reports);
+    Ok((reports, summary))
 }
 
 impl Report {
@@ -216,6 +317,9 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
     };
     let mut rng = Rng::new(scenario.seed);
     let mut report = Report {
+        seed: scenario.seed,
+        actions: Vec::new(),
+        promoted_after: None,
         timeline: Vec::new(),
         final_phase: Phase::Progressing,
         final_stage: None,
@@ -289,6 +393,7 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
                 }
                 let event = synthesize(
                     &mut rng,
+                    scenario.reviewed.unwrap_or(0.5),
                     seq,
                     &workflow,
                     if on_candidate {
@@ -348,6 +453,10 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
                     d.reason
                 ),
             );
+            report.actions.push(d.action);
+            if d.after.phase == Phase::Promoted && report.promoted_after.is_none() {
+                report.promoted_after = Some(now - start);
+            }
             let containing = matches!(d.action, Action::Rollback | Action::ReadOnly)
                 || (d.action == Action::Narrow && d.after.stage.is_none());
             // Containment counts once bad tasks were actually served (not a false alarm before).
@@ -368,8 +477,13 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
     Ok(report)
 }
 
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one synthetic task's every input"
+)]
 fn synthesize(
     rng: &mut Rng,
+    reviewed: f64,
     seq: u64,
     workflow: &str,
     version: &str,
@@ -377,7 +491,7 @@ fn synthesize(
     mode: Mode,
     b: &Behaviour,
 ) -> TaskEvent {
-    let review = (rng.uniform() < 0.5).then(|| {
+    let review = (rng.uniform() < reviewed).then(|| {
         if rng.uniform() < b.reject_rate.unwrap_or(0.0) {
             Review::Rejected
         } else {

@@ -3,6 +3,10 @@
 use std::process::Command;
 
 fn simulate(scenario: &str) -> (bool, String, String) {
+    simulate_with(scenario, &[])
+}
+
+fn simulate_with(scenario: &str, extra: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
         .args([
             "simulate",
@@ -11,6 +15,7 @@ fn simulate(scenario: &str) -> (bool, String, String) {
             "--scenario",
             scenario,
         ])
+        .args(extra)
         .output()
         .expect("run simulate");
     (
@@ -74,4 +79,106 @@ fn a_bad_scenario_is_a_clear_error() {
     let (ok, _, err) = simulate(path.to_str().expect("utf-8 path"));
     assert!(!ok);
     assert!(err.contains("surprise"), "{err}");
+}
+
+#[test]
+fn many_seeds_summarise_as_text_and_json_and_a_seed_can_be_chosen() {
+    let (ok, out, err) = simulate_with(
+        "scenarios/quality-regression.yaml",
+        &["--runs", "6", "--json"],
+    );
+    assert!(ok, "{err}");
+    let summary: serde_json::Value = serde_json::from_str(&out).expect("JSON summary");
+    assert_eq!(summary["runs"], 6);
+    assert_eq!(summary["rolled_back"], 1.0, "{summary}");
+    let p50 = summary["exposed_p50"].as_u64().unwrap_or(0);
+    assert!(p50 > 0 && p50 < 2000, "{summary}");
+    assert!(summary["contain_p50"].is_string(), "{summary}");
+
+    let (ok, text, _) = simulate_with("scenarios/quality-regression.yaml", &["--runs", "3"]);
+    assert!(
+        ok && text.starts_with("3 runs: rolled back 100.0%"),
+        "{text}"
+    );
+
+    // A single run's report in JSON, and --seed changes the draw.
+    let (ok, a, _) = simulate_with(
+        "scenarios/quality-regression.yaml",
+        &["--json", "--seed", "11"],
+    );
+    assert!(ok);
+    let a: serde_json::Value = serde_json::from_str(&a).expect("JSON report");
+    assert_eq!(a["seed"], 11);
+    let (_, b, _) = simulate_with(
+        "scenarios/quality-regression.yaml",
+        &["--json", "--seed", "12"],
+    );
+    let b: serde_json::Value = serde_json::from_str(&b).expect("JSON report");
+    assert_ne!(a["tasks"], serde_json::Value::Null);
+    assert_ne!(a["timeline"], b["timeline"], "another seed, another run");
+}
+
+#[test]
+fn replay_runs_recorded_events_through_the_policy() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("events.ndjson");
+    let mut lines = Vec::new();
+    // Ten minutes of healthy internal candidate tasks, then twenty of bad quality.
+    let start = 1_800_000_000u64;
+    for i in 0..900u64 {
+        let bad = i >= 300;
+        let ts = humantime::format_rfc3339(
+            std::time::UNIX_EPOCH + std::time::Duration::from_secs(start + i * 2),
+        );
+        let quality = if bad { 0.5 } else { 0.92 } + if i % 2 == 0 { 0.01 } else { -0.01 };
+        lines.push(serde_json::json!({
+            "event_id": format!("r{i}"), "workflow": "support-reply", "version": "v8",
+            "attributes": {"team": "support-ops"}, "ts": ts.to_string(),
+            "quality": quality, "latency_ms": 1200, "cost_usd": 0.01, "fallback": false, "review": "approved"
+        }).to_string());
+    }
+    std::fs::write(&path, lines.join("\n")).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["replay", "--config", "config/stagegate.yaml", "--events"])
+        .arg(&path)
+        .output()
+        .expect("run replay");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rollback = text
+        .lines()
+        .find(|l| l.contains("rollback"))
+        .unwrap_or_else(|| panic!("no rollback in:\n{text}"));
+    assert!(
+        rollback.contains("[quality_mean in internal]"),
+        "{rollback}"
+    );
+    // The decision comes after the regression started (event 300 at +600 s) and is stamped with
+    // the recorded time, not the wall clock.
+    let at = humantime::parse_rfc3339(rollback.split_whitespace().next().unwrap_or(""))
+        .expect("RFC 3339 stamp");
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after epoch")
+        .as_secs();
+    assert!((start + 600..start + 1800).contains(&secs), "{rollback}");
+    assert!(text.contains("900 events replayed, 0 skipped"), "{text}");
+
+    // An event without a time cannot be replayed, and says which.
+    std::fs::write(
+        &path,
+        r#"{"event_id":"x","workflow":"support-reply","version":"v8"}"#,
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["replay", "--config", "config/stagegate.yaml", "--events"])
+        .arg(&path)
+        .output()
+        .expect("run replay");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no `ts`"));
 }
