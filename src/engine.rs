@@ -130,10 +130,22 @@ fn tracked(gates: &[crate::gate::GateSpec]) -> Vec<Tracked> {
                 .collect();
             limits.sort_by(f64::total_cmp);
             limits.dedup();
+            let mut relative: Vec<Check> = Vec::new();
+            for c in gates
+                .iter()
+                .filter(|g| g.signal == signal && crate::gate::bets_on(&g.signal, g.stat))
+                .flat_map(|g| g.checks.iter())
+                .filter(|c| c.is_relative())
+            {
+                if !relative.contains(c) {
+                    relative.push(*c);
+                }
+            }
             Tracked {
                 signal,
                 histogram,
                 limits,
+                relative,
             }
         })
         .collect()

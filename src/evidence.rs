@@ -9,7 +9,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::event::TaskEvent;
-use crate::gate::{Signal, Stat};
+use crate::gate::{Check, Signal, Stat};
 
 /// Histogram values are stored as `value × SCALE` (micro-units), two significant digits.
 const SCALE: f64 = 1_000_000.0;
@@ -25,6 +25,9 @@ pub struct Moments {
     /// Betting e-processes against absolute limits (bounded signals only: quality in 0..1).
     #[serde(default)]
     pub bets: Vec<Bet>,
+    /// Change detectors for relative checks (bounded signals, candidate arm).
+    #[serde(default)]
+    pub watches: Vec<Watch>,
 }
 
 /// Histograms in checkpoints: HdrHistogram's V2 encoding, base64-free as a byte list.
@@ -132,6 +135,9 @@ pub struct Bernoulli {
     /// Betting e-processes against each absolute limit a gate puts on this rate.
     #[serde(default)]
     pub bets: Vec<Bet>,
+    /// Change detectors for relative checks (candidate arm).
+    #[serde(default)]
+    pub watches: Vec<Watch>,
 }
 
 impl Bernoulli {
@@ -179,16 +185,17 @@ pub struct Bet {
     pub n: u64,
 }
 
-/// Page's CUSUM on the log-wealth of one fixed bet: `S = max(0, S + ln(1 ± λ(x − m)))`. Under
-/// the hypothesis (the mean stays on the limit's safe side) each increment has a nonpositive
-/// expected exponential, so the run length to `S ≥ h` averages at least `e^h` observations
-/// (Lorden 1971; an e-detector in Shin, Ramdas & Rinaldo 2022). For 0/1 outcomes with
-/// `λ = (p1 − m)/(m(1 − m))` it is exactly the Bernoulli likelihood-ratio CUSUM for `p1`.
+/// Page's CUSUM on the log-wealth of one bet: `S = max(0, S + ln(1 ± λ(x − m)))`, for a shift
+/// of the mean from the limit `m` to `factor · m`. Under the hypothesis (the mean stays on the
+/// limit's safe side) each increment has a nonpositive expected exponential, so the run length
+/// to `S ≥ h` averages at least `e^h` observations (Lorden 1971; an e-detector in Shin, Ramdas &
+/// Rinaldo 2022). For 0/1 outcomes, `λ = (p1 − m)/(m(1 − m))` makes it exactly the Bernoulli
+/// likelihood-ratio CUSUM for `p1`. The limit may move (a relative check's limit follows the
+/// baseline) as long as it is fixed before each observation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cusum {
-    /// The post-change mean this detector is tuned for.
-    pub shift_to: f64,
-    pub lambda: f64,
+    /// The post-change mean this detector is tuned for, as a multiple of the limit.
+    pub factor: f64,
     pub stat: f64,
     /// The observation count when `stat` was last 0: the estimated change point.
     pub since: u64,
@@ -197,21 +204,22 @@ pub struct Cusum {
 }
 
 impl Cusum {
-    fn new(limit: f64, shift_to: f64) -> Cusum {
-        let lambda = ((shift_to - limit) / (limit * (1.0 - limit))).abs();
+    fn new(factor: f64) -> Cusum {
         Cusum {
-            shift_to,
-            lambda,
+            factor,
             stat: 0.0,
             since: 0,
             sum_since: 0.0,
         }
     }
 
-    fn update(&mut self, x: f64, limit: f64, sign: f64, n: u64) {
-        let step = (1.0 + sign * self.lambda * (x - limit))
-            .max(f64::MIN_POSITIVE)
-            .ln();
+    /// One observation `x` against the limit `m`; `sign` is +1 watching for a rise, −1 a fall.
+    fn update(&mut self, x: f64, m: f64, sign: f64, n: u64) {
+        let m = m.clamp(1e-6, 1.0 - 1e-6);
+        let p1 = (m * self.factor).clamp(1e-6, 1.0 - 1e-6);
+        let cap = if sign > 0.0 { 0.9 / m } else { 0.9 / (1.0 - m) };
+        let lambda = ((p1 - m).abs() / (m * (1.0 - m))).min(cap);
+        let step = (1.0 + sign * lambda * (x - m)).max(f64::MIN_POSITIVE).ln();
         self.stat += step;
         self.sum_since += x;
         if self.stat <= 0.0 {
@@ -235,6 +243,67 @@ impl Cusum {
     }
 }
 
+/// Change detectors for one relative check (`max_increase`, `max_ratio`, `max_drop`) on a
+/// bounded signal: the candidate's observations against the limit the baseline implies, taken
+/// at the baseline's conservative confidence bound (so a baseline estimate still settling
+/// cannot raise a false alarm) and refreshed before every candidate observation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Watch {
+    pub check: Check,
+    pub cusums: Vec<Cusum>,
+    pub n: u64,
+    /// The limit used for the latest observation.
+    pub limit: f64,
+}
+
+impl Watch {
+    pub fn new(check: Check) -> Watch {
+        let factors: &[f64] = if breach_is_below(&check) {
+            &SHIFTS_BELOW
+        } else {
+            &SHIFTS_ABOVE
+        };
+        Watch {
+            check,
+            cusums: factors.iter().map(|&f| Cusum::new(f)).collect(),
+            n: 0,
+            limit: 0.0,
+        }
+    }
+
+    fn update(&mut self, x: f64, limit: f64) {
+        self.n += 1;
+        self.limit = limit;
+        let sign = if breach_is_below(&self.check) {
+            -1.0
+        } else {
+            1.0
+        };
+        for c in &mut self.cusums {
+            c.update(x.clamp(0.0, 1.0), limit, sign, self.n);
+        }
+    }
+
+    /// The detector past `threshold` with the most evidence, if any.
+    pub fn alarm(&self, threshold: f64) -> Option<&Cusum> {
+        self.cusums
+            .iter()
+            .filter(|c| c.stat >= threshold)
+            .max_by(|a, b| a.stat.total_cmp(&b.stat))
+    }
+}
+
+fn breach_is_below(check: &Check) -> bool {
+    matches!(check, Check::Min(_) | Check::MaxDrop(_))
+}
+
+/// Baseline samples before a relative check's change detectors start (their reference must be
+/// a settled estimate).
+const REFERENCE_SAMPLES: u64 = 100;
+/// The baseline's reference is its estimate moved by the half-width of an always-valid
+/// confidence sequence at this level, towards the candidate-friendly side.
+const REFERENCE_ALPHA: f64 = 0.001;
+
 /// Detector shifts, as multiples of the limit: above it (rates: 0.10 → 0.15, 0.20, 0.30) and
 /// below it (scores: 0.80 → 0.75, 0.70, 0.60).
 const SHIFTS_ABOVE: [f64; 3] = [1.5, 2.0, 3.0];
@@ -249,17 +318,8 @@ const BET_CAP: f64 = 0.5;
 impl Bet {
     pub fn new(limit: f64) -> Bet {
         let m = limit.clamp(1e-6, 1.0 - 1e-6);
-        let above = SHIFTS_ABOVE
-            .iter()
-            .map(|f| (m * f).min(m + 0.9 * (1.0 - m)))
-            .filter(|&p1| p1 > m)
-            .map(|p1| Cusum::new(m, p1))
-            .collect();
-        let below = SHIFTS_BELOW
-            .iter()
-            .map(|f| m * f)
-            .map(|p1| Cusum::new(m, p1))
-            .collect();
+        let above = SHIFTS_ABOVE.iter().map(|&f| Cusum::new(f)).collect();
+        let below = SHIFTS_BELOW.iter().map(|&f| Cusum::new(f)).collect();
         Bet {
             limit: m,
             log_above: 0.0,
@@ -342,6 +402,33 @@ impl Accum {
         }
     }
 
+    /// The change detectors for relative `check`, if this signal keeps them.
+    pub fn watch(&self, check: &Check) -> Option<&Watch> {
+        let watches = match self {
+            Accum::Numeric(m) => &m.watches,
+            Accum::Rate(b) => &b.watches,
+        };
+        watches.iter().find(|w| &w.check == check)
+    }
+
+    fn watches_mut(&mut self) -> &mut Vec<Watch> {
+        match self {
+            Accum::Numeric(m) => &mut m.watches,
+            Accum::Rate(b) => &mut b.watches,
+        }
+    }
+
+    /// The mean (or rate), its per-observation variance and count, for a reference.
+    fn reference(&self) -> (f64, f64, u64) {
+        match self {
+            Accum::Numeric(m) => (m.mean, m.variance(), m.n),
+            Accum::Rate(b) => {
+                let p = b.rate();
+                (p, p * (1.0 - p), b.n)
+            }
+        }
+    }
+
     /// The betting e-process against `limit`, if this signal keeps one.
     pub fn bet(&self, limit: f64) -> Option<&Bet> {
         let bets = match self {
@@ -380,6 +467,9 @@ pub struct Tracked {
     /// signals only).
     #[serde(default)]
     pub limits: Vec<f64>,
+    /// Relative checks on this (bounded) signal, watched for late shifts against the baseline.
+    #[serde(default)]
+    pub relative: Vec<Check>,
 }
 
 /// Evidence for one arm (baseline or candidate) in one segment.
@@ -395,17 +485,21 @@ impl ArmEvidence {
             .iter()
             .map(|t| {
                 let bets = t.limits.iter().map(|&l| Bet::new(l)).collect();
+                let watches = t.relative.iter().map(|&c| Watch::new(c)).collect();
                 match (t.signal.is_rate(), t.histogram) {
                     (true, _) => Accum::Rate(Bernoulli {
                         bets,
+                        watches,
                         ..Bernoulli::default()
                     }),
                     (false, true) => Accum::Numeric(Moments {
                         bets,
+                        watches,
                         ..Moments::with_histogram()
                     }),
                     (false, false) => Accum::Numeric(Moments {
                         bets,
+                        watches,
                         ..Moments::default()
                     }),
                 }
@@ -463,12 +557,43 @@ impl Evidence {
         let Some(cell) = self.cells.get_mut(segment) else {
             return;
         };
-        let evidence = &mut cell[arm as usize];
+        let [baseline, candidate] = cell;
+        let evidence = if arm == Arm::Candidate {
+            &mut *candidate
+        } else {
+            &mut *baseline
+        };
         evidence.tasks += 1;
-        for (t, acc) in self.tracked.iter().zip(&mut evidence.signals) {
-            if let Some(x) = event.observation(&t.signal) {
-                acc.push(x);
+        for (i, t) in self.tracked.iter().enumerate() {
+            let Some(x) = event.observation(&t.signal) else {
+                continue;
+            };
+            if arm == Arm::Candidate && !t.relative.is_empty() {
+                let (mean, var, n) = baseline.signals[i].reference();
+                if n >= REFERENCE_SAMPLES {
+                    let slack = crate::stats::mean_halfwidth(
+                        var,
+                        n as f64,
+                        self.design_samples.max(1.0),
+                        REFERENCE_ALPHA,
+                    );
+                    for w in candidate.signals[i].watches_mut() {
+                        let limit = match w.check {
+                            Check::MaxIncrease(inc) => mean + slack + inc,
+                            Check::MaxRatio(r) => r * (mean + slack),
+                            Check::MaxDrop(d) => mean - slack - d,
+                            Check::Max(m) | Check::Min(m) => m,
+                        };
+                        w.update(x, limit);
+                    }
+                }
             }
+            let evidence = if arm == Arm::Candidate {
+                &mut *candidate
+            } else {
+                &mut *baseline
+            };
+            evidence.signals[i].push(x);
         }
     }
 

@@ -136,7 +136,7 @@ impl Stat {
 }
 
 /// One threshold of a gate.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub enum Check {
     Max(f64),
     Min(f64),
@@ -370,6 +370,25 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
     } else {
         None
     };
+    if let Some(w) = input
+        .candidate
+        .watch(check)
+        .filter(|_| check.is_relative() && bets_on(&gate.signal, gate.stat))
+    {
+        if let Some(c) = w.alarm(change_threshold()) {
+            let (mean, k) = c.post_change(w.n);
+            return report(
+                Some(w.limit),
+                None,
+                Verdict::Fail,
+                Some(format!(
+                    "change detected: candidate mean {mean:.4} over its last {k} tasks (since task {} it was watched) against the limit {:.4} from the baseline's conservative bound; the cumulative comparison is diluted by the earlier tasks (CUSUM: on average at most one false alarm per {CHANGE_ARL:e} tasks)",
+                    c.since + 1,
+                    w.limit
+                )),
+            );
+        }
+    }
     let limit = check.limit(baseline.and_then(|b| b.value(gate.stat)));
     if let (false, Some(bet)) = (
         check.is_relative(),
@@ -679,11 +698,13 @@ mod tests {
                 signal: Signal::Quality,
                 histogram: false,
                 limits: Vec::new(),
+                relative: Vec::new(),
             },
             Tracked {
                 signal: Signal::LatencyMs,
                 histogram: true,
                 limits: Vec::new(),
+                relative: Vec::new(),
             },
         ];
         let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -800,6 +821,7 @@ mod tests {
                 signal: Signal::LatencyMs,
                 histogram: true,
                 limits: Vec::new(),
+                relative: Vec::new(),
             }];
             let mut ev = Evidence::new(tracked, 1, 100.0);
             let mut alarm = false;
@@ -841,11 +863,13 @@ mod tests {
                     signal: Signal::Quality,
                     histogram: false,
                     limits: Vec::new(),
+                    relative: Vec::new(),
                 },
                 Tracked {
                     signal: Signal::Fallback,
                     histogram: false,
                     limits: Vec::new(),
+                    relative: Vec::new(),
                 },
             ];
             let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -1219,5 +1243,85 @@ mod tests {
             );
             assert!((0.5..=2.0).contains(&med), "{name}: {med}");
         }
+    }
+
+    /// A rate's relative check (`max_increase 0.05`, baseline 0.05) through real `Evidence`:
+    /// the baseline's per-minute counts in bulk, the candidate's tasks one by one (the change
+    /// detectors watch each). Returns the minute of the first fail, if any.
+    fn relative_first_fail(
+        cand_before: f64,
+        cand_after: f64,
+        switch_minute: u64,
+        per_minute: (u64, u64),
+        minutes: u64,
+        seed: u64,
+    ) -> Option<u64> {
+        let check = Check::MaxIncrease(0.05);
+        let g = gate(Signal::Fallback, Stat::Rate, vec![check]);
+        let tracked = vec![Tracked {
+            signal: Signal::Fallback,
+            histogram: false,
+            limits: Vec::new(),
+            relative: vec![check],
+        }];
+        let mut ev = Evidence::new(tracked, 1, 500.0);
+        let mut rng = crate::stats::tests_rng(seed);
+        let mut e = event(0.9, 1000.0);
+        for minute in 1..=minutes {
+            if let Accum::Rate(b) = &mut ev.cells[0][0].signals[0] {
+                b.n += per_minute.1;
+                b.hits += binomial(&mut rng, per_minute.1, 0.05);
+            }
+            let p = if minute > switch_minute {
+                cand_after
+            } else {
+                cand_before
+            };
+            for _ in 0..per_minute.0 {
+                e.fallback = Some(rng.uniform() < p);
+                ev.record(0, Arm::Candidate, &e);
+            }
+            let input = GateInput {
+                candidate: &ev.cells[0][1].signals[0],
+                baseline: Some(&ev.cells[0][0].signals[0]),
+                alpha: 0.05,
+                design_samples: 500.0,
+            };
+            if evaluate(&g, "s", &input).verdict == Verdict::Fail {
+                return Some(minute);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn relative_change_detection_catches_a_late_rise_and_holds_at_the_limit() {
+        // At the limit (candidate 0.10 = baseline 0.05 + 0.05), 10 % share, 24 h: false alarms
+        // of the cumulative test and the detectors together.
+        let runs = 200;
+        let alarms = (0..runs)
+            .filter(|&s| relative_first_fail(0.10, 0.10, 0, (30, 270), 1440, 40_000 + s).is_some())
+            .count();
+        eprintln!(
+            "rate max_increase 0.05 with change detection, candidate at the limit for 24 h at 10% share: {alarms}/{runs} runs false-alarmed"
+        );
+        assert!(alarms <= 20, "{alarms}/{runs}");
+        // Late: 0.05 for three hours at 50 % share, then 0.15.
+        let delays: Vec<u64> = (0..runs)
+            .map(
+                |s| match relative_first_fail(0.05, 0.15, 180, (150, 150), 300, 45_000 + s) {
+                    Some(m) if m > 180 => m - 180,
+                    Some(_) => 0,
+                    None => u64::MAX,
+                },
+            )
+            .collect();
+        let early = delays.iter().filter(|&&d| d == 0).count();
+        let med = median(delays);
+        eprintln!(
+            "rate max_increase 0.05, late 0.05 → 0.15 at 150 candidate tasks/min: median {med} min to fail; {early}/{runs} before the change"
+        );
+        assert!(med <= 15, "median {med} min");
+        assert!(early <= 10, "{early}");
     }
 }

@@ -338,6 +338,19 @@ pub fn assess(
                         .and_then(|c| c.limit)
                 ),
             );
+            if let Some(note) = failing
+                .checks
+                .iter()
+                .filter(|c| c.verdict == Verdict::Fail)
+                .find_map(|c| {
+                    c.note
+                        .as_deref()
+                        .filter(|n| n.starts_with("change detected"))
+                })
+            {
+                reason.push_str("; ");
+                reason.push_str(note);
+            }
             if escalate {
                 reason.push_str(&format!(
                     "; narrow escalated to rollback after {} narrow(s)",
