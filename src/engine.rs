@@ -141,11 +141,27 @@ fn tracked(gates: &[crate::gate::GateSpec]) -> Vec<Tracked> {
                     relative.push(*c);
                 }
             }
+            let mut quantile_limits: Vec<(f64, f64, bool)> = Vec::new();
+            for g in gates.iter().filter(|g| g.signal == signal) {
+                if let Stat::Quantile(q) = g.stat {
+                    for c in &g.checks {
+                        let entry = match *c {
+                            Check::Max(l) => (q, l, false),
+                            Check::Min(l) => (q, l, true),
+                            _ => continue,
+                        };
+                        if !quantile_limits.contains(&entry) {
+                            quantile_limits.push(entry);
+                        }
+                    }
+                }
+            }
             Tracked {
                 signal,
                 histogram,
                 limits,
                 relative,
+                quantile_limits,
             }
         })
         .collect()

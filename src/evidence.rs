@@ -28,6 +28,51 @@ pub struct Moments {
     /// Change detectors for relative checks (bounded signals, candidate arm).
     #[serde(default)]
     pub watches: Vec<Watch>,
+    /// Absolute limits on a quantile, tested as rates of exceedance by betting.
+    #[serde(default)]
+    pub exceedances: Vec<Exceedance>,
+    /// How many tasks crossed each exceedance's threshold so far.
+    #[serde(default)]
+    pub exceedance_hits: Vec<u64>,
+}
+
+/// An absolute limit `L` on the `q`-quantile as a bounded rate: `q-quantile ≤ L` exactly when
+/// at most a share `1 − q` of tasks exceed `L` (`≥ L`: at most `q` fall below it). A test by
+/// betting on the 0/1 indicator then decides the check, valid from the first task, and its
+/// change detectors watch for a late shift — where order statistics need 100 samples and
+/// dilute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exceedance {
+    pub quantile: f64,
+    pub threshold: f64,
+    /// `true` for a `min` (breach: the quantile falls below the threshold).
+    pub below: bool,
+    /// On the indicator `1{x > threshold}` (or `1{x < threshold}`), limit `1 − q` (or `q`).
+    pub bet: Bet,
+}
+
+impl Exceedance {
+    pub fn new(quantile: f64, threshold: f64, below: bool) -> Exceedance {
+        let share = if below { quantile } else { 1.0 - quantile };
+        Exceedance {
+            quantile,
+            threshold,
+            below,
+            bet: Bet::new(share),
+        }
+    }
+
+    fn push(&mut self, x: f64, n: u64, hits: &mut u64) {
+        let hit = if self.below {
+            x < self.threshold
+        } else {
+            x > self.threshold
+        };
+        let mean = if n == 0 { 0.0 } else { *hits as f64 / n as f64 };
+        self.bet
+            .update(f64::from(u8::from(hit)), n, mean, mean * (1.0 - mean), true);
+        *hits += u64::from(hit);
+    }
 }
 
 /// Histograms in checkpoints: HdrHistogram's V2 encoding, base64-free as a byte list.
@@ -86,6 +131,13 @@ impl Moments {
         let variance = if self.n >= 2 { self.variance() } else { 0.25 };
         for bet in &mut self.bets {
             bet.update(x, self.n, self.mean, variance, false);
+        }
+        for (e, hits) in self
+            .exceedances
+            .iter_mut()
+            .zip(self.exceedance_hits.iter_mut())
+        {
+            e.push(x, self.n, hits);
         }
         self.n += 1;
         let delta = x - self.mean;
@@ -402,6 +454,18 @@ impl Accum {
         }
     }
 
+    /// The exceedance test for an absolute limit on the `quantile`, if this signal keeps one.
+    pub fn exceedance(&self, quantile: f64, threshold: f64, below: bool) -> Option<&Exceedance> {
+        match self {
+            Accum::Numeric(m) => m.exceedances.iter().find(|e| {
+                (e.quantile - quantile).abs() < 1e-12
+                    && (e.threshold - threshold).abs() < 1e-12
+                    && e.below == below
+            }),
+            Accum::Rate(_) => None,
+        }
+    }
+
     /// The change detectors for relative `check`, if this signal keeps them.
     pub fn watch(&self, check: &Check) -> Option<&Watch> {
         let watches = match self {
@@ -470,6 +534,9 @@ pub struct Tracked {
     /// Relative checks on this (bounded) signal, watched for late shifts against the baseline.
     #[serde(default)]
     pub relative: Vec<Check>,
+    /// Absolute limits on quantiles of this signal: `(quantile, threshold, below)`.
+    #[serde(default)]
+    pub quantile_limits: Vec<(f64, f64, bool)>,
 }
 
 /// Evidence for one arm (baseline or candidate) in one segment.
@@ -486,6 +553,12 @@ impl ArmEvidence {
             .map(|t| {
                 let bets = t.limits.iter().map(|&l| Bet::new(l)).collect();
                 let watches = t.relative.iter().map(|&c| Watch::new(c)).collect();
+                let exceedances: Vec<Exceedance> = t
+                    .quantile_limits
+                    .iter()
+                    .map(|&(q, l, below)| Exceedance::new(q, l, below))
+                    .collect();
+                let exceedance_hits = vec![0; exceedances.len()];
                 match (t.signal.is_rate(), t.histogram) {
                     (true, _) => Accum::Rate(Bernoulli {
                         bets,
@@ -495,11 +568,15 @@ impl ArmEvidence {
                     (false, true) => Accum::Numeric(Moments {
                         bets,
                         watches,
+                        exceedances,
+                        exceedance_hits,
                         ..Moments::with_histogram()
                     }),
                     (false, false) => Accum::Numeric(Moments {
                         bets,
                         watches,
+                        exceedances,
+                        exceedance_hits,
                         ..Moments::default()
                     }),
                 }

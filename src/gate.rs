@@ -174,7 +174,7 @@ impl Check {
     }
 
     /// The absolute limit this check puts on the candidate, given the baseline's value.
-    fn limit(&self, baseline: Option<f64>) -> Option<f64> {
+    pub fn limit(&self, baseline: Option<f64>) -> Option<f64> {
         match *self {
             Check::Max(v) | Check::Min(v) => Some(v),
             Check::MaxRatio(r) => baseline.map(|b| b * r),
@@ -184,7 +184,7 @@ impl Check {
     }
 
     /// Whether a breach is the candidate being below the limit.
-    fn breach_is_below(&self) -> bool {
+    pub fn breach_is_below(&self) -> bool {
         matches!(self, Check::Min(_) | Check::MaxDrop(_))
     }
 }
@@ -397,7 +397,29 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
             .bet(check.threshold())
             .filter(|_| bets_on(&gate.signal, gate.stat)),
     ) {
-        return bet_report(check, bet, input, limit);
+        return bet_report(check, bet, !check.breach_is_below(), input, limit);
+    }
+    if let (Stat::Quantile(q), false) = (gate.stat, check.is_relative()) {
+        if let Some(e) = input
+            .candidate
+            .exceedance(q, check.threshold(), check.breach_is_below())
+        {
+            let mut r = bet_report(check, &e.bet, true, input, limit);
+            let shown = match input.candidate {
+                Accum::Numeric(c) if c.n > 0 => Some(quantile_margin(check, q, c, None, input)),
+                _ => None,
+            };
+            r.margin_lower = shown.map(|m| m.lower).filter(|v| v.is_finite());
+            r.margin_upper = shown.map(|m| m.upper).filter(|v| v.is_finite());
+            r.note = r.note.map(|n| {
+                format!(
+                    "as the share of tasks {} {}: {n}",
+                    if e.below { "below" } else { "above" },
+                    e.threshold
+                )
+            });
+            return r;
+        }
     }
     let short = [Some(input.candidate), baseline]
         .into_iter()
@@ -476,16 +498,17 @@ fn samples_to_pass(margin: Interval, n: u64) -> Option<u64> {
 fn bet_report(
     check: &Check,
     bet: &crate::evidence::Bet,
+    breach_above: bool,
     input: &GateInput<'_>,
     limit: Option<f64>,
 ) -> CheckReport {
     let threshold = (1.0 / input.alpha).ln();
-    let (breach, comply) = if check.breach_is_below() {
-        (bet.log_below, bet.log_above)
-    } else {
+    let (breach, comply) = if breach_above {
         (bet.log_above, bet.log_below)
+    } else {
+        (bet.log_below, bet.log_above)
     };
-    let change = bet.change(!check.breach_is_below(), change_threshold());
+    let change = bet.change(breach_above, change_threshold());
     if let Some(c) = change.filter(|_| breach < threshold) {
         let (mean, k) = c.post_change(bet.n);
         return CheckReport {
@@ -699,12 +722,14 @@ mod tests {
                 histogram: false,
                 limits: Vec::new(),
                 relative: Vec::new(),
+                quantile_limits: Vec::new(),
             },
             Tracked {
                 signal: Signal::LatencyMs,
                 histogram: true,
                 limits: Vec::new(),
                 relative: Vec::new(),
+                quantile_limits: Vec::new(),
             },
         ];
         let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -822,6 +847,7 @@ mod tests {
                 histogram: true,
                 limits: Vec::new(),
                 relative: Vec::new(),
+                quantile_limits: Vec::new(),
             }];
             let mut ev = Evidence::new(tracked, 1, 100.0);
             let mut alarm = false;
@@ -864,12 +890,14 @@ mod tests {
                     histogram: false,
                     limits: Vec::new(),
                     relative: Vec::new(),
+                    quantile_limits: Vec::new(),
                 },
                 Tracked {
                     signal: Signal::Fallback,
                     histogram: false,
                     limits: Vec::new(),
                     relative: Vec::new(),
+                    quantile_limits: Vec::new(),
                 },
             ];
             let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -1263,6 +1291,7 @@ mod tests {
             histogram: false,
             limits: Vec::new(),
             relative: vec![check],
+            quantile_limits: Vec::new(),
         }];
         let mut ev = Evidence::new(tracked, 1, 500.0);
         let mut rng = crate::stats::tests_rng(seed);
@@ -1323,5 +1352,92 @@ mod tests {
         );
         assert!(med <= 15, "median {med} min");
         assert!(early <= 10, "{early}");
+    }
+
+    /// Lognormal latencies whose p95 is `p95`, `per_minute` a minute, `max 4000` on p95 at
+    /// α = 0.05 after every minute. Returns the task count at the first fail.
+    fn p95_first_fail(
+        p95_before: f64,
+        p95_after: f64,
+        switch: u64,
+        per_minute: u64,
+        minutes: u64,
+        seed: u64,
+    ) -> Option<u64> {
+        let g = gate(
+            Signal::LatencyMs,
+            Stat::Quantile(0.95),
+            vec![Check::Max(4000.0)],
+        );
+        // No histogram: the exceedance test decides without one (and the run stays fast).
+        let tracked = vec![Tracked {
+            signal: Signal::LatencyMs,
+            histogram: false,
+            limits: Vec::new(),
+            relative: Vec::new(),
+            quantile_limits: vec![(0.95, 4000.0, false)],
+        }];
+        let mut ev = Evidence::new(tracked, 1, 500.0);
+        let mut rng = crate::stats::tests_rng(seed);
+        let sigma: f64 = 0.4;
+        let z95 = 1.644_853_6;
+        let mut n = 0u64;
+        for _ in 0..minutes {
+            for _ in 0..per_minute {
+                let p95 = if n < switch { p95_before } else { p95_after };
+                let median = p95 / (sigma * z95).exp();
+                ev.record(
+                    0,
+                    Arm::Candidate,
+                    &event(0.9, median * (sigma * rng.normal()).exp()),
+                );
+                n += 1;
+            }
+            let input = GateInput {
+                candidate: &ev.cells[0][1].signals[0],
+                baseline: None,
+                alpha: 0.05,
+                design_samples: 500.0,
+            };
+            if evaluate(&g, "s", &input).verdict == Verdict::Fail {
+                return Some(n);
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_p95_limit_is_tested_as_a_share_of_slow_tasks() {
+        let runs = 300;
+        // Exactly at the limit (p95 = 4 000 ms), 30 tasks a minute for 24 h.
+        let alarms = (0..runs)
+            .filter(|&s| p95_first_fail(4000.0, 4000.0, 0, 30, 1440, 60_000 + s).is_some())
+            .count();
+        eprintln!(
+            "latency p95 max 4000 as exceedance, candidate at the limit for 24 h: {alarms}/{runs} runs false-alarmed"
+        );
+        assert!(alarms <= 27, "{alarms}/{runs}");
+        // Twice as slow from the start: tasks until the fail (order statistics needed ≥ 100).
+        let n: Vec<u64> = (0..runs)
+            .map(|s| p95_first_fail(8000.0, 8000.0, 0, 10, 100, 61_000 + s).unwrap_or(u64::MAX))
+            .collect();
+        let med = median(n);
+        eprintln!("latency p95 8000 vs max 4000: median {med} tasks to fail");
+        assert!(med < 100, "median {med}");
+        // Late: 1 h healthy (p95 2 000) at 150 a minute, then p95 6 000.
+        let delays: Vec<u64> = (0..runs)
+            .map(
+                |s| match p95_first_fail(2000.0, 6000.0, 9000, 150, 120, 62_000 + s) {
+                    Some(n) if n > 9000 => n - 9000,
+                    Some(_) => 0,
+                    None => u64::MAX,
+                },
+            )
+            .collect();
+        let med = median(delays);
+        eprintln!(
+            "latency p95 2000 → 6000 one hour in: median {med} tasks after the change to fail"
+        );
+        assert!(med <= 1500, "median {med}");
     }
 }
