@@ -23,3 +23,4 @@ pub mod server;
 pub mod simulate;
 pub mod stats;
 pub mod store;
+pub mod threshold;

@@ -46,8 +46,13 @@ enum Cmd {
     Simulate {
         #[arg(long)]
         config: PathBuf,
-        #[arg(long)]
-        scenario: PathBuf,
+        /// One scenario (required unless --suite is given).
+        #[arg(long, required_unless_present = "suite")]
+        scenario: Option<PathBuf>,
+        /// Every `*.yaml` scenario in this folder (but `config.yaml`), each under both
+        /// policies on the same seeds: a Markdown table (or JSON with --json).
+        #[arg(long, conflicts_with = "scenario")]
+        suite: Option<PathBuf>,
         /// Overrides the scenario's seed (the first seed with --runs).
         #[arg(long)]
         seed: Option<u64>,
@@ -58,6 +63,13 @@ enum Cmd {
         /// JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// `sequential` (stagegate's always-valid verdicts) or `threshold` (a Flagger-style
+        /// comparator on the same traffic: point estimates over each tick against the limits).
+        #[arg(long, value_enum, default_value_t = PolicyArg::Sequential)]
+        policy: PolicyArg,
+        /// With `--policy threshold`: failed checks before it acts (Flagger's `threshold`).
+        #[arg(long, default_value_t = 5)]
+        failed_checks: u32,
     },
     /// Run recorded events (NDJSON, each with `ts`) through the policy and print what it would
     /// have decided, when, and on what evidence.
@@ -72,6 +84,12 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PolicyArg {
+    Sequential,
+    Threshold,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -80,10 +98,23 @@ fn main() -> std::process::ExitCode {
         Cmd::Simulate {
             config,
             scenario,
+            suite,
             seed,
             runs,
             json,
-        } => simulate(&config, &scenario, seed, runs, json),
+            policy,
+            failed_checks,
+        } => {
+            let policy = match policy {
+                PolicyArg::Sequential => stagegate::simulate::Policy::Sequential,
+                PolicyArg::Threshold => stagegate::simulate::Policy::Threshold { failed_checks },
+            };
+            match (scenario, suite) {
+                (_, Some(dir)) => simulate_suite(&config, &dir, seed, runs, json, failed_checks),
+                (Some(scenario), None) => simulate(&config, &scenario, seed, runs, json, policy),
+                (None, None) => Err(anyhow::anyhow!("--scenario or --suite is required")),
+            }
+        }
         Cmd::Replay {
             config,
             events,
@@ -123,6 +154,7 @@ fn simulate(
     seed: Option<u64>,
     runs: u64,
     json: bool,
+    policy: stagegate::simulate::Policy,
 ) -> anyhow::Result<()> {
     let plan = Plan::load(config)?;
     let text = std::fs::read_to_string(scenario)
@@ -135,7 +167,7 @@ fn simulate(
     // A fixed virtual epoch: runs are reproducible.
     let start = 1_800_000_000_000;
     if runs == 1 {
-        let report = stagegate::simulate::run(plan, &scenario, start)?;
+        let report = stagegate::simulate::run(plan, &scenario, policy, start)?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -143,11 +175,59 @@ fn simulate(
         }
         return Ok(());
     }
-    let (_, summary) = stagegate::simulate::run_many(&plan, &scenario, start, runs)?;
+    let (_, summary) = stagegate::simulate::run_many(&plan, &scenario, policy, start, runs)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
         print!("{}", summary.render());
+    }
+    Ok(())
+}
+
+fn simulate_suite(
+    config: &Path,
+    dir: &Path,
+    seed: Option<u64>,
+    runs: u64,
+    json: bool,
+    failed_checks: u32,
+) -> anyhow::Result<()> {
+    let plan = Plan::load(config)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "yaml")
+                && p.file_name().is_some_and(|n| n != "config.yaml")
+        })
+        .collect();
+    files.sort();
+    anyhow::ensure!(!files.is_empty(), "no scenarios in {}", dir.display());
+    let mut scenarios = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let mut scenario = stagegate::simulate::Scenario::parse(&text)
+            .with_context(|| path.display().to_string())?;
+        if let Some(seed) = seed {
+            scenario.seed = seed;
+        }
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        scenarios.push((name, scenario));
+    }
+    anyhow::ensure!(runs >= 1, "--runs must be at least 1");
+    let start = 1_800_000_000_000;
+    let rows = stagegate::simulate::run_suite(&plan, &scenarios, failed_checks, start, runs)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!(
+            "{}",
+            stagegate::simulate::render_suite(&rows, failed_checks)
+        );
     }
     Ok(())
 }

@@ -279,7 +279,18 @@ pub fn assess(
     evidence: &Evidence,
     now: Millis,
 ) -> Assessment {
-    let verdicts = verdicts(plan, state, evidence);
+    decide(plan, state, evidence, verdicts(plan, state, evidence), now)
+}
+
+/// The state machine's step on given verdicts: [`assess`] with the sequential verdicts, and
+/// `simulate --policy threshold` with a fixed-threshold comparator's.
+pub fn decide(
+    plan: &RolloutPlan,
+    state: &RolloutState,
+    evidence: &Evidence,
+    verdicts: Vec<GateVerdict>,
+    now: Millis,
+) -> Assessment {
     let hold = |why: String, verdicts: Vec<GateVerdict>| Assessment {
         verdicts,
         waiting: Some(why),

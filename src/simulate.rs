@@ -16,7 +16,9 @@ use crate::clock::{Millis, human_duration, parse_duration};
 use crate::config::Plan;
 use crate::engine::Engine;
 use crate::event::{Mode, Review, TaskEvent};
+use crate::gate::{GateSpec, Signal, Stat};
 use crate::rollout::{Action, Command, Phase};
+use crate::threshold::ThresholdPolicy;
 
 /// A seeded xorshift64* source: deterministic runs, no dependency.
 pub struct Rng(u64);
@@ -76,6 +78,12 @@ pub struct Source {
     #[serde(default)]
     pub attributes: BTreeMap<String, String>,
     pub per_minute: f64,
+    /// How the baseline behaves for this source's tasks, over the scenario's `baseline`.
+    #[serde(default)]
+    pub baseline: Behaviour,
+    /// How the candidate behaves for this source's tasks, over the scenario's `candidate`.
+    #[serde(default)]
+    pub candidate: Behaviour,
 }
 
 /// How a version behaves; absent fields keep their previous value.
@@ -90,6 +98,48 @@ pub struct Behaviour {
 }
 
 impl Behaviour {
+    /// The true value of `stat` of `signal` for tasks with this behaviour, as [`synthesize`]
+    /// draws them (`None`: the behaviour does not produce the signal).
+    fn truth(&self, signal: &Signal, stat: Stat) -> Option<f64> {
+        // Latency is lognormal with σ = 0.25 around `latency_ms`; cost uniform on ±20 %.
+        const LATENCY_SIGMA: f64 = 0.25;
+        match (signal, stat) {
+            (Signal::Quality, Stat::Mean) => self.quality,
+            (Signal::LatencyMs, Stat::Mean) => self
+                .latency_ms
+                .map(|l| l * (LATENCY_SIGMA * LATENCY_SIGMA / 2.0).exp()),
+            (Signal::LatencyMs, Stat::Quantile(q)) => self
+                .latency_ms
+                .map(|l| l * (LATENCY_SIGMA * normal_quantile(q)).exp()),
+            (Signal::CostUsd, Stat::Mean) => self.cost_usd,
+            (Signal::CostUsd, Stat::Quantile(q)) => self.cost_usd.map(|c| c * (0.8 + 0.4 * q)),
+            (Signal::Fallback, _) => self.fallback_rate,
+            (Signal::Review, _) => self.reject_rate,
+            _ => None,
+        }
+    }
+
+    /// Whether tasks with this behaviour breach any of `gates` against `baseline`'s: the
+    /// candidate is truly worse than the policy allows, so each task it serves in full mode
+    /// counts as exposure.
+    fn breaches(&self, gates: &[GateSpec], baseline: &Behaviour) -> bool {
+        gates.iter().any(|g| {
+            let Some(c) = self.truth(&g.signal, g.stat) else {
+                return false;
+            };
+            let b = baseline.truth(&g.signal, g.stat);
+            g.checks.iter().any(|check| {
+                check.limit(b).is_some_and(|limit| {
+                    if check.breach_is_below() {
+                        c < limit - 1e-12
+                    } else {
+                        c > limit + 1e-12
+                    }
+                })
+            })
+        })
+    }
+
     fn overlay(&self, over: &Behaviour) -> Behaviour {
         Behaviour {
             quality: over.quality.or(self.quality),
@@ -108,7 +158,22 @@ pub struct Incident {
     pub at: String,
     /// Only tasks from this traffic source are affected; all when absent.
     pub source: Option<String>,
+    /// The candidate's new behaviour (a regression, or a recovery).
+    #[serde(default)]
     pub candidate: Behaviour,
+    /// The baseline's new behaviour: drift that both arms may share.
+    #[serde(default)]
+    pub baseline: Behaviour,
+}
+
+/// Which decision policy a simulation runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// stagegate's own: always-valid sequential verdicts.
+    Sequential,
+    /// A Flagger-style comparator: point estimates over each tick's interval against the
+    /// limits, acting after this many failed checks.
+    Threshold { failed_checks: u32 },
 }
 
 /// Why a scenario cannot run.
@@ -126,6 +191,54 @@ impl Scenario {
     }
 }
 
+/// The standard normal quantile (Acklam's rational approximation, |error| < 1.2e-9).
+fn normal_quantile(p: f64) -> f64 {
+    const A: [f64; 6] = [
+        -3.969_683_028_665_376e1,
+        2.209_460_984_245_205e2,
+        -2.759_285_104_469_687e2,
+        1.383_577_518_672_69e2,
+        -3.066_479_806_614_716e1,
+        2.506_628_277_459_239,
+    ];
+    const B: [f64; 5] = [
+        -5.447_609_879_822_406e1,
+        1.615_858_368_580_409e2,
+        -1.556_989_798_598_866e2,
+        6.680_131_188_771_972e1,
+        -1.328_068_155_288_572e1,
+    ];
+    const C: [f64; 6] = [
+        -7.784_894_002_430_293e-3,
+        -3.223_964_580_411_365e-1,
+        -2.400_758_277_161_838,
+        -2.549_732_539_343_734,
+        4.374_664_141_464_968,
+        2.938_163_982_698_783,
+    ];
+    const D: [f64; 4] = [
+        7.784_695_709_041_462e-3,
+        3.224_671_290_700_398e-1,
+        2.445_134_137_142_996,
+        3.754_408_661_907_416,
+    ];
+    let tail = |q: f64| {
+        let t = (-2.0 * q.ln()).sqrt();
+        (((((C[0] * t + C[1]) * t + C[2]) * t + C[3]) * t + C[4]) * t + C[5])
+            / ((((D[0] * t + D[1]) * t + D[2]) * t + D[3]) * t + 1.0)
+    };
+    if p < 0.02425 {
+        tail(p)
+    } else if p > 1.0 - 0.02425 {
+        -tail(1.0 - p)
+    } else {
+        let q = p - 0.5;
+        let r = q * q;
+        (((((A[0] * r + A[1]) * r + A[2]) * r + A[3]) * r + A[4]) * r + A[5]) * q
+            / (((((B[0] * r + B[1]) * r + B[2]) * r + B[3]) * r + B[4]) * r + 1.0)
+    }
+}
+
 /// The outcome of a simulation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Report {
@@ -135,29 +248,36 @@ pub struct Report {
     pub final_stage: Option<String>,
     pub tasks: u64,
     pub candidate_tasks: u64,
-    /// Tasks a bad candidate (one an incident applies to; a candidate bad from the start is an
-    /// incident `at: 0s`) served in full mode before containment.
+    /// Tasks the candidate served in full mode before containment while it was truly worse
+    /// than a gate allows (its behaviour against the same source's baseline).
     pub blast_radius: u64,
+    /// From the first such task to containment.
     pub contained_after: Option<Millis>,
     /// Every action the controller (or the simulated operator) took, in order.
     pub actions: Vec<Action>,
     /// Virtual time from the start until the rollout was promoted, if it was.
     pub promoted_after: Option<Millis>,
+    /// The controller acted on a breach (narrow, read-only, rollback, pause) before the
+    /// candidate had served a single task while truly worse than a gate allows.
+    pub false_alarm: bool,
 }
 
 /// What many seeds of one scenario did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
     pub runs: usize,
+    /// Share of runs where the controller acted on a breach before the candidate was worse.
+    pub false_alarms: f64,
     /// Share of runs with at least one automatic action of each kind.
     pub rolled_back: f64,
     pub read_only: f64,
     pub narrowed: f64,
     pub promoted: f64,
-    /// Tasks a bad candidate served before containment: p50 and p90 over the runs.
+    /// Tasks the candidate served while worse than a gate allows, before containment: p50
+    /// and p90 over the runs.
     pub exposed_p50: u64,
     pub exposed_p90: u64,
-    /// Time from the first incident to containment, over the runs that contained it.
+    /// Time from the first bad task to containment, over the runs that contained it.
     pub contain_p50: Option<String>,
     pub contain_p90: Option<String>,
     /// Time from the start to promotion, over the runs that promoted.
@@ -181,6 +301,7 @@ impl Summary {
         let promote: Vec<Millis> = reports.iter().filter_map(|r| r.promoted_after).collect();
         Summary {
             runs: reports.len(),
+            false_alarms: reports.iter().filter(|r| r.false_alarm).count() as f64 / n,
             rolled_back: share(Action::Rollback),
             read_only: share(Action::ReadOnly),
             narrowed: share(Action::Narrow),
@@ -202,7 +323,7 @@ impl Summary {
         let pct = |x: f64| format!("{:.1}%", x * 100.0);
         let or_dash = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
         format!(
-            "{} runs: rolled back {}, read-only {}, narrowed {}, promoted {}\n\
+            "{} runs: rolled back {}, read-only {}, narrowed {}, promoted {}; false alarms {}\n\
              exposed tasks (served by a bad candidate before containment): p50 {}, p90 {}\n\
              time to contain: p50 {}, p90 {}\n\
              time to promote: p50 {}, p90 {}\n",
@@ -211,6 +332,7 @@ impl Summary {
             pct(self.read_only),
             pct(self.narrowed),
             pct(self.promoted),
+            pct(self.false_alarms),
             self.exposed_p50,
             self.exposed_p90,
             or_dash(&self.contain_p50),
@@ -221,21 +343,121 @@ impl Summary {
     }
 }
 
-/// Runs `runs` seeds of a scenario, from `seed` on, and summarises them.
+/// Runs `runs` seeds of a scenario, from `seed` on, and summarises them (one thread per
+/// available core; each run is independent and deterministic).
 pub fn run_many(
     plan: &Plan,
     scenario: &Scenario,
+    policy: Policy,
     start: Millis,
     runs: u64,
 ) -> Result<(Vec<Report>, Summary), ScenarioError> {
-    let mut reports = Vec::new();
-    for i in 0..runs {
-        let mut sc = scenario.clone();
-        sc.seed = scenario.seed.wrapping_add(i);
-        reports.push(run(plan.clone(), &sc, start)?);
-    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    let results: Vec<Result<Report, ScenarioError>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..runs)
+                        .step_by(threads as usize)
+                        .map(|i| {
+                            let mut sc = scenario.clone();
+                            sc.seed = scenario.seed.wrapping_add(i);
+                            (i, run(plan.clone(), &sc, policy, start))
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(u64, Result<Report, ScenarioError>)> = workers
+            .into_iter()
+            .flat_map(|w| {
+                w.join().unwrap_or_else(|_| {
+                    vec![(
+                        u64::MAX,
+                        Err(ScenarioError::Invalid(
+                            "a simulation thread panicked".into(),
+                        )),
+                    )]
+                })
+            })
+            .collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
+    });
+    let reports = results.into_iter().collect::<Result<Vec<_>, _>>()?;
     let summary = Summary::of(&reports);
     Ok((reports, summary))
+}
+
+/// One scenario of a suite under both policies, on the same seeds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SuiteRow {
+    pub scenario: String,
+    pub sequential: Summary,
+    pub threshold: Summary,
+}
+
+/// Runs every scenario `runs` times under the sequential and the threshold policy.
+pub fn run_suite(
+    plan: &Plan,
+    scenarios: &[(String, Scenario)],
+    failed_checks: u32,
+    start: Millis,
+    runs: u64,
+) -> Result<Vec<SuiteRow>, ScenarioError> {
+    scenarios
+        .iter()
+        .map(|(name, sc)| {
+            let (_, sequential) = run_many(plan, sc, Policy::Sequential, start, runs)?;
+            let (_, threshold) =
+                run_many(plan, sc, Policy::Threshold { failed_checks }, start, runs)?;
+            Ok(SuiteRow {
+                scenario: name.clone(),
+                sequential,
+                threshold,
+            })
+        })
+        .collect()
+}
+
+/// The suite as a Markdown table: each scenario's sequential and threshold rows side by side.
+pub fn render_suite(rows: &[SuiteRow], failed_checks: u32) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "| scenario | policy | false alarms | rolled back / read-only / narrowed | promoted | exposed p50 / p90 | contained p50 / p90 | promoted p50 |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+    let pct = |x: f64| format!("{:.1} %", x * 100.0);
+    let dash = |x: &Option<String>| x.clone().unwrap_or_else(|| "-".into());
+    for row in rows {
+        for (policy, s) in [
+            ("sequential".to_string(), &row.sequential),
+            (format!("threshold ({failed_checks})"), &row.threshold),
+        ] {
+            let _ = writeln!(
+                out,
+                "| {} | {policy} | {} | {} / {} / {} | {} | {} / {} | {} / {} | {} |",
+                row.scenario,
+                pct(s.false_alarms),
+                pct(s.rolled_back),
+                pct(s.read_only),
+                pct(s.narrowed),
+                pct(s.promoted),
+                s.exposed_p50,
+                s.exposed_p90,
+                dash(&s.contain_p50),
+                dash(&s.contain_p90),
+                dash(&s.promote_p50),
+            );
+        }
+    }
+    let runs = rows.first().map_or(0, |r| r.sequential.runs);
+    let _ = writeln!(
+        out,
+        "\n{runs} seeds per scenario and policy. false alarms: runs where the controller acted on a breach before the candidate served a single task while worse than a gate allows; exposed: tasks it served in full mode while worse, before containment."
+    );
+    out
 }
 
 impl Report {
@@ -256,7 +478,7 @@ impl Report {
             Some(ms) => {
                 let _ = writeln!(
                     out,
-                    "blast radius: {} tasks served by the bad candidate in full mode before containment ({} after the first incident)",
+                    "blast radius: {} tasks served by the bad candidate in full mode before containment ({} after the first bad task)",
                     self.blast_radius,
                     human_duration(ms)
                 );
@@ -264,7 +486,7 @@ impl Report {
             None if self.blast_radius == 0 => {
                 let _ = writeln!(
                     out,
-                    "blast radius: 0 tasks (no incident reached the candidate)"
+                    "blast radius: 0 tasks (the candidate never served a task while worse than a gate allows)"
                 );
             }
             None => {
@@ -280,7 +502,12 @@ impl Report {
 }
 
 /// Runs a scenario against a plan, starting the virtual clock at `start`.
-pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, ScenarioError> {
+pub fn run(
+    plan: Plan,
+    scenario: &Scenario,
+    policy: Policy,
+    start: Millis,
+) -> Result<Report, ScenarioError> {
     let duration = parse_duration(&scenario.duration).map_err(ScenarioError::Invalid)?;
     let tick = match &scenario.tick {
         Some(t) => parse_duration(t).map_err(ScenarioError::Invalid)?,
@@ -311,6 +538,7 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
         .as_deref()
         .and_then(|n| engine.rollout_index(n))
         .ok_or_else(|| ScenarioError::Invalid("no such rollout in the config".into()))?;
+    let gates = &plan.rollouts[rollout].gates;
     let (workflow, baseline_v, candidate_v) = {
         let r = &plan.rollouts[rollout];
         (r.workflow.clone(), r.baseline.clone(), r.candidate.clone())
@@ -320,6 +548,7 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
         seed: scenario.seed,
         actions: Vec::new(),
         promoted_after: None,
+        false_alarm: false,
         timeline: Vec::new(),
         final_phase: Phase::Progressing,
         final_stage: None,
@@ -328,7 +557,11 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
         blast_radius: 0,
         contained_after: None,
     };
-    let first_incident = incidents.iter().map(|(at, _)| *at).min();
+    let mut threshold = match policy {
+        Policy::Sequential => None,
+        Policy::Threshold { failed_checks } => Some(ThresholdPolicy::new(failed_checks)),
+    };
+    let mut first_bad: Option<Millis> = None;
     let mut contained = false;
     let mut routing = engine.routing();
     let mut seq: u64 = 0;
@@ -367,30 +600,25 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
                     continue;
                 };
                 let on_candidate = a.version == candidate_v;
-                let mut behaviour = if on_candidate {
-                    scenario.candidate.clone()
-                } else {
-                    scenario.baseline.clone()
-                };
-                let mut bad = false;
-                if on_candidate {
-                    for (at, incident) in &incidents {
-                        if elapsed >= *at
-                            && incident.source.as_ref().is_none_or(|n| n == &source.name)
-                        {
-                            behaviour = behaviour.overlay(&incident.candidate);
-                            bad = true;
-                        }
+                let mut base = scenario.baseline.overlay(&source.baseline);
+                let mut cand = scenario.candidate.overlay(&source.candidate);
+                for (at, incident) in &incidents {
+                    if elapsed >= *at && incident.source.as_ref().is_none_or(|n| n == &source.name)
+                    {
+                        base = base.overlay(&incident.baseline);
+                        cand = cand.overlay(&incident.candidate);
                     }
                 }
                 let mode = a.mode;
                 report.tasks += 1;
                 if on_candidate {
                     report.candidate_tasks += 1;
-                    if bad && mode == Mode::Full && !contained {
+                    if mode == Mode::Full && !contained && cand.breaches(gates, &base) {
                         report.blast_radius += 1;
+                        first_bad.get_or_insert(now);
                     }
                 }
+                let behaviour = if on_candidate { &cand } else { &base };
                 let event = synthesize(
                     &mut rng,
                     scenario.reviewed.unwrap_or(0.5),
@@ -403,7 +631,7 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
                     },
                     &source.attributes,
                     mode,
-                    &behaviour,
+                    behaviour,
                 );
                 if let Ok(route) = engine.route(&event) {
                     engine.record(&route, &event);
@@ -411,7 +639,13 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
             }
         }
         now += step;
-        let assessment = engine.assess(rollout, now);
+        let assessment = match threshold.as_mut() {
+            None => engine.assess(rollout, now),
+            Some(t) => {
+                let rt = &engine.rollouts[rollout];
+                t.assess(&plan.rollouts[rollout], &rt.state, &rt.evidence, now)
+            }
+        };
         let decision = match assessment.decision {
             Some(d) => Some(d),
             None if scenario.approve_manual
@@ -457,15 +691,34 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
             if d.after.phase == Phase::Promoted && report.promoted_after.is_none() {
                 report.promoted_after = Some(now - start);
             }
+            if d.trigger.is_some() && first_bad.is_none() {
+                report.false_alarm = true;
+            }
             let containing = matches!(d.action, Action::Rollback | Action::ReadOnly)
                 || (d.action == Action::Narrow && d.after.stage.is_none());
             // Containment counts once bad tasks were actually served (not a false alarm before).
-            if containing && !contained && report.blast_radius > 0 {
+            if let (true, false, Some(first)) = (containing, contained, first_bad) {
                 contained = true;
-                report.contained_after = Some(now - start - first_incident.unwrap_or(0));
+                report.contained_after = Some(now - first);
             }
             engine.apply(rollout, &d);
             routing = engine.routing();
+        }
+        // Nothing changes any more: rolled back (no simulated operator resumes), or promoted
+        // and past the bake.
+        let state = &engine.rollouts[rollout].state;
+        let settled = match state.phase {
+            Phase::RolledBack => true,
+            Phase::Promoted => {
+                now >= state
+                    .stage_started
+                    .saturating_add(plan.rollouts[rollout].bake)
+            }
+            Phase::Narrowed => state.stage.is_none(),
+            _ => false,
+        };
+        if settled {
+            break;
         }
     }
     let state = &engine.rollouts[rollout].state;
@@ -473,7 +726,7 @@ pub fn run(plan: Plan, scenario: &Scenario, start: Millis) -> Result<Report, Sce
     report.final_stage = state
         .stage_name(&plan.rollouts[rollout])
         .map(str::to_string);
-    say(&mut report, end, format!("end: {}", state.phase.name()));
+    say(&mut report, now, format!("end: {}", state.phase.name()));
     Ok(report)
 }
 

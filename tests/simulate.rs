@@ -182,3 +182,110 @@ fn replay_runs_recorded_events_through_the_policy() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no `ts`"));
 }
+
+#[test]
+fn the_suite_runs_both_policies_on_the_same_seeds() {
+    // Three of the shipped suite's scenarios, so the test stays quick; the whole suite is
+    // `stagegate simulate --config scenarios/suite/config.yaml --suite scenarios/suite`.
+    let dir = tempfile::tempdir().expect("tmp");
+    for name in ["healthy", "bad-0.30", "after-promotion"] {
+        std::fs::copy(
+            format!("scenarios/suite/{name}.yaml"),
+            dir.path().join(format!("{name}.yaml")),
+        )
+        .expect("copy scenario");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args([
+            "simulate",
+            "--config",
+            "scenarios/suite/config.yaml",
+            "--suite",
+        ])
+        .arg(dir.path())
+        .args(["--runs", "4", "--json"])
+        .env("STAGEGATE_ADMIN_TOKEN", "t")
+        .output()
+        .expect("run simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
+    let row = |name: &str| {
+        rows.as_array()
+            .and_then(|r| r.iter().find(|r| r["scenario"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {name} in {rows}"))
+    };
+    let healthy = row("healthy");
+    assert_eq!(healthy["sequential"]["false_alarms"], 0.0, "{healthy}");
+    assert_eq!(healthy["sequential"]["promoted"], 1.0, "{healthy}");
+    assert_eq!(healthy["sequential"]["exposed_p90"], 0, "{healthy}");
+    let bad = row("bad-0.30");
+    for policy in ["sequential", "threshold"] {
+        assert_eq!(bad[policy]["rolled_back"], 1.0, "{policy}: {bad}");
+        assert!(
+            bad[policy]["exposed_p50"].as_u64().unwrap_or(0) > 0,
+            "{bad}"
+        );
+    }
+    // Only the sequential policy keeps watching after promotion.
+    let late = row("after-promotion");
+    assert_eq!(late["sequential"]["rolled_back"], 1.0, "{late}");
+    assert!(late["sequential"]["contain_p90"].is_string(), "{late}");
+    assert!(late["threshold"]["contain_p50"].is_null(), "{late}");
+
+    // The table names both policies for every scenario.
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args([
+            "simulate",
+            "--config",
+            "scenarios/suite/config.yaml",
+            "--suite",
+        ])
+        .arg(dir.path())
+        .args(["--runs", "2"])
+        .env("STAGEGATE_ADMIN_TOKEN", "t")
+        .output()
+        .expect("run simulate");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(table.matches("| sequential |").count(), 3, "{table}");
+    assert_eq!(table.matches("| threshold (5) |").count(), 3, "{table}");
+}
+
+#[test]
+fn exposure_counts_tasks_by_behaviour_and_per_source_baselines_apply() {
+    // Simpson's mix: the candidate equals the baseline in every source, though internal
+    // tasks are harder for both. Nothing is bad, so nothing is exposed, and nothing acts.
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args([
+            "simulate",
+            "--config",
+            "scenarios/suite/config.yaml",
+            "--scenario",
+            "scenarios/suite/simpsons.yaml",
+            "--runs",
+            "3",
+            "--json",
+        ])
+        .env("STAGEGATE_ADMIN_TOKEN", "t")
+        .output()
+        .expect("run simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(s["false_alarms"], 0.0, "{s}");
+    assert_eq!(s["exposed_p90"], 0, "{s}");
+    // A candidate bad in one source only: exposure counts that source's tasks alone.
+    let (ok, out, err) = simulate_with("scenarios/quality-regression.yaml", &["--json"]);
+    assert!(ok, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let exposed = r["blast_radius"].as_u64().unwrap_or(0);
+    let candidate = r["candidate_tasks"].as_u64().unwrap_or(0);
+    assert!(exposed > 0 && exposed < candidate, "{r}");
+}
