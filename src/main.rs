@@ -49,7 +49,7 @@ enum Cmd {
         /// One scenario (required unless --suite is given).
         #[arg(long, required_unless_present = "suite")]
         scenario: Option<PathBuf>,
-        /// Every `*.yaml` scenario in this folder (but `config.yaml`), each under both
+        /// Every `*.yaml` scenario in this folder (but `config*.yaml`), each under both
         /// policies on the same seeds: a Markdown table (or JSON with --json).
         #[arg(long, conflicts_with = "scenario")]
         suite: Option<PathBuf>,
@@ -198,7 +198,9 @@ fn simulate_suite(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|x| x == "yaml")
-                && p.file_name().is_some_and(|n| n != "config.yaml")
+                && p
+                    .file_name()
+                    .is_some_and(|n| !n.to_string_lossy().starts_with("config"))
         })
         .collect();
     files.sort();
