@@ -9,8 +9,8 @@ use std::hint::black_box;
 use std::path::Path;
 use std::time::Instant;
 
-use stagegate::config::Plan;
-use stagegate::engine::Engine;
+use stagegate::core::engine::Engine;
+use stagegate::plan::Plan;
 
 fn main() {
     let plan = Plan::load(Path::new("config/stagegate.yaml")).expect("shipped config");
@@ -30,7 +30,7 @@ fn main() {
     let t = Instant::now();
     for _ in 0..rounds {
         for s in &subjects {
-            black_box(stagegate::assign::bucket("support-reply-v8", s));
+            black_box(stagegate::core::assign::bucket("support-reply-v8", s));
         }
     }
     let bare = t.elapsed().as_nanos() as f64 / (rounds * subjects.len()) as f64;

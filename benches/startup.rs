@@ -15,9 +15,9 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
-use stagegate::clock::SystemClock;
-use stagegate::config::Plan;
-use stagegate::server::Shared;
+use stagegate::core::clock::SystemClock;
+use stagegate::plan::Plan;
+use stagegate::serve::controller::Shared;
 use stagegate::store::Store;
 
 const BATCH: usize = 1_000;

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use stagegate::config::{Plan, render_plan};
-use stagegate::server::{Input, Shared, run_controller, run_pruner, run_ticker};
+use stagegate::config::render_plan;
+use stagegate::plan::Plan;
+use stagegate::serve::controller::{Input, Shared, run_controller, run_pruner, run_ticker};
 
 mod cli;
 
@@ -106,8 +107,10 @@ fn main() -> std::process::ExitCode {
             failed_checks,
         } => {
             let policy = match policy {
-                PolicyArg::Sequential => stagegate::simulate::Policy::Sequential,
-                PolicyArg::Threshold => stagegate::simulate::Policy::Threshold { failed_checks },
+                PolicyArg::Sequential => stagegate::offline::simulate::Policy::Sequential,
+                PolicyArg::Threshold => {
+                    stagegate::offline::simulate::Policy::Threshold { failed_checks }
+                }
             };
             match (scenario, suite) {
                 (_, Some(dir)) => simulate_suite(&config, &dir, seed, runs, json, failed_checks),
@@ -133,7 +136,7 @@ fn main() -> std::process::ExitCode {
 
 fn check(path: &Path) -> anyhow::Result<()> {
     let plan = Plan::load(path)?;
-    for warning in stagegate::notify::preflight(&plan) {
+    for warning in stagegate::serve::notify::preflight(&plan) {
         eprintln!("warning: {warning}");
     }
     if plan.auth.tokens.is_none() {
@@ -154,12 +157,12 @@ fn simulate(
     seed: Option<u64>,
     runs: u64,
     json: bool,
-    policy: stagegate::simulate::Policy,
+    policy: stagegate::offline::simulate::Policy,
 ) -> anyhow::Result<()> {
     let plan = Plan::load(config)?;
     let text = std::fs::read_to_string(scenario)
         .with_context(|| format!("reading {}", scenario.display()))?;
-    let mut scenario = stagegate::simulate::Scenario::parse(&text)?;
+    let mut scenario = stagegate::offline::simulate::Scenario::parse(&text)?;
     if let Some(seed) = seed {
         scenario.seed = seed;
     }
@@ -167,7 +170,7 @@ fn simulate(
     // A fixed virtual epoch: runs are reproducible.
     let start = 1_800_000_000_000;
     if runs == 1 {
-        let report = stagegate::simulate::run(plan, &scenario, policy, start)?;
+        let report = stagegate::offline::simulate::run(plan, &scenario, policy, start)?;
         if json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -175,7 +178,8 @@ fn simulate(
         }
         return Ok(());
     }
-    let (_, summary) = stagegate::simulate::run_many(&plan, &scenario, policy, start, runs)?;
+    let (_, summary) =
+        stagegate::offline::simulate::run_many(&plan, &scenario, policy, start, runs)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -198,8 +202,7 @@ fn simulate_suite(
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.extension().is_some_and(|x| x == "yaml")
-                && p
-                    .file_name()
+                && p.file_name()
                     .is_some_and(|n| !n.to_string_lossy().starts_with("config"))
         })
         .collect();
@@ -209,7 +212,7 @@ fn simulate_suite(
     for path in files {
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let mut scenario = stagegate::simulate::Scenario::parse(&text)
+        let mut scenario = stagegate::offline::simulate::Scenario::parse(&text)
             .with_context(|| path.display().to_string())?;
         if let Some(seed) = seed {
             scenario.seed = seed;
@@ -222,13 +225,14 @@ fn simulate_suite(
     }
     anyhow::ensure!(runs >= 1, "--runs must be at least 1");
     let start = 1_800_000_000_000;
-    let rows = stagegate::simulate::run_suite(&plan, &scenarios, failed_checks, start, runs)?;
+    let rows =
+        stagegate::offline::simulate::run_suite(&plan, &scenarios, failed_checks, start, runs)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
         print!(
             "{}",
-            stagegate::simulate::render_suite(&rows, failed_checks)
+            stagegate::offline::simulate::render_suite(&rows, failed_checks)
         );
     }
     Ok(())
@@ -238,17 +242,17 @@ fn replay(config: &Path, events: &Path, json: bool) -> anyhow::Result<()> {
     let plan = Plan::load(config)?;
     let text = std::fs::read(events).with_context(|| format!("reading {}", events.display()))?;
     let mut parsed = Vec::new();
-    for (i, item) in stagegate::event::split_batch(&text)
+    for (i, item) in stagegate::core::event::split_batch(&text)
         .map_err(anyhow::Error::msg)?
         .into_iter()
         .enumerate()
     {
         let event = item
-            .and_then(stagegate::event::parse_event)
+            .and_then(stagegate::core::event::parse_event)
             .map_err(|e| anyhow::anyhow!("{}: event {i}: {e}", events.display()))?;
         parsed.push(event);
     }
-    let out = stagegate::replay::replay(plan, parsed)?;
+    let out = stagegate::offline::replay::replay(plan, parsed)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
@@ -272,7 +276,7 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
             "auth.open is true: every endpoint, including reload and rollback, answers without a token; never expose this server"
         );
     }
-    for warning in stagegate::notify::preflight(&plan) {
+    for warning in stagegate::serve::notify::preflight(&plan) {
         tracing::warn!("{warning}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -289,19 +293,19 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
         let controller = tokio::spawn(run_controller(shared.clone(), inputs));
         tokio::spawn(run_ticker(shared.clone()));
         tokio::spawn(run_pruner(shared.clone()));
-        tokio::spawn(stagegate::notify::run_notifier(shared.clone()));
+        tokio::spawn(stagegate::serve::notify::run_notifier(shared.clone()));
         tokio::spawn(reload_on_sighup(shared.clone()));
         tracing::info!(%addr, "listening");
         println!("listening on {addr}");
         let server = &shared.plan.load().server;
-        let limits = stagegate::http_server::Limits {
+        let limits = stagegate::serve::listener::Limits {
             max_connections: server.max_connections,
             header_timeout: std::time::Duration::from_millis(server.header_timeout),
             idle_timeout: std::time::Duration::from_millis(server.idle_timeout),
         };
-        stagegate::http_server::serve(
+        stagegate::serve::listener::serve(
             listener,
-            stagegate::api::router(shared.clone()),
+            stagegate::serve::api::router(shared.clone()),
             limits,
             shutdown_signal(),
             std::time::Duration::from_secs(10),

@@ -8,11 +8,12 @@ use std::path::Path;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use stagegate::config::Plan;
-use stagegate::event::{parse_event, split_batch};
-use stagegate::evidence::{Accum, Moments};
-use stagegate::gate::{Check, GateInput, GateSpec, Signal, Stat, Verdict, evaluate};
-use stagegate::rollout::Action;
+use stagegate::core::event::{parse_event, split_batch};
+use stagegate::core::evidence::{Accum, Moments};
+use stagegate::core::gate::{GateInput, Verdict, evaluate};
+use stagegate::plan::Action;
+use stagegate::plan::Plan;
+use stagegate::plan::{Check, GateSpec, Signal, Stat};
 
 const SHIPPED: &str = include_str!("../config/stagegate.yaml");
 

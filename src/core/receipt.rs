@@ -8,10 +8,12 @@
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Millis, rfc3339};
-use crate::config::{RolloutPlan, format_pct};
-use crate::gate::GateVerdict;
-use crate::rollout::{Action, Actor, Decision, Phase, RolloutState, Trigger};
+use crate::core::clock::{Millis, rfc3339};
+use crate::core::gate::GateVerdict;
+use crate::core::rollout::{Actor, Decision, Phase, RolloutState, Trigger};
+use crate::plan::Action;
+use crate::plan::RolloutPlan;
+use crate::plan::format_pct;
 
 /// A rollout's state as receipts and status show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -9,65 +9,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Millis, human_duration};
-use crate::config::RolloutPlan;
-use crate::evidence::{Arm, Evidence};
-use crate::gate::{GateInput, GateVerdict, Verdict, evaluate};
-
-/// What the controller (or an operator) does to a rollout.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Expand,
-    Hold,
-    Narrow,
-    ReadOnly,
-    Rollback,
-    Pause,
-    Resume,
-    Promote,
-    /// A config reload changed the rollout's policy.
-    Reconfigure,
-}
-
-impl Action {
-    /// The actions a gate may take on breach.
-    pub fn parse_breach(text: &str) -> Option<Action> {
-        Some(match text {
-            "hold" => Action::Hold,
-            "narrow" => Action::Narrow,
-            "read_only" => Action::ReadOnly,
-            "rollback" => Action::Rollback,
-            "pause" => Action::Pause,
-            _ => return None,
-        })
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::Expand => "expand",
-            Action::Hold => "hold",
-            Action::Narrow => "narrow",
-            Action::ReadOnly => "read_only",
-            Action::Rollback => "rollback",
-            Action::Pause => "pause",
-            Action::Resume => "resume",
-            Action::Promote => "promote",
-            Action::Reconfigure => "reconfigure",
-        }
-    }
-
-    /// Which breach action wins when several gates fail at once.
-    fn severity(self) -> u8 {
-        match self {
-            Action::Rollback => 5,
-            Action::ReadOnly => 4,
-            Action::Narrow => 3,
-            Action::Pause => 2,
-            _ => 1,
-        }
-    }
-}
+use crate::core::clock::{Millis, human_duration};
+use crate::core::evidence::{Arm, Evidence};
+use crate::core::gate::{GateInput, GateVerdict, Verdict, evaluate};
+use crate::plan::Action;
+use crate::plan::RolloutPlan;
 
 /// A rollout's state, as `stagegate_rollout_state` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -409,7 +355,7 @@ pub fn decide(
         return hold(
             format!(
                 "promoted; baking until {}: the gates keep watching the new stable version",
-                crate::clock::rfc3339(until)
+                crate::core::clock::rfc3339(until)
             ),
             verdicts,
         );
@@ -757,9 +703,9 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::config::Plan;
-    use crate::engine::Engine;
-    use crate::event::{Mode, TaskEvent};
+    use crate::core::engine::Engine;
+    use crate::core::event::{Mode, TaskEvent};
+    use crate::plan::Plan;
 
     const PLAN: &str = r#"
 segments: { internal: { match: { team: [ops] } }, everyone: {} }
@@ -812,7 +758,7 @@ auth: { open: true }
         ) {
             for i in 0..n {
                 self.seq += 1;
-                let mut e = crate::event::parse_event(serde_json::json!({"event_id": format!("e{}", self.seq), "workflow": "w", "version": version}))
+                let mut e = crate::core::event::parse_event(serde_json::json!({"event_id": format!("e{}", self.seq), "workflow": "w", "version": version}))
                     .expect("valid");
                 if let Some(t) = team {
                     e.attributes.insert("team".into(), t.into());

@@ -15,14 +15,15 @@ use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::assign::Routing;
-use crate::clock::Clock;
-use crate::config::{ConfigError, Plan, Role};
-use crate::engine::Engine;
-use crate::event::{TaskEvent, parse_event, split_batch};
-use crate::metrics::{Metrics, UNKNOWN_WORKFLOW};
-use crate::receipt::Receipt;
-use crate::rollout::{Command, Refusal};
+use crate::config::ConfigError;
+use crate::core::assign::Routing;
+use crate::core::clock::Clock;
+use crate::core::engine::Engine;
+use crate::core::event::{TaskEvent, parse_event, split_batch};
+use crate::core::receipt::Receipt;
+use crate::core::rollout::{Command, Refusal};
+use crate::plan::{Plan, Role};
+use crate::serve::metrics::{Metrics, UNKNOWN_WORKFLOW};
 use crate::store::{BatchItem, Change, Store, StoreError, StoredEvent};
 
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
@@ -203,7 +204,7 @@ impl Shared {
         force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
         let store = Store::open(&plan.server.data_dir)?;
-        let clock = Arc::new(crate::clock::SteadyClock::anchored(
+        let clock = Arc::new(crate::core::clock::SteadyClock::anchored(
             store.clock_high_water()?,
         ));
         Shared::start_with(plan, config_path, clock, store, force)
@@ -232,7 +233,7 @@ impl Shared {
                     state: &decision.after,
                 },
                 &mut receipt,
-                |r| crate::notify::outbox_for(&plan, r, now),
+                |r| crate::core::notice::outbox_for(&plan, r, now),
             )?;
             engine.apply(*i, decision);
             tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, reason = %receipt.reason, changes = ?receipt.changes, "reconfigured at start-up");
@@ -435,9 +436,9 @@ impl Shared {
 struct IngestJob {
     items: Vec<BatchItem>,
     /// Where each item's evidence goes, as routed under `generation`.
-    routes: Vec<crate::engine::Route>,
+    routes: Vec<crate::core::engine::Route>,
     generation: u64,
-    now: crate::clock::Millis,
+    now: crate::core::clock::Millis,
     reply: oneshot::Sender<Result<Vec<bool>, String>>,
 }
 
@@ -513,7 +514,7 @@ async fn persist(
         let now = s.clock.now();
         s.store
             .commit(&borrowed, &mut receipt, |r| {
-                crate::notify::outbox_for(&plan, r, now)
+                crate::core::notice::outbox_for(&plan, r, now)
             })
             .map(|()| receipt)
     })
@@ -524,15 +525,15 @@ async fn persist(
 }
 
 enum OwnedChange {
-    Rollout(String, crate::rollout::RolloutState),
-    Guard(String, crate::engine::GuardState),
+    Rollout(String, crate::core::rollout::RolloutState),
+    Guard(String, crate::core::engine::GuardState),
 }
 
 /// Persists and applies one rollout decision; returns its receipt.
 async fn decide(
     shared: &Arc<Shared>,
     rollout: usize,
-    decision: crate::rollout::Decision,
+    decision: crate::core::rollout::Decision,
     previous_hash: Option<String>,
 ) -> Result<Receipt, InputError> {
     let now = shared.clock.now();
@@ -594,7 +595,7 @@ async fn tick(shared: &Arc<Shared>) {
 /// Writes evidence checkpoints off the async threads; on failure the scopes stay dirty.
 async fn write_checkpoints(
     shared: &Arc<Shared>,
-    checkpoints: Vec<(String, crate::evidence::Checkpoint)>,
+    checkpoints: Vec<(String, crate::core::evidence::Checkpoint)>,
 ) {
     if checkpoints.is_empty() {
         return;
@@ -614,7 +615,7 @@ async fn write_checkpoints(
 async fn decide_guard(
     shared: &Arc<Shared>,
     guard: usize,
-    decision: crate::engine::GuardDecision,
+    decision: crate::core::engine::GuardDecision,
 ) -> Result<Receipt, InputError> {
     let now = shared.clock.now();
     let (workflow, receipt) = {
@@ -680,13 +681,13 @@ fn keep_restart_only(running: &Plan, next: &mut Plan) -> Vec<String> {
     );
     keep(
         "header_timeout",
-        crate::clock::human_duration(old.header_timeout),
-        crate::clock::human_duration(new.header_timeout),
+        crate::core::clock::human_duration(old.header_timeout),
+        crate::core::clock::human_duration(new.header_timeout),
     );
     keep(
         "idle_timeout",
-        crate::clock::human_duration(old.idle_timeout),
-        crate::clock::human_duration(new.idle_timeout),
+        crate::core::clock::human_duration(old.idle_timeout),
+        crate::core::clock::human_duration(new.idle_timeout),
     );
     new.listen.clone_from(&old.listen);
     new.data_dir.clone_from(&old.data_dir);
@@ -725,7 +726,7 @@ async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reload
     let mut next = reconciled.engine;
     let mut receipts = Vec::new();
     for (i, mut decision) in reconciled.decisions {
-        decision.actor = crate::rollout::Actor::Operator(actor.to_string());
+        decision.actor = crate::core::rollout::Actor::Operator(actor.to_string());
         let mut receipt = next.receipt(i, &decision, now);
         receipt.previous_config_hash = Some(running.hash.clone());
         let change = OwnedChange::Rollout(plan.rollouts[i].name.clone(), decision.after.clone());
@@ -733,7 +734,7 @@ async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reload
         next.apply(i, &decision);
     }
     for (name, mut decision) in reconciled.removed {
-        decision.actor = crate::rollout::Actor::Operator(actor.to_string());
+        decision.actor = crate::core::rollout::Actor::Operator(actor.to_string());
         let mut receipt = next.removal_receipt(&name, &decision, now);
         receipt.previous_config_hash = Some(running.hash.clone());
         let change = OwnedChange::Rollout(name, decision.after.clone());
@@ -850,7 +851,7 @@ pub async fn run_ticker(shared: Arc<Shared>) {
 /// dedupe keys older than `server.dedupe_window` and raw events older than `server.retention`
 /// that checkpoints cover, and reports the store's size.
 pub async fn run_pruner(shared: Arc<Shared>) {
-    let mut last_prune: Option<crate::clock::Millis> = None;
+    let mut last_prune: Option<crate::core::clock::Millis> = None;
     loop {
         let plan = shared.plan.load_full();
         let now = shared.clock.now();

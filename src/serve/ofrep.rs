@@ -16,9 +16,9 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::api::{ApiError, Body};
-use crate::assign::{Assignment, Reason};
-use crate::server::Shared;
+use crate::core::assign::{Assignment, Reason};
+use crate::serve::controller::Shared;
+use crate::serve::http::{ApiError, Body};
 
 /// The evaluation context: the subject and the attributes.
 struct Context {
@@ -78,7 +78,7 @@ fn context(body: &Body) -> Result<Context, ContextError> {
             Some((k.clone(), v))
         })
         .collect();
-    crate::event::check_identity(
+    crate::core::event::check_identity(
         Some(&targeting_key),
         attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
     )

@@ -10,17 +10,19 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::assign::{RolloutRoute, Routing, WorkflowRoute};
-use crate::clock::{Millis, human_duration, rfc3339};
-use crate::config::{Plan, RolloutPlan, WorkflowPlan, policy_diff, term_resets_evidence};
-use crate::event::{Mode, Review, TaskEvent};
-use crate::evidence::{Arm, Checkpoint, Evidence, Tracked};
-use crate::gate::{Check, GateInput, GateVerdict, Signal, Stat, Verdict, evaluate};
-use crate::receipt::{Receipt, StateView};
-use crate::rollout::{
-    Action, Actor, Assessment, Command, Decision, Phase, Refusal, RolloutState, assess,
-    missing_proof, operate, verdicts,
+use crate::core::assign::{RolloutRoute, Routing, WorkflowRoute};
+use crate::core::clock::{Millis, human_duration, rfc3339};
+use crate::core::event::{Mode, Review, TaskEvent};
+use crate::core::evidence::{Arm, Checkpoint, Evidence, Tracked};
+use crate::core::gate::{GateInput, GateVerdict, Verdict, evaluate};
+use crate::core::receipt::{Receipt, StateView};
+use crate::core::rollout::{
+    Actor, Assessment, Command, Decision, Phase, Refusal, RolloutState, assess, missing_proof,
+    operate, verdicts,
 };
+use crate::plan::Action;
+use crate::plan::{Check, Signal, Stat};
+use crate::plan::{Plan, RolloutPlan, WorkflowPlan, policy_diff, term_resets_evidence};
 
 /// The sample count guards' sequential tests are tuned for.
 const GUARD_DESIGN_SAMPLES: f64 = 500.0;
@@ -102,7 +104,7 @@ pub struct Engine {
 
 /// The signals a rollout (or guard) keeps statistics for: every built-in one, plus custom
 /// signals its gates name; histograms only where a gate asks for a quantile.
-fn tracked(gates: &[crate::gate::GateSpec]) -> Vec<Tracked> {
+fn tracked(gates: &[crate::plan::GateSpec]) -> Vec<Tracked> {
     let mut signals = vec![
         Signal::Quality,
         Signal::LatencyMs,
@@ -123,7 +125,7 @@ fn tracked(gates: &[crate::gate::GateSpec]) -> Vec<Tracked> {
                 .any(|g| g.signal == signal && matches!(g.stat, Stat::Quantile(_)));
             let mut limits: Vec<f64> = gates
                 .iter()
-                .filter(|g| g.signal == signal && crate::gate::bets_on(&g.signal, g.stat))
+                .filter(|g| g.signal == signal && crate::core::gate::bets_on(&g.signal, g.stat))
                 .flat_map(|g| g.checks.iter())
                 .filter(|c| !c.is_relative())
                 .map(Check::threshold)
@@ -133,7 +135,7 @@ fn tracked(gates: &[crate::gate::GateSpec]) -> Vec<Tracked> {
             let mut relative: Vec<Check> = Vec::new();
             for c in gates
                 .iter()
-                .filter(|g| g.signal == signal && crate::gate::bets_on(&g.signal, g.stat))
+                .filter(|g| g.signal == signal && crate::core::gate::bets_on(&g.signal, g.stat))
                 .flat_map(|g| g.checks.iter())
                 .filter(|c| c.is_relative())
             {
@@ -612,7 +614,7 @@ impl Engine {
             config_hash: self.plan.hash.clone(),
             previous_config_hash: None,
             changes: Vec::new(),
-            lane: crate::receipt::LaneView {
+            lane: crate::core::receipt::LaneView {
                 owner: String::new(),
                 affected_systems: Vec::new(),
                 notify: Vec::new(),
@@ -959,7 +961,7 @@ impl Engine {
             config_hash: self.plan.hash.clone(),
             previous_config_hash: None,
             changes: decision.changes.clone(),
-            lane: crate::receipt::LaneView {
+            lane: crate::core::receipt::LaneView {
                 owner: term("lane.owner"),
                 affected_systems: Vec::new(),
                 notify: Vec::new(),
@@ -1009,7 +1011,7 @@ fn clamp_stage(mut state: RolloutState, stages: usize) -> RolloutState {
 
 /// Whether a read-only candidate task was healthy: no fallback, no rejected review, and every
 /// reported signal within each absolute `min`/`max` the rollout's gates put on it.
-fn is_healthy(gates: &[crate::gate::GateSpec], event: &TaskEvent) -> bool {
+fn is_healthy(gates: &[crate::plan::GateSpec], event: &TaskEvent) -> bool {
     if event.fallback == Some(true) || event.review == Some(Review::Rejected) {
         return false;
     }
@@ -1069,7 +1071,7 @@ pub struct RolloutStatus {
 pub struct Holding {
     pub gate: String,
     pub segment: String,
-    pub verdict: crate::gate::Verdict,
+    pub verdict: crate::core::gate::Verdict,
     pub candidate_samples: u64,
     /// `None`: at the effect seen so far it may never pass.
     pub samples_to_decide: Option<u64>,

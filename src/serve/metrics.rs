@@ -8,10 +8,10 @@ use prometheus::{
     Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::engine::Engine;
-use crate::evidence::Arm;
-use crate::receipt::Receipt;
-use crate::rollout::Phase;
+use crate::core::engine::Engine;
+use crate::core::evidence::Arm;
+use crate::core::receipt::Receipt;
+use crate::core::rollout::Phase;
 
 pub struct Metrics {
     registry: Registry,
@@ -247,7 +247,7 @@ impl Metrics {
                 },
             ])
             .inc();
-        if receipt.is_automatic() && receipt.action == crate::rollout::Action::Rollback {
+        if receipt.is_automatic() && receipt.action == crate::plan::Action::Rollback {
             let gate = receipt.trigger.as_ref().map_or("", |t| t.gate.as_str());
             self.automatic_rollbacks
                 .with_label_values(&[scope, gate])
@@ -257,7 +257,7 @@ impl Metrics {
 
     /// Creates every counter series the config implies at 0, so that `/metrics` shows them before
     /// the first event and `increase()` in alert rules sees the first one.
-    pub fn init_series(&self, plan: &crate::config::Plan) {
+    pub fn init_series(&self, plan: &crate::plan::Plan) {
         for r in &plan.rollouts {
             for gate in &r.gates {
                 self.automatic_rollbacks
@@ -353,11 +353,11 @@ impl Metrics {
                     }
                 }
             }
-            for v in crate::rollout::verdicts(plan, &rt.state, &rt.evidence) {
+            for v in crate::core::rollout::verdicts(plan, &rt.state, &rt.evidence) {
                 self.gate_verdict
                     .with_label_values(&[r, &v.segment, &v.gate])
                     .set(v.verdict.gauge());
-                if v.verdict == crate::gate::Verdict::Inconclusive {
+                if v.verdict == crate::core::gate::Verdict::Inconclusive {
                     self.samples_to_decide
                         .with_label_values(&[r, &v.segment, &v.gate])
                         .set(

@@ -1,199 +1,20 @@
 //! Gates: a threshold on one statistic of one signal, and its verdict on the evidence.
 //!
 //! Every check is turned into an interval for a *breach margin* `D` (positive = worse than the
-//! threshold) from an always-valid confidence sequence ([`crate::stats`]). The check fails when
+//! threshold) from an always-valid confidence sequence ([`crate::core::stats`]). The check fails when
 //! the whole interval is above zero, passes when the whole interval is below zero, and is
 //! inconclusive otherwise — so `pass` means "within the threshold with the declared confidence",
 //! not "no alarm yet". Below [`MIN_SAMPLES_PER_ARM`] a check is always inconclusive.
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
-use crate::evidence::{Accum, Bernoulli, Moments};
-use crate::rollout::Action;
-use crate::stats::{Interval, mean_halfwidth, quantile_ranks};
+use crate::core::evidence::{Accum, Bernoulli, Moments};
+use crate::core::stats::{Interval, mean_halfwidth, quantile_ranks};
+use crate::plan::{Check, GateSpec, Signal, Stat};
 
 /// No verdict other than `inconclusive` below this many samples in an arm: plug-in variances
 /// with few events inflate false alarms (notes §5.8: 35 % with no minimum).
 pub const MIN_SAMPLES_PER_ARM: u64 = 100;
-
-/// A per-task measurement.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum Signal {
-    Quality,
-    LatencyMs,
-    CostUsd,
-    Fallback,
-    Review,
-    Custom(String),
-}
-
-impl Signal {
-    pub fn parse(text: &str) -> Option<Signal> {
-        Some(match text {
-            "quality" => Signal::Quality,
-            "latency_ms" => Signal::LatencyMs,
-            "cost_usd" => Signal::CostUsd,
-            "fallback" => Signal::Fallback,
-            "review" => Signal::Review,
-            other => {
-                let ok = other.len() <= 64
-                    && other.starts_with(|c: char| c.is_ascii_lowercase())
-                    && other
-                        .chars()
-                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-                if !ok {
-                    return None;
-                }
-                Signal::Custom(other.to_string())
-            }
-        })
-    }
-
-    pub fn name(&self) -> &str {
-        match self {
-            Signal::Quality => "quality",
-            Signal::LatencyMs => "latency_ms",
-            Signal::CostUsd => "cost_usd",
-            Signal::Fallback => "fallback",
-            Signal::Review => "review",
-            Signal::Custom(name) => name,
-        }
-    }
-
-    /// Bernoulli signals (counted as rates) rather than numeric ones.
-    pub fn is_rate(&self) -> bool {
-        matches!(self, Signal::Fallback | Signal::Review)
-    }
-
-    /// Whether a larger value is worse. Only quality improves upward.
-    pub fn higher_is_worse(&self) -> bool {
-        !matches!(self, Signal::Quality)
-    }
-}
-
-/// The statistic a gate thresholds.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Stat {
-    Mean,
-    /// p50 … p99, as a fraction (0.95).
-    Quantile(f64),
-    Rate,
-    RejectRate,
-}
-
-impl Stat {
-    pub fn parse(text: &str) -> Option<Stat> {
-        match text {
-            "mean" => Some(Stat::Mean),
-            "rate" => Some(Stat::Rate),
-            "reject_rate" => Some(Stat::RejectRate),
-            _ => {
-                let digits = text.strip_prefix('p')?;
-                if digits.len() != 2 || !digits.chars().all(|c| c.is_ascii_digit()) {
-                    return None;
-                }
-                let p: u32 = digits.parse().ok()?;
-                (1..=99)
-                    .contains(&p)
-                    .then_some(Stat::Quantile(f64::from(p) / 100.0))
-            }
-        }
-    }
-
-    pub fn name(&self) -> String {
-        match self {
-            Stat::Mean => "mean".into(),
-            Stat::Quantile(p) => format!("p{:02}", (p * 100.0).round() as u32),
-            Stat::Rate => "rate".into(),
-            Stat::RejectRate => "reject_rate".into(),
-        }
-    }
-
-    pub fn applies_to(&self, signal: &Signal) -> Result<(), String> {
-        let ok = match (self, signal) {
-            (Stat::Rate, Signal::Fallback) | (Stat::RejectRate, Signal::Review) => true,
-            (Stat::Rate | Stat::RejectRate, _) => false,
-            (_, Signal::Fallback | Signal::Review) => false,
-            _ => true,
-        };
-        if ok {
-            Ok(())
-        } else {
-            let expected = match signal {
-                Signal::Fallback => "rate",
-                Signal::Review => "reject_rate",
-                _ => "mean or p50..p99",
-            };
-            Err(format!(
-                "stat `{}` does not apply to signal `{}`; expected {expected}",
-                self.name(),
-                signal.name()
-            ))
-        }
-    }
-}
-
-/// One threshold of a gate.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Check {
-    Max(f64),
-    Min(f64),
-    MaxRatio(f64),
-    MaxIncrease(f64),
-    MaxDrop(f64),
-}
-
-impl Check {
-    pub fn is_relative(&self) -> bool {
-        matches!(
-            self,
-            Check::MaxRatio(_) | Check::MaxIncrease(_) | Check::MaxDrop(_)
-        )
-    }
-
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Check::Max(_) => "max",
-            Check::Min(_) => "min",
-            Check::MaxRatio(_) => "max_ratio",
-            Check::MaxIncrease(_) => "max_increase",
-            Check::MaxDrop(_) => "max_drop",
-        }
-    }
-
-    pub fn threshold(&self) -> f64 {
-        match *self {
-            Check::Max(v)
-            | Check::Min(v)
-            | Check::MaxRatio(v)
-            | Check::MaxIncrease(v)
-            | Check::MaxDrop(v) => v,
-        }
-    }
-
-    /// The absolute limit this check puts on the candidate, given the baseline's value.
-    pub fn limit(&self, baseline: Option<f64>) -> Option<f64> {
-        match *self {
-            Check::Max(v) | Check::Min(v) => Some(v),
-            Check::MaxRatio(r) => baseline.map(|b| b * r),
-            Check::MaxIncrease(i) => baseline.map(|b| b + i),
-            Check::MaxDrop(d) => baseline.map(|b| b - d),
-        }
-    }
-
-    /// Whether a breach is the candidate being below the limit.
-    pub fn breach_is_below(&self) -> bool {
-        matches!(self, Check::Min(_) | Check::MaxDrop(_))
-    }
-}
-
-impl fmt::Display for Check {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.kind(), self.threshold())
-    }
-}
 
 /// Average run length to a false alarm of each change detector, in observations of one arm
 /// in one segment: under a steady healthy candidate, about one false alarm per this many tasks
@@ -211,17 +32,6 @@ pub fn change_threshold() -> f64 {
 /// observation and close to the information limit.
 pub fn bets_on(signal: &Signal, stat: Stat) -> bool {
     signal.is_rate() || (*signal == Signal::Quality && stat == Stat::Mean)
-}
-
-/// A validated gate.
-#[derive(Debug, Clone, PartialEq)]
-pub struct GateSpec {
-    /// `signal_stat`, e.g. `latency_ms_p95`.
-    pub name: String,
-    pub signal: Signal,
-    pub stat: Stat,
-    pub checks: Vec<Check>,
-    pub on_breach: Action,
 }
 
 /// The outcome of a gate or a check.
@@ -497,7 +307,7 @@ fn samples_to_pass(margin: Interval, n: u64) -> Option<u64> {
 /// The reported margin bounds are the normal-mixture ones, for reading only.
 fn bet_report(
     check: &Check,
-    bet: &crate::evidence::Bet,
+    bet: &crate::core::evidence::Bet,
     breach_above: bool,
     input: &GateInput<'_>,
     limit: Option<f64>,
@@ -691,9 +501,10 @@ fn quantile_margin(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::TaskEvent;
-    use crate::evidence::Arm;
-    use crate::evidence::{Evidence, Tracked};
+    use crate::core::event::TaskEvent;
+    use crate::core::evidence::Arm;
+    use crate::core::evidence::{Evidence, Tracked};
+    use crate::plan::Action;
 
     fn gate(signal: Signal, stat: Stat, checks: Vec<Check>) -> GateSpec {
         GateSpec {
@@ -706,7 +517,7 @@ mod tests {
     }
 
     fn event(quality: f64, latency: f64) -> TaskEvent {
-        let mut e = crate::event::parse_event(
+        let mut e = crate::core::event::parse_event(
             serde_json::json!({"event_id": "x", "workflow": "w", "version": "v"}),
         )
         .expect("valid");
@@ -751,7 +562,7 @@ mod tests {
     }
 
     fn noisy(arm: Arm, n: usize, q: f64, l: f64, seed: u64) -> Vec<(Arm, f64, f64)> {
-        let mut rng = crate::stats::tests_rng(seed);
+        let mut rng = crate::core::stats::tests_rng(seed);
         (0..n)
             .map(|_| {
                 (
@@ -841,7 +652,7 @@ mod tests {
         );
         let mut alarms = 0;
         for seed in 0..100u64 {
-            let mut rng = crate::stats::tests_rng(seed + 7);
+            let mut rng = crate::core::stats::tests_rng(seed + 7);
             let tracked = vec![Tracked {
                 signal: Signal::LatencyMs,
                 histogram: true,
@@ -883,7 +694,7 @@ mod tests {
         let mut alarms = 0;
         let mut rate_alarms = 0;
         for seed in 0..200u64 {
-            let mut rng = crate::stats::tests_rng(seed + 100);
+            let mut rng = crate::core::stats::tests_rng(seed + 100);
             let tracked = vec![
                 Tracked {
                     signal: Signal::Quality,
@@ -933,7 +744,7 @@ mod tests {
     }
 
     /// A Binomial(n, p) draw by inverse transform (n is small: one minute of one arm's tasks).
-    fn binomial(rng: &mut crate::simulate::Rng, n: u64, p: f64) -> u64 {
+    fn binomial(rng: &mut crate::core::stats::Rng, n: u64, p: f64) -> u64 {
         let u = rng.uniform();
         let (mut k, mut pmf) = (0u64, (1.0 - p).powf(n as f64));
         let mut cdf = pmf;
@@ -965,7 +776,7 @@ mod tests {
         );
         let mut alarms = 0;
         for seed in 0..runs {
-            let mut rng = crate::stats::tests_rng(seed * 7919 + (share * 1000.0) as u64);
+            let mut rng = crate::core::stats::tests_rng(seed * 7919 + (share * 1000.0) as u64);
             let (mut c, mut b) = (Bernoulli::default(), Bernoulli::default());
             for _minute in 0..1440 {
                 c.n += n_c;
@@ -1024,9 +835,9 @@ mod tests {
         cap: u64,
     ) -> Option<u64> {
         let g = gate(Signal::Fallback, Stat::Rate, vec![Check::Max(limit)]);
-        let mut rng = crate::stats::tests_rng(seed);
+        let mut rng = crate::core::stats::tests_rng(seed);
         let mut c = Bernoulli {
-            bets: vec![crate::evidence::Bet::new(limit)],
+            bets: vec![crate::core::evidence::Bet::new(limit)],
             ..Bernoulli::default()
         };
         for n in 1..=cap {
@@ -1090,9 +901,9 @@ mod tests {
         // Quality scores in 0..1 around a mean exactly at the `min 0.8` limit, then 0.1 below it.
         let g = gate(Signal::Quality, Stat::Mean, vec![Check::Min(0.8)]);
         let run = |mean: f64, seed: u64, cap: u64| -> Option<u64> {
-            let mut rng = crate::stats::tests_rng(seed);
+            let mut rng = crate::core::stats::tests_rng(seed);
             let mut m = Moments::default();
-            m.bets.push(crate::evidence::Bet::new(0.8));
+            m.bets.push(crate::core::evidence::Bet::new(0.8));
             for n in 1..=cap {
                 // A symmetric two-point-plus-noise score keeps the mean exactly `mean`.
                 let x = (mean + 0.15 * (2.0 * rng.uniform() - 1.0)).clamp(0.0, 1.0);
@@ -1137,9 +948,9 @@ mod tests {
         seed: u64,
     ) -> Option<u64> {
         let g = gate(Signal::Fallback, Stat::Rate, vec![Check::Max(0.10)]);
-        let mut rng = crate::stats::tests_rng(seed);
+        let mut rng = crate::core::stats::tests_rng(seed);
         let mut c = Bernoulli {
-            bets: vec![crate::evidence::Bet::new(0.10)],
+            bets: vec![crate::core::evidence::Bet::new(0.10)],
             ..Bernoulli::default()
         };
         for minute in 1..=minutes {
@@ -1215,9 +1026,9 @@ mod tests {
         let cost = gate(Signal::CostUsd, Stat::Mean, vec![Check::Max(0.0106)]);
         let mut ratios: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
         for seed in 0..200u64 {
-            let mut rng = crate::stats::tests_rng(seed + 123);
+            let mut rng = crate::core::stats::tests_rng(seed + 123);
             let mut r = Bernoulli {
-                bets: vec![crate::evidence::Bet::new(0.10)],
+                bets: vec![crate::core::evidence::Bet::new(0.10)],
                 ..Bernoulli::default()
             };
             let mut m = Moments::default();
@@ -1294,7 +1105,7 @@ mod tests {
             quantile_limits: Vec::new(),
         }];
         let mut ev = Evidence::new(tracked, 1, 500.0);
-        let mut rng = crate::stats::tests_rng(seed);
+        let mut rng = crate::core::stats::tests_rng(seed);
         let mut e = event(0.9, 1000.0);
         for minute in 1..=minutes {
             if let Accum::Rate(b) = &mut ev.cells[0][0].signals[0] {
@@ -1378,7 +1189,7 @@ mod tests {
             quantile_limits: vec![(0.95, 4000.0, false)],
         }];
         let mut ev = Evidence::new(tracked, 1, 500.0);
-        let mut rng = crate::stats::tests_rng(seed);
+        let mut rng = crate::core::stats::tests_rng(seed);
         let sigma: f64 = 0.4;
         let z95 = 1.644_853_6;
         let mut n = 0u64;

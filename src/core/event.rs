@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::clock::{Millis, parse_rfc3339};
-use crate::gate::Signal;
+use crate::core::clock::{Millis, parse_rfc3339};
+use crate::plan::Signal;
 
 /// How a version was allowed to act for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]

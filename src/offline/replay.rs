@@ -6,11 +6,11 @@
 
 use std::sync::Arc;
 
-use crate::clock::Millis;
-use crate::config::Plan;
-use crate::engine::Engine;
-use crate::event::TaskEvent;
-use crate::receipt::Receipt;
+use crate::core::clock::Millis;
+use crate::core::engine::Engine;
+use crate::core::event::TaskEvent;
+use crate::core::receipt::Receipt;
+use crate::plan::Plan;
 
 /// Why recorded events cannot be replayed.
 #[derive(Debug, thiserror::Error)]

@@ -12,36 +12,15 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::clock::{Millis, human_duration, parse_duration};
-use crate::config::Plan;
-use crate::engine::Engine;
-use crate::event::{Mode, Review, TaskEvent};
-use crate::gate::{GateSpec, Signal, Stat};
-use crate::rollout::{Action, Command, Phase};
-use crate::threshold::ThresholdPolicy;
-
-/// A seeded xorshift64* source: deterministic runs, no dependency.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    /// Uniform on (0, 1).
-    pub fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        ((self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    }
-
-    /// Standard normal (Box–Muller).
-    pub fn normal(&mut self) -> f64 {
-        let (a, b) = (self.uniform(), self.uniform());
-        (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
-    }
-}
+use crate::core::clock::{Millis, human_duration, parse_duration};
+use crate::core::engine::Engine;
+use crate::core::event::{Mode, Review, TaskEvent};
+use crate::core::rollout::{Command, Phase};
+use crate::core::stats::Rng;
+use crate::core::threshold::ThresholdPolicy;
+use crate::plan::Action;
+use crate::plan::Plan;
+use crate::plan::{GateSpec, Signal, Stat};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -9,9 +9,9 @@
 use std::collections::HashMap;
 use std::io::Read;
 
-use crate::config::Segment;
-use crate::event::Mode;
-use crate::rollout::Phase;
+use crate::core::event::Mode;
+use crate::core::rollout::Phase;
+use crate::plan::Segment;
 
 /// Buckets per 100 %: weights are in basis points.
 pub const BUCKETS: u32 = 10_000;

@@ -26,13 +26,13 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::clock::Millis;
-use crate::engine::GuardState;
-use crate::event::TaskEvent;
-use crate::evidence::Checkpoint;
-use crate::notify::Outbox;
-use crate::receipt::Receipt;
-use crate::rollout::RolloutState;
+use crate::core::clock::Millis;
+use crate::core::engine::GuardState;
+use crate::core::event::TaskEvent;
+use crate::core::evidence::Checkpoint;
+use crate::core::notice::Outbox;
+use crate::core::receipt::Receipt;
+use crate::core::rollout::RolloutState;
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");

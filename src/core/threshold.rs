@@ -12,11 +12,12 @@
 
 use std::collections::HashMap;
 
-use crate::clock::Millis;
-use crate::config::RolloutPlan;
-use crate::evidence::Evidence;
-use crate::gate::{ArmSummary, GateSpec, GateVerdict, Stat, Verdict};
-use crate::rollout::{Assessment, Phase, RolloutState, decide, verdicts};
+use crate::core::clock::Millis;
+use crate::core::evidence::Evidence;
+use crate::core::gate::{ArmSummary, GateVerdict, Verdict};
+use crate::core::rollout::{Assessment, Phase, RolloutState, decide, verdicts};
+use crate::plan::RolloutPlan;
+use crate::plan::{GateSpec, Stat};
 
 /// The comparator's memory between ticks.
 #[derive(Debug, Clone)]

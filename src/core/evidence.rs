@@ -8,8 +8,8 @@
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::event::TaskEvent;
-use crate::gate::{Check, Signal, Stat};
+use crate::core::event::TaskEvent;
+use crate::plan::{Check, Signal, Stat};
 
 /// Histogram values are stored as `value × SCALE` (micro-units), two significant digits.
 const SCALE: f64 = 1_000_000.0;
@@ -648,7 +648,7 @@ impl Evidence {
             if arm == Arm::Candidate && !t.relative.is_empty() {
                 let (mean, var, n) = baseline.signals[i].reference();
                 if n >= REFERENCE_SAMPLES {
-                    let slack = crate::stats::mean_halfwidth(
+                    let slack = crate::core::stats::mean_halfwidth(
                         var,
                         n as f64,
                         self.design_samples.max(1.0),

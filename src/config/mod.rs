@@ -1,0 +1,458 @@
+//! The configuration file: a raw serde model of the YAML and its validation into a [`Plan`].
+//!
+//! Two phases, as ripgrep does it: serde (with `deny_unknown_fields`) turns text into the raw
+//! model and reports the first structural problem (syntax, unknown key, wrong type) with its key
+//! path; validation then resolves references, parses durations, percentages and stats, and
+//! reports *every* semantic problem at once. Each problem names file, line, column and key path.
+
+use std::fmt;
+use std::path::Path;
+
+use crate::plan::Plan;
+
+mod raw;
+mod render;
+mod validate;
+
+pub use render::render_plan;
+
+use raw::RawConfig;
+use validate::Validator;
+
+/// One thing wrong with a config file, located.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    pub file: String,
+    pub line: u64,
+    pub column: u64,
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file, self.line, self.column, self.key, self.message
+        )
+    }
+}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Unreadable {
+        file: String,
+        source: std::io::Error,
+    },
+    #[error("{}", render_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    /// Every problem, for API responses (`details`).
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Unreadable { .. } => vec![self.to_string()],
+            ConfigError::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+fn render_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    format!("{} problem(s):\n{}", problems.len(), lines.join("\n"))
+}
+
+impl Plan {
+    /// The default config path `stagegate serve` uses.
+    pub const DEFAULT_PATH: &'static str = "config/stagegate.yaml";
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Plan, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Unreadable {
+            file: path.display().to_string(),
+            source,
+        })?;
+        Plan::parse(path, &text)
+    }
+
+    /// Validates config text; `path` names it in errors and resolves a relative `data_dir`.
+    pub fn parse(path: &Path, text: &str) -> Result<Plan, ConfigError> {
+        let file = path.display().to_string();
+        // An unknown key stops serde; blank that entry out of a copy (spaces keep every other
+        // line and column true) and parse again, so all unknown keys are reported at once.
+        let mut masked = text.to_string();
+        let mut problems = Vec::new();
+        let raw = loop {
+            match parse_raw(&file, &masked) {
+                Ok(raw) => break Some(raw),
+                Err(problem) => {
+                    let unknown = problem.message.starts_with("unknown field");
+                    let blanked = unknown
+                        && problems.len() < 100
+                        && blank_entry(&mut masked, problem.line, problem.column);
+                    problems.push(problem);
+                    if !blanked {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(raw) = raw else {
+            return Err(ConfigError::Invalid(problems));
+        };
+        let mut v = Validator { file, problems };
+        let plan = v.plan(path, text, raw);
+        if v.problems.is_empty() {
+            Ok(plan)
+        } else {
+            v.problems.sort_by_key(|p| (p.line, p.column));
+            Err(ConfigError::Invalid(v.problems))
+        }
+    }
+}
+
+/// Deserializes the raw model; the first structural problem comes back located, with its key path.
+fn parse_raw(file: &str, text: &str) -> Result<RawConfig, Problem> {
+    let mut key_path = None;
+    let raw: Result<RawConfig, serde_saphyr::Error> =
+        serde_saphyr::with_deserializer_from_str(text, |de| {
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                key_path = Some(e.path().to_string());
+                e.into_inner()
+            })
+        });
+    raw.map_err(|e| {
+        let (line, column) = e
+            .location()
+            .map(|l| (l.line(), l.column()))
+            .unwrap_or((0, 0));
+        let key = key_path
+            .map(|k| k.replace(".value", ""))
+            .filter(|k| !k.is_empty() && k != ".")
+            .unwrap_or_else(|| "(document)".into());
+        let message = e.without_snippet().to_string();
+        let message = message
+            .rsplit_once(" at line ")
+            .map(|(m, _)| m.to_string())
+            .unwrap_or(message);
+        Problem {
+            file: file.to_string(),
+            line,
+            column,
+            key,
+            message,
+        }
+    })
+}
+
+/// Replaces the mapping entry whose key starts at `line`:`column` (1-based) with spaces: in a
+/// flow mapping up to its `,` or closing brace, in a block mapping the key's line and the more
+/// indented lines under it. Returns false when the position is not understood.
+fn blank_entry(text: &mut String, line: u64, column: u64) -> bool {
+    let mut lines: Vec<String> = text.split('\n').map(str::to_string).collect();
+    let Some(row) = (line as usize).checked_sub(1).filter(|r| *r < lines.len()) else {
+        return false;
+    };
+    let chars: Vec<char> = lines[row].chars().collect();
+    let Some(col) = (column as usize)
+        .checked_sub(1)
+        .filter(|c| *c < chars.len())
+    else {
+        return false;
+    };
+    let before = chars[..col]
+        .iter()
+        .rev()
+        .find(|c| !c.is_whitespace())
+        .copied();
+    let mut out = chars.clone();
+    match before {
+        Some('{') | Some(',') => {
+            // Flow: blank to the next `,` or `}` at depth 0, outside quotes.
+            let (mut depth, mut quote) = (0i32, None::<char>);
+            let mut end = chars.len();
+            for (i, &c) in chars.iter().enumerate().skip(col) {
+                match (quote, c) {
+                    (Some(q), c) if c == q => quote = None,
+                    (Some(_), _) => {}
+                    (None, '"' | '\'') => quote = Some(c),
+                    (None, '{' | '[') => depth += 1,
+                    (None, '}' | ']') if depth == 0 => {
+                        end = i;
+                        break;
+                    }
+                    (None, '}' | ']') => depth -= 1,
+                    (None, ',') if depth == 0 => {
+                        end = i + 1;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            for c in &mut out[col..end] {
+                *c = ' ';
+            }
+            lines[row] = out.into_iter().collect();
+        }
+        None | Some('-') => {
+            for c in &mut out[col..] {
+                *c = ' ';
+            }
+            lines[row] = out.into_iter().collect();
+            for next in lines.iter_mut().skip(row + 1) {
+                let indent = next.chars().take_while(|c| *c == ' ').count();
+                if next.trim().is_empty() || indent > col {
+                    *next = " ".repeat(next.chars().count());
+                } else {
+                    break;
+                }
+            }
+        }
+        _ => return false,
+    }
+    *text = lines.join("\n");
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::*;
+
+    /// Parses `text`; one with no `auth` section gets `auth: { open: true }` appended (after
+    /// every line, so reported positions stay true).
+    fn parse(text: &str) -> Result<Plan, Vec<String>> {
+        let text = if text.contains("auth:") {
+            text.to_string()
+        } else {
+            format!("{text}\nauth: {{ open: true }}\n")
+        };
+        Plan::parse(Path::new("t.yaml"), &text).map_err(|e| e.problems())
+    }
+
+    #[test]
+    fn a_config_without_admin_auth_is_invalid_unless_it_says_open() {
+        let check = |text: &str| Plan::parse(Path::new("t.yaml"), text).map_err(|e| e.problems());
+        let errs = check("").unwrap_err();
+        assert!(errs[0].contains("no `auth` section"), "{errs:?}");
+        let errs =
+            check("auth: { tokens: [{ name: a, role: ingest, token_env: X }] }\n").unwrap_err();
+        assert!(
+            errs[0].contains("at least one token must have role admin"),
+            "{errs:?}"
+        );
+        let errs =
+            check("auth: { open: true, tokens: [{ name: a, role: admin, token_env: X }] }\n")
+                .unwrap_err();
+        assert!(errs[0].contains("auth.open"), "{errs:?}");
+        let open = check("auth: { open: true }\n").expect("explicitly open");
+        assert!(open.auth.tokens.is_none());
+        let closed = check("auth: { tokens: [{ name: a, role: viewer, token_env: X }, { name: b, role: admin, token_env: Y }] }\n")
+            .expect("admin present; viewer is read's alias");
+        assert_eq!(closed.auth.tokens.map(|t| t[0].role), Some(Role::Read));
+    }
+
+    #[test]
+    fn guards_on_a_workflow_under_a_rollout_are_refused_with_the_reason() {
+        let text = include_str!("../../config/stagegate.yaml").replace(
+            "    stable: v7\n",
+            "    stable: v7\n    guards: [{ signal: quality, stat: mean, min: 0.5 }]\n",
+        );
+        let errs = parse(&text).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(
+            errs[0].contains("workflows.support-reply.guards") && errs[0].contains("never apply"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn a_holdout_keeps_a_baseline_share_where_a_stage_gives_all() {
+        let text = include_str!("../../config/stagegate.yaml").replace(
+            "{ name: internal,  traffic: { internal: 100 },",
+            "{ name: internal,  traffic: { internal: 100 }, holdout: 10,",
+        );
+        let plan = parse(&text).expect("valid");
+        assert_eq!(plan.rollouts[0].stages[0].weights_bps, vec![9_000, 0, 0]);
+        let rendered = render_plan(&plan);
+        assert!(
+            !rendered.contains("note: at stage internal the baseline gets no traffic"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains(
+                "note: at stage full the baseline gets no traffic in internal, enterprise, everyone"
+            ),
+            "{rendered}"
+        );
+        let errs = parse(&text.replace("holdout: 10,", "holdout: 100,")).unwrap_err();
+        assert!(errs[0].contains("holdout"), "{errs:?}");
+    }
+
+    #[test]
+    fn names_are_short_label_safe_words() {
+        let long = "r".repeat(65);
+        let errs = parse(&format!(
+            "segments: {{ \"a b\": {{}} }}\nworkflows: {{ w: {{ stable: v1, versions: [v1, \"{long}\"] }} }}\n"
+        ))
+        .unwrap_err();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("segments.a b")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("versions[1]")), "{errs:?}");
+    }
+
+    #[test]
+    fn signal_ranges_are_validated_and_applied() {
+        let errs = parse(
+            "signals:\n  cost_usd: { range: [5, 1] }\n  quality: { range: [0, 2] }\n  fallback: { range: [0, 1] }\n  latency_ms: { range: [0, 1e300] }\n",
+        )
+        .unwrap_err();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        let plan = parse("signals:\n  cost_usd: { range: [0, 5] }\n").expect("valid");
+        assert!(plan.ranges.check(&Signal::CostUsd, 4.0).is_ok());
+        let err = plan.ranges.check(&Signal::CostUsd, 6.0).unwrap_err();
+        assert!(err.contains("0..5"), "{err}");
+        assert!(plan.ranges.check(&Signal::LatencyMs, 1e308).is_err());
+        assert!(
+            plan.ranges
+                .check(&Signal::Custom("x".into()), f64::NAN)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn policy_diff_names_each_change_and_which_reset_evidence() {
+        let text = include_str!("../../config/stagegate.yaml");
+        let before = parse(text).expect("valid").rollouts[0].policy_terms();
+        let edited = text
+            .replace("min_duration: 10m", "min_duration: 20m")
+            .replace("min: 0.80", "min: 0.85");
+        let after = parse(&edited).expect("valid").rollouts[0].policy_terms();
+        let diff = policy_diff(&before, &after);
+        let lines: Vec<&str> = diff.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(diff.len(), 2, "{lines:?}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.starts_with("gates.quality_mean: min 0.8") && l.contains("→ min 0.85")),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"stages.internal.min_duration: 10m → 20m"),
+            "{lines:?}"
+        );
+        assert!(term_resets_evidence("gates.quality_mean"));
+        assert!(!term_resets_evidence("stages.internal.min_duration"));
+        assert!(!term_resets_evidence("lane.repair"));
+        assert!(term_resets_evidence("stages.internal.traffic"));
+    }
+
+    #[test]
+    fn shipped_config_is_valid() {
+        let text = include_str!("../../config/stagegate.yaml");
+        let plan = parse(text).expect("shipped config validates");
+        assert_eq!(plan.rollouts.len(), 1);
+        let r = &plan.rollouts[0];
+        assert_eq!(r.stages[1].weights_bps, vec![10_000, 0, 500]);
+        assert!(r.stages[3].manual_approval);
+        assert_eq!(r.gates[1].name, "latency_ms_p95");
+    }
+
+    #[test]
+    fn unknown_key_names_line_column_and_path() {
+        let errs = parse("server:\n  listen: 127.0.0.1:1\n  bogus: 1\n").unwrap_err();
+        assert_eq!(errs.len(), 1);
+        assert!(
+            errs[0].starts_with("t.yaml:3:3: server.bogus: unknown field `bogus`"),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn semantic_problems_are_reported_together() {
+        let text = r#"
+segments:
+  everyone: {}
+workflows:
+  w: { stable: v1, versions: [v1, v2] }
+rollouts:
+  - name: r
+    workflow: w
+    baseline: v1
+    candidate: v3
+    segments: [everyone, nobody]
+    stages:
+      - { name: s1, traffic: { everyone: 150 }, min_duration: 10 }
+    gates:
+      - { signal: quality, stat: p1000, max: 1, on_breach: rollback }
+      - { signal: latency_ms, stat: p95, max: 10, on_breach: explode }
+    lane: { owner: o, repair: r, notify: [ghost] }
+"#;
+        let errs = parse(text).unwrap_err();
+        let joined = errs.join("\n");
+        for needle in [
+            "rollouts[0].candidate: unknown version `v3`",
+            "rollouts[0].segments[1]: unknown segment `nobody`",
+            "rollouts[0].stages[0].traffic.everyone: 150 is not a percentage",
+            "rollouts[0].stages[0].min_duration: `10` has no unit",
+            "rollouts[0].gates[0].stat: unknown stat `p1000`",
+            "rollouts[0].gates[1].on_breach: unknown action `explode`",
+            "rollouts[0].lane.notify[0]: unknown notifier `ghost`",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in:\n{joined}");
+        }
+        assert!(errs.iter().all(|e| e.starts_with("t.yaml:")), "{joined}");
+        assert!(
+            joined.contains("t.yaml:10:16: rollouts[0].candidate"),
+            "{joined}"
+        );
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_the_semantic_problems() {
+        let text = "server:\n  listen: 127.0.0.1:1\n  bogus: 1\n  tick: 5parsecs\nsegments:\n  all: { match: {}, wat: [1, {x: 2}], }\nworkflows:\n  w:\n    stable: v1\n    versions: [v1]\n    extra:\n      deep: 1\n";
+        let errs = parse(text).unwrap_err();
+        let joined = errs.join("\n");
+        assert!(
+            joined.contains("t.yaml:3:3: server.bogus: unknown field `bogus`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.yaml:6:21: segments.all.wat: unknown field `wat`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.yaml:11:5: workflows.w.extra: unknown field `extra`"),
+            "{joined}"
+        );
+        assert!(
+            joined.contains("t.yaml:4:9: server.tick: `5parsecs`"),
+            "{joined}"
+        );
+        assert_eq!(errs.len(), 4, "{joined}");
+    }
+
+    #[test]
+    fn shrinking_traffic_is_refused() {
+        let text = r#"
+segments: { everyone: {} }
+workflows: { w: { stable: v1, versions: [v1, v2] } }
+rollouts:
+  - name: r
+    workflow: w
+    baseline: v1
+    candidate: v2
+    segments: [everyone]
+    stages:
+      - { name: a, traffic: { everyone: 50 } }
+      - { name: b, traffic: { everyone: 10 } }
+    lane: { owner: o, repair: r }
+"#;
+        let errs = parse(text).unwrap_err();
+        assert!(errs[0].contains("traffic may only grow"), "{errs:?}");
+    }
+}

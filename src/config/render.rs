@@ -1,0 +1,122 @@
+//! What `stagegate check` prints: the stages × segments table, the gates with their per-check
+//! α, the lane, and notes on checks that do not apply at some stage.
+
+use crate::plan::*;
+
+/// Renders the plan as `check` prints it: a stages × segments table, then the gates and lane.
+pub fn render_plan(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "config {} (sha256 {})",
+        plan.source.display(),
+        &plan.hash[..12]
+    );
+    let _ = writeln!(
+        out,
+        "server: listen {}  data_dir {}  tick {}",
+        plan.server.listen,
+        plan.server.data_dir.display(),
+        crate::core::clock::human_duration(plan.server.tick)
+    );
+    for w in &plan.workflows {
+        let _ = writeln!(
+            out,
+            "workflow {}: stable {}  versions {}  guards {}",
+            w.name,
+            w.stable,
+            w.versions.join(", "),
+            w.guards.len()
+        );
+    }
+    for r in &plan.rollouts {
+        let _ = writeln!(
+            out,
+            "\nrollout {} ({}: {} -> {}), confidence {}, max_narrows {}",
+            r.name, r.workflow, r.baseline, r.candidate, r.confidence, r.max_narrows
+        );
+        let mut header = format!("  {:<12}", "stage");
+        for s in &r.segments {
+            let _ = write!(header, " {:>11}", s.name);
+        }
+        let _ = write!(
+            header,
+            "  {:>12} {:>11}  approval",
+            "min_duration", "min_samples"
+        );
+        let _ = writeln!(out, "{header}");
+        for st in &r.stages {
+            let mut row = format!("  {:<12}", st.name);
+            for w in &st.weights_bps {
+                let _ = write!(row, " {:>10}%", format_pct(*w));
+            }
+            let _ = write!(
+                row,
+                "  {:>12} {:>11}  {}",
+                crate::core::clock::human_duration(st.min_duration),
+                st.min_samples,
+                if st.manual_approval { "manual" } else { "auto" }
+            );
+            let _ = writeln!(out, "{row}");
+        }
+        let relative: Vec<String> = r
+            .gates
+            .iter()
+            .flat_map(|g| {
+                g.checks
+                    .iter()
+                    .filter(|c| c.is_relative())
+                    .map(move |c| format!("{} {}", g.name, c))
+            })
+            .collect();
+        if !relative.is_empty() {
+            for st in &r.stages {
+                let full: Vec<&str> = r
+                    .segments
+                    .iter()
+                    .zip(&st.weights_bps)
+                    .filter(|(_, w)| **w == 10_000)
+                    .map(|(s, _)| s.name.as_str())
+                    .collect();
+                if !full.is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "  note: at stage {} the baseline gets no traffic in {}: relative checks ({}) do not apply there; absolute checks decide (a stage `holdout: PCT` keeps a baseline share)",
+                        st.name,
+                        full.join(", "),
+                        relative.join(", ")
+                    );
+                }
+            }
+        }
+        let _ = writeln!(out, "  gates (alpha per check {:.5}):", r.alpha_per_check());
+        for g in &r.gates {
+            let checks: Vec<String> = g.checks.iter().map(ToString::to_string).collect();
+            let _ = writeln!(
+                out,
+                "    {:<22} {:<40} on_breach {}",
+                g.name,
+                checks.join(", "),
+                g.on_breach.name()
+            );
+        }
+        let re = &r.lane.reenable;
+        let _ = writeln!(
+            out,
+            "  lane: owner {}  notify [{}]  affected [{}]",
+            r.lane.owner,
+            r.lane.notify.join(", "),
+            r.lane.affected_systems.join(", ")
+        );
+        let _ = writeln!(out, "        repair: {}", r.lane.repair);
+        let _ = writeln!(
+            out,
+            "        re-enable: ack {}  cooldown {}  healthy read-only samples {}",
+            re.ack,
+            crate::core::clock::human_duration(re.cooldown),
+            re.healthy_read_only_samples
+        );
+    }
+    out
+}

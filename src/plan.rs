@@ -1,0 +1,627 @@
+//! The validated plan: the types every layer reads — rollouts, stages, segments, gates and
+//! their checks, the actions a breach may take, lanes, auth and server settings. The config
+//! layer builds a [`Plan`] from YAML; the decision core and the shell only read it. This
+//! module holds data and the small rules that belong to it, and imports nothing of ours but
+//! the clock's units.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::clock::Millis;
+
+/// A validated configuration with every reference resolved.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub source: PathBuf,
+    /// sha256 of the file's bytes, hex; stamped on every receipt.
+    pub hash: String,
+    pub server: ServerPlan,
+    pub auth: AuthPlan,
+    pub notifiers: Vec<NotifierPlan>,
+    /// Plausible value ranges per signal; an event outside its signal's range is rejected.
+    pub ranges: SignalRanges,
+    pub workflows: Vec<WorkflowPlan>,
+    pub rollouts: Vec<RolloutPlan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerPlan {
+    pub listen: String,
+    pub data_dir: PathBuf,
+    pub tick: Millis,
+    pub dedupe_window: Millis,
+    pub max_body_bytes: usize,
+    /// Request body bytes all in-flight requests may hold at once.
+    pub max_inflight_body_bytes: usize,
+    /// Open connections at most (lowered further to fit the process's file-descriptor limit).
+    pub max_connections: usize,
+    /// A request's headers must arrive within this time of the connection (or the previous
+    /// response) being ready for them.
+    pub header_timeout: Millis,
+    /// A kept-alive connection with no request for this long is closed.
+    pub idle_timeout: Millis,
+    /// How long raw events are kept once evidence checkpoints cover them.
+    pub retention: Millis,
+}
+
+/// Plausible value ranges per signal. Built-in defaults apply to signals the config does not
+/// name; a value outside its range is rejected at ingestion, so one absurd value cannot swamp a
+/// statistic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRanges {
+    pub overrides: BTreeMap<String, (f64, f64)>,
+}
+
+/// How long gates keep watching after promotion unless a rollout says otherwise.
+pub const DEFAULT_BAKE: Millis = 24 * 3_600_000;
+
+/// Longest name (rollout, workflow, version, segment, notifier, token) in bytes.
+pub const MAX_NAME: usize = 64;
+
+/// Largest magnitude a range bound may have: squares and sums of values stay finite in f64.
+pub const MAX_SIGNAL_MAGNITUDE: f64 = 1e12;
+
+impl SignalRanges {
+    /// The default range of a signal (rates are booleans and have none).
+    pub fn default_for(signal: &Signal) -> (f64, f64) {
+        match signal {
+            Signal::Quality => (0.0, 1.0),
+            // One hour.
+            Signal::LatencyMs => (0.0, 3_600_000.0),
+            Signal::CostUsd => (0.0, 1_000.0),
+            Signal::Fallback | Signal::Review => (0.0, 1.0),
+            Signal::Custom(_) => (-1e9, 1e9),
+        }
+    }
+
+    pub fn range(&self, signal: &Signal) -> (f64, f64) {
+        self.overrides
+            .get(signal.name())
+            .copied()
+            .unwrap_or_else(|| SignalRanges::default_for(signal))
+    }
+
+    /// Checks one observed value; the error says which range it broke.
+    pub fn check(&self, signal: &Signal, value: f64) -> Result<(), String> {
+        let (lo, hi) = self.range(signal);
+        if value.is_finite() && (lo..=hi).contains(&value) {
+            Ok(())
+        } else {
+            Err(format!(
+                "`{}` {value} is outside its plausible range {lo}..{hi} (set `signals.{}.range` to change it)",
+                signal.name(),
+                signal.name()
+            ))
+        }
+    }
+}
+
+/// Who may call what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Read,
+    Ingest,
+    Operator,
+    Admin,
+}
+
+impl Role {
+    pub fn parse(text: &str) -> Option<Role> {
+        Some(match text {
+            "read" | "viewer" => Role::Read,
+            "ingest" => Role::Ingest,
+            "operator" => Role::Operator,
+            "admin" => Role::Admin,
+            _ => return None,
+        })
+    }
+
+    /// Whether a token of this role may act where `needed` is required.
+    /// admin ⊇ operator ⊇ read; ingest ⊇ read; admin ⊇ ingest.
+    pub fn allows(self, needed: Role) -> bool {
+        match needed {
+            Role::Read => true,
+            Role::Ingest => matches!(self, Role::Ingest | Role::Admin),
+            Role::Operator => matches!(self, Role::Operator | Role::Admin),
+            Role::Admin => self == Role::Admin,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenPlan {
+    pub name: String,
+    pub role: Role,
+    pub token_env: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuthPlan {
+    /// `None` means `auth: { open: true }`: every endpoint is open (development only).
+    pub tokens: Option<Vec<TokenPlan>>,
+    pub open_assign: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifierKind {
+    Webhook,
+    Slack,
+}
+
+#[derive(Debug, Clone)]
+pub struct NotifierPlan {
+    pub name: String,
+    pub kind: NotifierKind,
+    pub url: Option<String>,
+    pub url_env: Option<String>,
+}
+
+/// A named population: every listed attribute must hold one of its values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Segment {
+    pub name: String,
+    pub matches: Vec<(String, Vec<String>)>,
+}
+
+impl Segment {
+    /// Whether attributes (looked up by `get`) fall in this segment.
+    pub fn matches<'a>(&self, get: impl Fn(&str) -> Option<&'a str>) -> bool {
+        self.matches
+            .iter()
+            .all(|(key, values)| get(key).is_some_and(|v| values.iter().any(|x| x == v)))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkflowPlan {
+    pub name: String,
+    pub stable: String,
+    pub versions: Vec<String>,
+    /// Absolute gates on the stable version; a breach switches the workflow to read-only.
+    pub guards: Vec<GateSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagePlan {
+    pub name: String,
+    /// Candidate share in basis points (0..=10 000), one per rollout segment, in segment order.
+    pub weights_bps: Vec<u16>,
+    pub min_duration: Millis,
+    pub min_samples: u64,
+    pub manual_approval: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReenablePlan {
+    pub ack: bool,
+    pub cooldown: Millis,
+    pub healthy_read_only_samples: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LanePlan {
+    pub owner: String,
+    pub affected_systems: Vec<String>,
+    pub notify: Vec<String>,
+    pub repair: String,
+    pub reenable: ReenablePlan,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutPlan {
+    pub name: String,
+    pub workflow: String,
+    pub baseline: String,
+    pub candidate: String,
+    /// In match order: first match wins.
+    pub segments: Vec<Segment>,
+    pub stages: Vec<StagePlan>,
+    pub confidence: f64,
+    pub max_narrows: u32,
+    /// After promotion, the gates keep watching the new stable version this long (absolute
+    /// limits decide: the last stage leaves the baseline no traffic); a breach acts.
+    pub bake: Millis,
+    pub gates: Vec<GateSpec>,
+    pub lane: LanePlan,
+}
+
+impl RolloutPlan {
+    /// Samples per arm at which the sequential tests are tuned to be tightest. Fixed for the
+    /// life of a rollout (changing it after seeing data would void the guarantee).
+    pub fn design_samples(&self) -> f64 {
+        let most = self.stages.iter().map(|s| s.min_samples).max().unwrap_or(0);
+        most.max(100) as f64
+    }
+
+    /// The share of the error budget each single check gets: Bonferroni over every check of
+    /// every gate in every segment.
+    pub fn alpha_per_check(&self) -> f64 {
+        let checks: usize = self.gates.iter().map(|g| g.checks.len()).sum();
+        let cells = (checks.max(1) * self.segments.len().max(1)) as f64;
+        (1.0 - self.confidence) / cells
+    }
+
+    /// The rollout's policy as readable `key → value` terms. Stored with the rollout's state,
+    /// so a reload or a restart can say exactly what changed (see [`policy_diff`]).
+    pub fn policy_terms(&self) -> BTreeMap<String, String> {
+        let mut t = BTreeMap::new();
+        t.insert("workflow".into(), self.workflow.clone());
+        t.insert("baseline".into(), self.baseline.clone());
+        t.insert("candidate".into(), self.candidate.clone());
+        let segments: Vec<String> = self
+            .segments
+            .iter()
+            .map(|s| {
+                let m: Vec<String> = s
+                    .matches
+                    .iter()
+                    .map(|(k, v)| format!("{k} in [{}]", v.join(", ")))
+                    .collect();
+                format!("{} ({})", s.name, m.join(", "))
+            })
+            .collect();
+        t.insert("segments".into(), segments.join("; "));
+        t.insert("confidence".into(), self.confidence.to_string());
+        t.insert("max_narrows".into(), self.max_narrows.to_string());
+        t.insert("bake".into(), crate::core::clock::human_duration(self.bake));
+        let names: Vec<&str> = self.stages.iter().map(|s| s.name.as_str()).collect();
+        t.insert("stages".into(), names.join(", "));
+        for stage in &self.stages {
+            let key = format!("stages.{}", stage.name);
+            let traffic: Vec<String> = self
+                .segments
+                .iter()
+                .zip(&stage.weights_bps)
+                .map(|(seg, bps)| format!("{} {}%", seg.name, format_pct(*bps)))
+                .collect();
+            t.insert(format!("{key}.traffic"), traffic.join(", "));
+            t.insert(
+                format!("{key}.min_duration"),
+                crate::core::clock::human_duration(stage.min_duration),
+            );
+            t.insert(format!("{key}.min_samples"), stage.min_samples.to_string());
+            t.insert(
+                format!("{key}.approval"),
+                if stage.manual_approval {
+                    "manual"
+                } else {
+                    "auto"
+                }
+                .into(),
+            );
+        }
+        for gate in &self.gates {
+            let checks: Vec<String> = gate.checks.iter().map(ToString::to_string).collect();
+            t.insert(
+                format!("gates.{}", gate.name),
+                format!("{}; on_breach {}", checks.join(", "), gate.on_breach.name()),
+            );
+        }
+        let lane = &self.lane;
+        t.insert("lane.owner".into(), lane.owner.clone());
+        t.insert(
+            "lane.affected_systems".into(),
+            lane.affected_systems.join(", "),
+        );
+        t.insert("lane.notify".into(), lane.notify.join(", "));
+        t.insert("lane.repair".into(), lane.repair.clone());
+        t.insert(
+            "lane.reenable".into(),
+            format!(
+                "ack {}, cooldown {}, healthy_read_only_samples {}",
+                lane.reenable.ack,
+                crate::core::clock::human_duration(lane.reenable.cooldown),
+                lane.reenable.healthy_read_only_samples
+            ),
+        );
+        t
+    }
+}
+
+/// Whether a change to the policy term `key` changes what the evidence means — the arms, the
+/// segments, a gate, the confidence, or the stages' traffic — so the current epoch's evidence
+/// must be dropped. Durations, sample minimums, approval, `max_narrows` and lane text keep it.
+pub fn term_resets_evidence(key: &str) -> bool {
+    matches!(
+        key,
+        "workflow" | "baseline" | "candidate" | "segments" | "confidence" | "stages"
+    ) || key.starts_with("gates.")
+        || (key.starts_with("stages.") && key.ends_with(".traffic"))
+}
+
+/// The readable differences between two sets of policy terms, in key order, as
+/// `(key, line)`: `key: old → new`, `key: added (new)`, `key: removed (old)`.
+pub fn policy_diff(
+    old: &BTreeMap<String, String>,
+    new: &BTreeMap<String, String>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (key, value) in new {
+        match old.get(key) {
+            None => out.push((key.clone(), format!("{key}: added ({value})"))),
+            Some(before) if before != value => {
+                out.push((key.clone(), format!("{key}: {before} → {value}")));
+            }
+            Some(_) => {}
+        }
+    }
+    for (key, value) in old {
+        if !new.contains_key(key) {
+            out.push((key.clone(), format!("{key}: removed ({value})")));
+        }
+    }
+    out.sort();
+    out
+}
+
+impl Plan {
+    pub fn workflow(&self, name: &str) -> Option<&WorkflowPlan> {
+        self.workflows.iter().find(|w| w.name == name)
+    }
+
+    pub fn rollout(&self, name: &str) -> Option<&RolloutPlan> {
+        self.rollouts.iter().find(|r| r.name == name)
+    }
+
+    pub fn notifier(&self, name: &str) -> Option<&NotifierPlan> {
+        self.notifiers.iter().find(|n| n.name == name)
+    }
+}
+
+/// A per-task measurement.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Signal {
+    Quality,
+    LatencyMs,
+    CostUsd,
+    Fallback,
+    Review,
+    Custom(String),
+}
+
+impl Signal {
+    pub fn parse(text: &str) -> Option<Signal> {
+        Some(match text {
+            "quality" => Signal::Quality,
+            "latency_ms" => Signal::LatencyMs,
+            "cost_usd" => Signal::CostUsd,
+            "fallback" => Signal::Fallback,
+            "review" => Signal::Review,
+            other => {
+                let ok = other.len() <= 64
+                    && other.starts_with(|c: char| c.is_ascii_lowercase())
+                    && other
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+                if !ok {
+                    return None;
+                }
+                Signal::Custom(other.to_string())
+            }
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            Signal::Quality => "quality",
+            Signal::LatencyMs => "latency_ms",
+            Signal::CostUsd => "cost_usd",
+            Signal::Fallback => "fallback",
+            Signal::Review => "review",
+            Signal::Custom(name) => name,
+        }
+    }
+
+    /// Bernoulli signals (counted as rates) rather than numeric ones.
+    pub fn is_rate(&self) -> bool {
+        matches!(self, Signal::Fallback | Signal::Review)
+    }
+
+    /// Whether a larger value is worse. Only quality improves upward.
+    pub fn higher_is_worse(&self) -> bool {
+        !matches!(self, Signal::Quality)
+    }
+}
+
+/// The statistic a gate thresholds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    Mean,
+    /// p50 … p99, as a fraction (0.95).
+    Quantile(f64),
+    Rate,
+    RejectRate,
+}
+
+impl Stat {
+    pub fn parse(text: &str) -> Option<Stat> {
+        match text {
+            "mean" => Some(Stat::Mean),
+            "rate" => Some(Stat::Rate),
+            "reject_rate" => Some(Stat::RejectRate),
+            _ => {
+                let digits = text.strip_prefix('p')?;
+                if digits.len() != 2 || !digits.chars().all(|c| c.is_ascii_digit()) {
+                    return None;
+                }
+                let p: u32 = digits.parse().ok()?;
+                (1..=99)
+                    .contains(&p)
+                    .then_some(Stat::Quantile(f64::from(p) / 100.0))
+            }
+        }
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Stat::Mean => "mean".into(),
+            Stat::Quantile(p) => format!("p{:02}", (p * 100.0).round() as u32),
+            Stat::Rate => "rate".into(),
+            Stat::RejectRate => "reject_rate".into(),
+        }
+    }
+
+    pub fn applies_to(&self, signal: &Signal) -> Result<(), String> {
+        let ok = match (self, signal) {
+            (Stat::Rate, Signal::Fallback) | (Stat::RejectRate, Signal::Review) => true,
+            (Stat::Rate | Stat::RejectRate, _) => false,
+            (_, Signal::Fallback | Signal::Review) => false,
+            _ => true,
+        };
+        if ok {
+            Ok(())
+        } else {
+            let expected = match signal {
+                Signal::Fallback => "rate",
+                Signal::Review => "reject_rate",
+                _ => "mean or p50..p99",
+            };
+            Err(format!(
+                "stat `{}` does not apply to signal `{}`; expected {expected}",
+                self.name(),
+                signal.name()
+            ))
+        }
+    }
+}
+
+/// One threshold of a gate.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub enum Check {
+    Max(f64),
+    Min(f64),
+    MaxRatio(f64),
+    MaxIncrease(f64),
+    MaxDrop(f64),
+}
+
+impl Check {
+    pub fn is_relative(&self) -> bool {
+        matches!(
+            self,
+            Check::MaxRatio(_) | Check::MaxIncrease(_) | Check::MaxDrop(_)
+        )
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Check::Max(_) => "max",
+            Check::Min(_) => "min",
+            Check::MaxRatio(_) => "max_ratio",
+            Check::MaxIncrease(_) => "max_increase",
+            Check::MaxDrop(_) => "max_drop",
+        }
+    }
+
+    pub fn threshold(&self) -> f64 {
+        match *self {
+            Check::Max(v)
+            | Check::Min(v)
+            | Check::MaxRatio(v)
+            | Check::MaxIncrease(v)
+            | Check::MaxDrop(v) => v,
+        }
+    }
+
+    /// The absolute limit this check puts on the candidate, given the baseline's value.
+    pub fn limit(&self, baseline: Option<f64>) -> Option<f64> {
+        match *self {
+            Check::Max(v) | Check::Min(v) => Some(v),
+            Check::MaxRatio(r) => baseline.map(|b| b * r),
+            Check::MaxIncrease(i) => baseline.map(|b| b + i),
+            Check::MaxDrop(d) => baseline.map(|b| b - d),
+        }
+    }
+
+    /// Whether a breach is the candidate being below the limit.
+    pub fn breach_is_below(&self) -> bool {
+        matches!(self, Check::Min(_) | Check::MaxDrop(_))
+    }
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.kind(), self.threshold())
+    }
+}
+
+/// A validated gate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateSpec {
+    /// `signal_stat`, e.g. `latency_ms_p95`.
+    pub name: String,
+    pub signal: Signal,
+    pub stat: Stat,
+    pub checks: Vec<Check>,
+    pub on_breach: Action,
+}
+
+/// What the controller (or an operator) does to a rollout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Expand,
+    Hold,
+    Narrow,
+    ReadOnly,
+    Rollback,
+    Pause,
+    Resume,
+    Promote,
+    /// A config reload changed the rollout's policy.
+    Reconfigure,
+}
+
+impl Action {
+    /// The actions a gate may take on breach.
+    pub fn parse_breach(text: &str) -> Option<Action> {
+        Some(match text {
+            "hold" => Action::Hold,
+            "narrow" => Action::Narrow,
+            "read_only" => Action::ReadOnly,
+            "rollback" => Action::Rollback,
+            "pause" => Action::Pause,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Expand => "expand",
+            Action::Hold => "hold",
+            Action::Narrow => "narrow",
+            Action::ReadOnly => "read_only",
+            Action::Rollback => "rollback",
+            Action::Pause => "pause",
+            Action::Resume => "resume",
+            Action::Promote => "promote",
+            Action::Reconfigure => "reconfigure",
+        }
+    }
+
+    /// Which breach action wins when several gates fail at once.
+    pub fn severity(self) -> u8 {
+        match self {
+            Action::Rollback => 5,
+            Action::ReadOnly => 4,
+            Action::Narrow => 3,
+            Action::Pause => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// `1250` bps → `12.5`.
+pub fn format_pct(bps: u16) -> String {
+    let pct = f64::from(bps) / 100.0;
+    if bps % 100 == 0 {
+        format!("{}", bps / 100)
+    } else {
+        format!("{pct}")
+    }
+}
