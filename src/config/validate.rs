@@ -409,6 +409,64 @@ impl Validator {
         notifiers: &[NotifierPlan],
     ) -> Option<RolloutPlan> {
         let r = &raw.value;
+        self.arms(key, r, workflows);
+        let rollout_segments = self.rollout_segments(key, r, segments);
+        if r.segments.is_empty() {
+            self.report(raw, format!("{key}.segments"), "list at least one segment");
+        }
+        if r.stages.is_empty() {
+            self.report(raw, format!("{key}.stages"), "list at least one stage");
+        }
+        let stages = self.stages(key, r);
+        let confidence = match &r.confidence {
+            None => 0.95,
+            Some(c) if c.value > 0.5 && c.value < 1.0 => c.value,
+            Some(c) => {
+                self.report(
+                    c,
+                    format!("{key}.confidence"),
+                    format!(
+                        "{} is out of range; expected a number between 0.5 and 1 (exclusive)",
+                        c.value
+                    ),
+                );
+                0.95
+            }
+        };
+        let gates: Vec<GateSpec> = r
+            .gates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| self.gate(&format!("{key}.gates[{i}]"), g, false))
+            .collect();
+        let mut names = BTreeSet::new();
+        for (i, g) in gates.iter().enumerate() {
+            if !names.insert(g.name.clone()) {
+                self.report(
+                    &r.gates[i],
+                    format!("{key}.gates[{i}]"),
+                    format!("duplicate gate `{}`", g.name),
+                );
+            }
+        }
+        let lane = self.lane(key, &r.lane.value, notifiers);
+        Some(RolloutPlan {
+            name: r.name.clone(),
+            workflow: r.workflow.value.clone(),
+            baseline: r.baseline.value.clone(),
+            candidate: r.candidate.value.clone(),
+            segments: rollout_segments,
+            stages,
+            confidence,
+            max_narrows: r.max_narrows.unwrap_or(2),
+            bake: self.duration(&r.bake, &format!("{key}.bake"), DEFAULT_BAKE),
+            gates,
+            lane,
+        })
+    }
+
+    /// The arms: a declared workflow, and a baseline and candidate among its versions.
+    fn arms(&mut self, key: &str, r: &RawRollout, workflows: &[WorkflowPlan]) {
         let workflow = workflows.iter().find(|w| w.name == r.workflow.value);
         match workflow {
             None => self.report(
@@ -441,6 +499,15 @@ impl Validator {
                 "candidate must differ from baseline",
             );
         }
+    }
+
+    /// The rollout's segments, resolved, each once.
+    fn rollout_segments(
+        &mut self,
+        key: &str,
+        r: &RawRollout,
+        segments: &BTreeMap<String, Segment>,
+    ) -> Vec<Segment> {
         let mut rollout_segments = Vec::new();
         for (i, s) in r.segments.iter().enumerate() {
             match segments.get(&s.value) {
@@ -460,12 +527,11 @@ impl Validator {
                 ),
             }
         }
-        if r.segments.is_empty() {
-            self.report(raw, format!("{key}.segments"), "list at least one segment");
-        }
-        if r.stages.is_empty() {
-            self.report(raw, format!("{key}.stages"), "list at least one stage");
-        }
+        rollout_segments
+    }
+
+    /// The stages: traffic per segment (percentages, holdout, only growing), approval, names.
+    fn stages(&mut self, key: &str, r: &RawRollout) -> Vec<StagePlan> {
         let mut stages: Vec<StagePlan> = Vec::new();
         for (i, stage) in r.stages.iter().enumerate() {
             let skey = format!("{key}.stages[{i}]");
@@ -565,38 +631,11 @@ impl Validator {
                 manual_approval,
             });
         }
-        let confidence = match &r.confidence {
-            None => 0.95,
-            Some(c) if c.value > 0.5 && c.value < 1.0 => c.value,
-            Some(c) => {
-                self.report(
-                    c,
-                    format!("{key}.confidence"),
-                    format!(
-                        "{} is out of range; expected a number between 0.5 and 1 (exclusive)",
-                        c.value
-                    ),
-                );
-                0.95
-            }
-        };
-        let gates: Vec<GateSpec> = r
-            .gates
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| self.gate(&format!("{key}.gates[{i}]"), g, false))
-            .collect();
-        let mut names = BTreeSet::new();
-        for (i, g) in gates.iter().enumerate() {
-            if !names.insert(g.name.clone()) {
-                self.report(
-                    &r.gates[i],
-                    format!("{key}.gates[{i}]"),
-                    format!("duplicate gate `{}`", g.name),
-                );
-            }
-        }
-        let lane = &r.lane.value;
+        stages
+    }
+
+    /// The lane: its notifiers exist; the re-enable rule's durations parse.
+    fn lane(&mut self, key: &str, lane: &RawLane, notifiers: &[NotifierPlan]) -> LanePlan {
         for (i, n) in lane.notify.iter().enumerate() {
             if !notifiers.iter().any(|x| x.name == n.value) {
                 self.report(
@@ -618,25 +657,13 @@ impl Validator {
             ),
             healthy_read_only_samples: lane.reenable.healthy_read_only_samples.unwrap_or(0),
         };
-        Some(RolloutPlan {
-            name: r.name.clone(),
-            workflow: r.workflow.value.clone(),
-            baseline: r.baseline.value.clone(),
-            candidate: r.candidate.value.clone(),
-            segments: rollout_segments,
-            stages,
-            confidence,
-            max_narrows: r.max_narrows.unwrap_or(2),
-            bake: self.duration(&r.bake, &format!("{key}.bake"), DEFAULT_BAKE),
-            gates,
-            lane: LanePlan {
-                owner: lane.owner.clone(),
-                affected_systems: lane.affected_systems.clone(),
-                notify: lane.notify.iter().map(|n| n.value.clone()).collect(),
-                repair: lane.repair.clone(),
-                reenable,
-            },
-        })
+        LanePlan {
+            owner: lane.owner.clone(),
+            affected_systems: lane.affected_systems.clone(),
+            notify: lane.notify.iter().map(|n| n.value.clone()).collect(),
+            repair: lane.repair.clone(),
+            reenable,
+        }
     }
 
     fn gate(&mut self, key: &str, raw: &Spanned<RawGate>, guard: bool) -> Option<GateSpec> {

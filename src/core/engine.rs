@@ -1030,6 +1030,78 @@ fn is_healthy(gates: &[crate::plan::GateSpec], event: &TaskEvent) -> bool {
     })
 }
 
+/// A decision on one of the engine's subjects — a rollout or a guarded workflow — before it is
+/// persisted and applied: what [`Engine::step`] and the operator paths return, and what the
+/// controller commits, one path for both.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "a handful per tick, each moved once into the commit"
+)]
+pub enum Pending {
+    Rollout {
+        index: usize,
+        decision: Decision,
+    },
+    Guard {
+        index: usize,
+        decision: GuardDecision,
+    },
+}
+
+/// The durable half of a pending decision: the subject's name and its state after.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StateChange {
+    Rollout(String, RolloutState),
+    Guard(String, GuardState),
+}
+
+impl Engine {
+    /// Every automatic decision due at `now`: rollouts first, then guarded workflows.
+    pub fn step(&self, now: Millis) -> Vec<Pending> {
+        let rollouts = (0..self.rollouts.len()).filter_map(|index| {
+            self.assess(index, now)
+                .decision
+                .map(|decision| Pending::Rollout { index, decision })
+        });
+        let guards = (0..self.guards.len()).filter_map(|index| {
+            self.assess_guard(index, now)
+                .1
+                .map(|decision| Pending::Guard { index, decision })
+        });
+        rollouts.chain(guards).collect()
+    }
+
+    /// The receipt a pending decision is persisted with (its id is set by the store).
+    pub fn pending_receipt(&self, pending: &Pending, now: Millis) -> Receipt {
+        match pending {
+            Pending::Rollout { index, decision } => self.receipt(*index, decision, now),
+            Pending::Guard { index, decision } => self.guard_receipt(*index, decision, now),
+        }
+    }
+
+    /// What the store records for a pending decision.
+    pub fn state_change(&self, pending: &Pending) -> StateChange {
+        match pending {
+            Pending::Rollout { index, decision } => StateChange::Rollout(
+                self.plan.rollouts[*index].name.clone(),
+                decision.after.clone(),
+            ),
+            Pending::Guard { index, decision } => {
+                StateChange::Guard(self.guards[*index].workflow.clone(), decision.after.clone())
+            }
+        }
+    }
+
+    /// Applies a persisted pending decision.
+    pub fn apply_pending(&mut self, pending: &Pending) {
+        match pending {
+            Pending::Rollout { index, decision } => self.apply(*index, decision),
+            Pending::Guard { index, decision } => self.apply_guard(*index, decision),
+        }
+    }
+}
+
 /// A guard's state change.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GuardDecision {

@@ -259,7 +259,54 @@ pub fn decide(
         return hold("narrowed to zero: resume to start again".into(), verdicts);
     };
 
-    // A breach: the most severe failing gate's action wins.
+    match containment(plan, state, stage, &verdicts, now) {
+        Some(Ok(decision)) => {
+            return Assessment {
+                verdicts,
+                waiting: None,
+                decision: Some(decision),
+            };
+        }
+        Some(Err(why)) => return hold(why, verdicts),
+        None => {}
+    }
+    if state.phase == Phase::ReadOnly {
+        return hold(
+            "read-only fallback: resume with the lane's re-enable proof".into(),
+            verdicts,
+        );
+    }
+    if state.phase == Phase::Promoted {
+        let until = state.stage_started.saturating_add(plan.bake);
+        return hold(
+            format!(
+                "promoted; baking until {}: the gates keep watching the new stable version",
+                crate::core::clock::rfc3339(until)
+            ),
+            verdicts,
+        );
+    }
+
+    match expansion(plan, state, stage, evidence, &verdicts, now) {
+        Ok(decision) => Assessment {
+            verdicts,
+            waiting: None,
+            decision: Some(decision),
+        },
+        Err(why) => hold(why, verdicts),
+    }
+}
+
+/// A breach: the most severe failing gate's `on_breach` (a narrow past `max_narrows` becomes a
+/// rollback). `Some(Ok)`: the containment to take; `Some(Err)`: why it holds (`on_breach:
+/// hold`); `None`: nothing to contain (in read-only fallback, only a rollback is).
+fn containment(
+    plan: &RolloutPlan,
+    state: &RolloutState,
+    stage: usize,
+    verdicts: &[GateVerdict],
+    now: Millis,
+) -> Option<Result<Decision, String>> {
     let breach = plan
         .gates
         .iter()
@@ -325,46 +372,35 @@ pub fn decide(
                 trigger: Some(trigger),
                 before: state.clone(),
                 after,
-                verdicts: verdicts.clone(),
+                verdicts: verdicts.to_vec(),
                 changes: Vec::new(),
             };
-            return Assessment {
-                verdicts,
-                waiting: None,
-                decision: Some(decision),
-            };
+            return Some(Ok(decision));
         }
         if state.phase != Phase::ReadOnly {
-            return hold(
-                format!(
-                    "holding: gate {} failed in segment {} (on_breach: hold)",
-                    trigger.gate, trigger.segment
-                ),
-                verdicts,
-            );
+            return Some(Err(format!(
+                "holding: gate {} failed in segment {} (on_breach: hold)",
+                trigger.gate, trigger.segment
+            )));
         }
     }
-    if state.phase == Phase::ReadOnly {
-        return hold(
-            "read-only fallback: resume with the lane's re-enable proof".into(),
-            verdicts,
-        );
-    }
-    if state.phase == Phase::Promoted {
-        let until = state.stage_started.saturating_add(plan.bake);
-        return hold(
-            format!(
-                "promoted; baking until {}: the gates keep watching the new stable version",
-                crate::core::clock::rfc3339(until)
-            ),
-            verdicts,
-        );
-    }
+    None
+}
 
-    // Expansion needs every gate to pass, the stage's time and its samples.
+/// Expansion: every gate passes in every exposed segment (and, after a narrow, the gate that
+/// breached passes where it breached), the stage's `min_duration` has passed and its
+/// `min_samples` were seen, and the next stage needs no operator. `Err`: why it waits.
+fn expansion(
+    plan: &RolloutPlan,
+    state: &RolloutState,
+    stage: usize,
+    evidence: &Evidence,
+    verdicts: &[GateVerdict],
+    now: Millis,
+) -> Result<Decision, String> {
     let plan_stage = &plan.stages[stage];
     let Some(next) = plan.stages.get(stage + 1) else {
-        return hold("at the last stage".into(), verdicts);
+        return Err("at the last stage".into());
     };
     let pending: Vec<String> = verdicts
         .iter()
@@ -372,10 +408,7 @@ pub fn decide(
         .map(|v| format!("{}@{} {}", v.gate, v.segment, v.verdict.name()))
         .collect();
     if !pending.is_empty() {
-        return hold(
-            format!("waiting for gates to pass: {}", pending.join(", ")),
-            verdicts,
-        );
+        return Err(format!("waiting for gates to pass: {}", pending.join(", ")));
     }
     // Narrowed with memory: the gate that breached must pass where it breached, on evidence
     // gathered since the narrow (this epoch), before the candidate goes back there.
@@ -384,51 +417,39 @@ pub fn decide(
             .iter()
             .any(|v| v.gate == by.gate && v.segment == by.segment && v.verdict == Verdict::Pass);
         if !cleared {
-            return hold(
-                format!(
-                    "narrowed by {}@{}: re-expansion needs {} to pass in {} on evidence gathered since the narrow{}",
-                    by.gate,
-                    by.segment,
-                    by.gate,
-                    by.segment,
-                    if verdicts.iter().any(|v| v.segment == by.segment) {
-                        ""
-                    } else {
-                        "; that segment gets no candidate traffic at this stage, so an operator's promote decides"
-                    }
-                ),
-                verdicts,
-            );
+            return Err(format!(
+                "narrowed by {}@{}: re-expansion needs {} to pass in {} on evidence gathered since the narrow{}",
+                by.gate,
+                by.segment,
+                by.gate,
+                by.segment,
+                if verdicts.iter().any(|v| v.segment == by.segment) {
+                    ""
+                } else {
+                    "; that segment gets no candidate traffic at this stage, so an operator's promote decides"
+                }
+            ));
         }
     }
     let elapsed = now.saturating_sub(state.stage_started);
     if elapsed < plan_stage.min_duration {
-        return hold(
-            format!(
-                "stage needs {} more",
-                human_duration(plan_stage.min_duration - elapsed)
-            ),
-            verdicts,
-        );
+        return Err(format!(
+            "stage needs {} more",
+            human_duration(plan_stage.min_duration - elapsed)
+        ));
     }
     let samples = evidence.candidate_tasks();
     if samples < plan_stage.min_samples {
-        return hold(
-            format!(
-                "stage needs {} candidate samples, has {samples}",
-                plan_stage.min_samples
-            ),
-            verdicts,
-        );
+        return Err(format!(
+            "stage needs {} candidate samples, has {samples}",
+            plan_stage.min_samples
+        ));
     }
     if next.manual_approval {
-        return hold(
-            format!(
-                "awaiting an operator's promote to enter stage {}",
-                next.name
-            ),
-            verdicts,
-        );
+        return Err(format!(
+            "awaiting an operator's promote to enter stage {}",
+            next.name
+        ));
     }
     let mut after = state.clone();
     after.enter_stage(Some(stage + 1), now);
@@ -449,14 +470,10 @@ pub fn decide(
         trigger: None,
         before: state.clone(),
         after,
-        verdicts: verdicts.clone(),
+        verdicts: verdicts.to_vec(),
         changes: Vec::new(),
     };
-    Assessment {
-        verdicts,
-        waiting: None,
-        decision: Some(decision),
-    }
+    Ok(decision)
 }
 
 /// The state after an automatic breach action.

@@ -18,7 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::ConfigError;
 use crate::core::assign::Routing;
 use crate::core::clock::Clock;
-use crate::core::engine::Engine;
+use crate::core::engine::{Engine, Pending, StateChange};
 use crate::core::event::{TaskEvent, parse_event, split_batch};
 use crate::core::receipt::Receipt;
 use crate::core::rollout::{Command, Refusal};
@@ -501,14 +501,14 @@ fn run_writer(shared: &std::sync::Weak<Shared>, jobs: &std::sync::mpsc::Receiver
 /// Persists a receipt with its state change off the async threads.
 async fn persist(
     shared: &Arc<Shared>,
-    change: OwnedChange,
+    change: StateChange,
     mut receipt: Receipt,
 ) -> Result<Receipt, InputError> {
     let s = Arc::clone(shared);
     tokio::task::spawn_blocking(move || {
         let borrowed = match &change {
-            OwnedChange::Rollout(name, state) => Change::Rollout { name, state },
-            OwnedChange::Guard(workflow, state) => Change::Guard { workflow, state },
+            StateChange::Rollout(name, state) => Change::Rollout { name, state },
+            StateChange::Guard(workflow, state) => Change::Guard { workflow, state },
         };
         let plan = s.plan.load_full();
         let now = s.clock.now();
@@ -524,64 +524,35 @@ async fn persist(
     .inspect(|_| shared.notify_wake.notify_one())
 }
 
-enum OwnedChange {
-    Rollout(String, crate::core::rollout::RolloutState),
-    Guard(String, crate::core::engine::GuardState),
-}
-
-/// Persists and applies one rollout decision; returns its receipt.
-async fn decide(
-    shared: &Arc<Shared>,
-    rollout: usize,
-    decision: crate::core::rollout::Decision,
-    previous_hash: Option<String>,
-) -> Result<Receipt, InputError> {
+/// The one path of every decision, automatic or an operator's, on a rollout or a guard:
+/// receipt → persist (state, receipt and outbox in one transaction) → apply → publish → metrics.
+async fn commit(shared: &Arc<Shared>, pending: Pending) -> Result<Receipt, InputError> {
     let now = shared.clock.now();
-    let (name, mut receipt) = {
+    let (change, receipt) = {
         let engine = shared.engine();
         (
-            engine.rollout_plan(rollout).name.clone(),
-            engine.receipt(rollout, &decision, now),
+            engine.state_change(&pending),
+            engine.pending_receipt(&pending, now),
         )
     };
-    receipt.previous_config_hash = previous_hash;
-    let receipt = persist(
-        shared,
-        OwnedChange::Rollout(name, decision.after.clone()),
-        receipt,
-    )
-    .await?;
+    let receipt = persist(shared, change, receipt).await?;
     {
         let mut engine = shared.engine();
-        engine.apply(rollout, &decision);
+        engine.apply_pending(&pending);
         shared.publish(&engine);
     }
     shared.metrics.decision(&receipt);
-    tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, action = receipt.action.name(), reason = %receipt.reason, "decision");
+    tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, workflow = %receipt.workflow, action = receipt.action.name(), reason = %receipt.reason, "decision");
     Ok(receipt)
 }
 
 /// One tick: assess every rollout and guard, act on what is due.
 async fn tick(shared: &Arc<Shared>) {
     let now = shared.clock.now();
-    let (decisions, guard_decisions) = {
-        let engine = shared.engine();
-        let d: Vec<_> = (0..engine.rollouts.len())
-            .filter_map(|i| engine.assess(i, now).decision.map(|d| (i, d)))
-            .collect();
-        let g: Vec<_> = (0..engine.guards.len())
-            .filter_map(|i| engine.assess_guard(i, now).1.map(|d| (i, d)))
-            .collect();
-        (d, g)
-    };
-    for (i, decision) in decisions {
-        if let Err(e) = decide(shared, i, decision, None).await {
+    let due = shared.engine().step(now);
+    for pending in due {
+        if let Err(e) = commit(shared, pending).await {
             tracing::error!(error = %e, "could not persist a decision; it will be retried next tick");
-        }
-    }
-    for (i, decision) in guard_decisions {
-        if let Err(e) = decide_guard(shared, i, decision).await {
-            tracing::error!(error = %e, "could not persist a guard decision; it will be retried next tick");
         }
     }
     let checkpoints = {
@@ -610,32 +581,6 @@ async fn write_checkpoints(
             engine.mark_dirty(&scope);
         }
     }
-}
-
-async fn decide_guard(
-    shared: &Arc<Shared>,
-    guard: usize,
-    decision: crate::core::engine::GuardDecision,
-) -> Result<Receipt, InputError> {
-    let now = shared.clock.now();
-    let (workflow, receipt) = {
-        let engine = shared.engine();
-        (
-            engine.guards[guard].workflow.clone(),
-            engine.guard_receipt(guard, &decision, now),
-        )
-    };
-    let receipt = persist(
-        shared,
-        OwnedChange::Guard(workflow, decision.after.clone()),
-        receipt,
-    )
-    .await?;
-    let mut engine = shared.engine();
-    engine.apply_guard(guard, &decision);
-    shared.publish(&engine);
-    shared.metrics.decision(&receipt);
-    Ok(receipt)
 }
 
 /// What a reload did.
@@ -729,7 +674,7 @@ async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reload
         decision.actor = crate::core::rollout::Actor::Operator(actor.to_string());
         let mut receipt = next.receipt(i, &decision, now);
         receipt.previous_config_hash = Some(running.hash.clone());
-        let change = OwnedChange::Rollout(plan.rollouts[i].name.clone(), decision.after.clone());
+        let change = StateChange::Rollout(plan.rollouts[i].name.clone(), decision.after.clone());
         receipts.push(persist(shared, change, receipt).await?);
         next.apply(i, &decision);
     }
@@ -737,7 +682,7 @@ async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reload
         decision.actor = crate::core::rollout::Actor::Operator(actor.to_string());
         let mut receipt = next.removal_receipt(&name, &decision, now);
         receipt.previous_config_hash = Some(running.hash.clone());
-        let change = OwnedChange::Rollout(name, decision.after.clone());
+        let change = StateChange::Rollout(name, decision.after.clone());
         receipts.push(persist(shared, change, receipt).await?);
     }
     {
@@ -780,12 +725,12 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                         None => Err(InputError::UnknownRollout(rollout)),
                         Some(i) => engine
                             .operate(i, &actor, &command, now)
-                            .map(|d| (i, d))
+                            .map(|decision| Pending::Rollout { index: i, decision })
                             .map_err(InputError::from),
                     }
                 };
                 let result = match decided {
-                    Ok((i, d)) => decide(&shared, i, d, None).await,
+                    Ok(pending) => commit(&shared, pending).await,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
@@ -804,12 +749,12 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                         None => Err(InputError::UnknownWorkflow(workflow)),
                         Some(i) => engine
                             .resume_guard(i, &actor, &reason, ack, now)
-                            .map(|d| (i, d))
+                            .map(|decision| Pending::Guard { index: i, decision })
                             .map_err(InputError::from),
                     }
                 };
                 let result = match decided {
-                    Ok((i, d)) => decide_guard(&shared, i, d).await,
+                    Ok(pending) => commit(&shared, pending).await,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
