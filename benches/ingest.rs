@@ -13,7 +13,7 @@ use std::time::Instant;
 use stagegate::core::clock::SystemClock;
 use stagegate::plan::Plan;
 use stagegate::serve::controller::Shared;
-use stagegate::store::Store;
+use stagegate::store::EmbeddedStore;
 
 const BATCH: usize = 500;
 const BATCHES_PER_CLIENT: usize = 40;
@@ -34,7 +34,7 @@ fn run(durable: bool) -> f64 {
     let dir = tempfile::tempdir().expect("tmp");
     let mut plan = Plan::load(Path::new("config/stagegate.yaml")).expect("shipped config");
     plan.server.data_dir = dir.path().to_path_buf();
-    let mut store = Store::open(dir.path()).expect("store");
+    let mut store = EmbeddedStore::open(dir.path()).expect("store");
     store.set_durable(durable);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -45,7 +45,7 @@ fn run(durable: bool) -> f64 {
             plan,
             "config/stagegate.yaml".into(),
             Arc::new(SystemClock),
-            store,
+            Arc::new(store),
             false,
         )
         .expect("start");

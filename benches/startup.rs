@@ -18,7 +18,7 @@ use std::time::Instant;
 use stagegate::core::clock::SystemClock;
 use stagegate::plan::Plan;
 use stagegate::serve::controller::Shared;
-use stagegate::store::Store;
+use stagegate::store::EmbeddedStore;
 
 const BATCH: usize = 1_000;
 const CLIENTS: usize = 8;
@@ -40,7 +40,7 @@ fn config(dir: &Path) -> std::path::PathBuf {
 /// writes the evidence checkpoints a running server would have written.
 fn fill(dir: &Path, config: &Path, n: usize) {
     let plan = Plan::load(config).expect("config");
-    let store = Store::open(&dir.join("data")).expect("store");
+    let store = EmbeddedStore::open(&dir.join("data")).expect("store");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,7 +50,7 @@ fn fill(dir: &Path, config: &Path, n: usize) {
             plan,
             config.to_path_buf(),
             Arc::new(SystemClock),
-            store,
+            Arc::new(store),
             false,
         )
         .expect("start");

@@ -24,7 +24,7 @@ use crate::core::receipt::Receipt;
 use crate::core::rollout::{Command, Refusal};
 use crate::plan::{Plan, Role};
 use crate::serve::metrics::{Metrics, UNKNOWN_WORKFLOW};
-use crate::store::{BatchItem, Change, Store, StoreError, StoredEvent};
+use crate::store::{BatchItem, Change, EmbeddedStore, Store, StoreError, StoredEvent};
 
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
 pub struct Snapshot {
@@ -112,7 +112,7 @@ pub struct Shared {
     pub engine: Mutex<Engine>,
     pub plan: ArcSwap<Plan>,
     pub tokens: ArcSwap<Tokens>,
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     /// Ingest batches go to one writer thread that commits whatever is pending together.
     writer: std::sync::mpsc::Sender<IngestJob>,
     pub metrics: Metrics,
@@ -203,7 +203,7 @@ impl Shared {
         config_path: PathBuf,
         force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
-        let store = Store::open(&plan.server.data_dir)?;
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&plan.server.data_dir)?);
         let clock = Arc::new(crate::core::clock::SteadyClock::anchored(
             store.clock_high_water()?,
         ));
@@ -215,7 +215,7 @@ impl Shared {
         plan: Plan,
         config_path: PathBuf,
         clock: Arc<dyn Clock>,
-        store: Store,
+        store: Arc<dyn Store>,
         force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
         let (stored, stored_guards) = store.states()?;
@@ -233,7 +233,7 @@ impl Shared {
                     state: &decision.after,
                 },
                 &mut receipt,
-                |r| crate::core::notice::outbox_for(&plan, r, now),
+                &|r: &Receipt| crate::core::notice::outbox_for(&plan, r, now),
             )?;
             engine.apply(*i, decision);
             tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, reason = %receipt.reason, changes = ?receipt.changes, "reconfigured at start-up");
@@ -246,7 +246,7 @@ impl Shared {
                     state: &decision.after,
                 },
                 &mut receipt,
-                |_| Vec::new(),
+                &|_: &Receipt| Vec::new(),
             )?;
             tracing::warn!(receipt = %receipt.id, rollout = %name, "rollout removed from the config at start-up");
         }
@@ -262,7 +262,7 @@ impl Shared {
                     restored += 1;
                 }
             }
-            replayed += store.replay(&scope, epoch, after, |stored| {
+            replayed += store.replay(&scope, epoch, after, &mut |stored| {
                 if let Ok(route) = engine.route(&stored.event) {
                     if route
                         .scope(&engine)
@@ -274,13 +274,12 @@ impl Shared {
             })?;
         }
         engine.recorded_seq = store.last_seq()?;
-        tracing::info!(store = %store.path().display(), restored, replayed, "store opened");
+        tracing::info!(store = %store.location(), restored, replayed, "store opened");
         let metrics = Metrics::new();
         metrics.init_series(&plan);
         metrics.observe(&engine, now);
         let snapshot = Snapshot::build(&engine, &metrics);
         let (tx, rx) = mpsc::channel(64);
-        let store = Arc::new(store);
         let (writer, jobs) = std::sync::mpsc::channel();
         let body_budget = BodyBudget::new(plan.server.max_inflight_body_bytes);
         let shared = Arc::new(Shared {
@@ -513,7 +512,7 @@ async fn persist(
         let plan = s.plan.load_full();
         let now = s.clock.now();
         s.store
-            .commit(&borrowed, &mut receipt, |r| {
+            .commit(&borrowed, &mut receipt, &|r: &Receipt| {
                 crate::core::notice::outbox_for(&plan, r, now)
             })
             .map(|()| receipt)

@@ -10,7 +10,7 @@
 //! raw events covered by a checkpoint are pruned after `server.retention`.
 //!
 //! A failed write (a full disk) marks the store unhealthy: `/readyz` says so, writes answer 503
-//! with what happened, and [`Store::recover`] reopens the file once writes succeed again. A
+//! with what happened, and [`Store::recover`](super::Store::recover) reopens the file once writes succeed again. A
 //! damaged file is never written: start-up checks it read-only first, and a file that needs
 //! redb's repair is copied aside first and restored byte for byte if the repair fails.
 //! redb's file lock refuses a second process on the same directory.
@@ -24,15 +24,12 @@ use redb::{
     Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
     TableDefinition,
 };
-use serde::{Deserialize, Serialize};
 
+use super::{BatchItem, Change, Store, StoreError, StoredEvent, StoredStates};
 use crate::core::clock::Millis;
-use crate::core::engine::GuardState;
-use crate::core::event::TaskEvent;
 use crate::core::evidence::Checkpoint;
 use crate::core::notice::Outbox;
 use crate::core::receipt::Receipt;
-use crate::core::rollout::RolloutState;
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
@@ -51,85 +48,13 @@ const CACHE_BYTES: usize = 64 * 1024 * 1024;
 /// The file name inside `data_dir`.
 pub const FILE_NAME: &str = "stagegate.redb";
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("{path}: another stagegate process has this data_dir open (the store is locked)")]
-    Locked { path: PathBuf },
-    #[error(
-        "{path}: the store cannot be opened ({detail}); it was left untouched — restore it from a backup, or move it aside to start with an empty store"
-    )]
-    Unreadable { path: PathBuf, detail: String },
-    #[error(
-        "{path}: the store file is empty (0 bytes), so it is not a stagegate store; it was left untouched — restore it from a backup, or remove it to start with an empty store"
-    )]
-    Empty { path: PathBuf },
-    #[error(
-        "the store cannot commit ({detail}); nothing in this request was acknowledged or changed. stagegate retries every second and recovers by itself once writes succeed — free space (or fix the file system) under {dir}"
-    )]
-    Unavailable { dir: PathBuf, detail: String },
-    #[error("store: {0}")]
-    Db(#[from] redb::Error),
-    #[error("store: a record does not decode: {0}")]
-    Codec(#[from] serde_json::Error),
-}
-
 fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Db(e.into())
 }
 
-/// An accepted event as stored for replay.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StoredEvent {
-    pub scope: String,
-    pub epoch: u64,
-    pub event: TaskEvent,
-}
-
-/// One item of an ingest batch: its dedupe key and, if some scope watches it, the event.
-pub struct BatchItem {
-    pub event_id: String,
-    pub stored: Option<StoredEvent>,
-}
-
-/// Every stored state by name: rollouts, and guarded workflows.
-pub type StoredStates = (HashMap<String, RolloutState>, HashMap<String, GuardState>);
-
-/// A state change to persist with its receipt.
-pub enum Change<'a> {
-    Rollout {
-        name: &'a str,
-        state: &'a RolloutState,
-    },
-    Guard {
-        workflow: &'a str,
-        state: &'a GuardState,
-    },
-}
-
-impl Change<'_> {
-    fn key_and_scope(&self) -> (String, String, u64) {
-        match self {
-            Change::Rollout { name, state } => {
-                (format!("rollout:{name}"), name.to_string(), state.epoch)
-            }
-            Change::Guard { workflow, state } => (
-                format!("guard:{workflow}"),
-                format!("workflow:{workflow}"),
-                state.epoch,
-            ),
-        }
-    }
-
-    fn bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
-        match self {
-            Change::Rollout { state, .. } => serde_json::to_vec(state),
-            Change::Guard { state, .. } => serde_json::to_vec(state),
-        }
-    }
-}
-
-pub struct Store {
-    /// `None` only while [`Store::recover`] reopens the file.
+/// The embedded store: one redb file in `data_dir`.
+pub struct EmbeddedStore {
+    /// `None` only while [`Store::recover`](super::Store::recover) reopens the file.
     db: RwLock<Option<Database>>,
     path: PathBuf,
     durability: Durability,
@@ -172,17 +97,17 @@ fn builder() -> Builder {
     b
 }
 
-impl Store {
+impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. Refuses a directory another process holds, an
     /// empty file, and a file that is not a readable store — none is ever replaced or written.
-    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
         let path = dir.join(FILE_NAME);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unreadable {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
         let db = Self::open_checked(&path)?;
-        let store = Store {
+        let store = EmbeddedStore {
             db: RwLock::new(Some(db)),
             path,
             durability: Durability::Immediate,
@@ -299,21 +224,6 @@ impl Store {
         tx.commit().map_err(dberr)
     }
 
-    /// Whether the last write succeeded (`/readyz`).
-    pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
-    }
-
-    /// Why the store is unhealthy, if it is.
-    pub fn failure(&self) -> Option<String> {
-        (!self.is_healthy()).then(|| {
-            self.last_failure
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default()
-        })
-    }
-
     fn unavailable(&self, detail: String) -> StoreError {
         StoreError::Unavailable {
             dir: self.path.parent().unwrap_or(&self.path).to_path_buf(),
@@ -343,44 +253,7 @@ impl Store {
         }
     }
 
-    /// Reopens an unhealthy store and proves it can commit; returns whether it is healthy.
-    pub fn recover(&self, now: Millis) -> bool {
-        if self.is_healthy() {
-            return true;
-        }
-        let Ok(mut slot) = self.db.write() else {
-            return false;
-        };
-        // The old handle must go first: it holds the file lock.
-        drop(slot.take());
-        let reopened = quietly(|| builder().open(&self.path)).ok().and_then(|r| {
-            r.map_err(|e| tracing::warn!(error = %e, "store reopen failed"))
-                .ok()
-        });
-        *slot = reopened;
-        drop(slot);
-        let probe = (|| {
-            let tx = self.write()?;
-            tx.open_table(COUNTERS)
-                .map_err(dberr)?
-                .insert("probe", now)
-                .map_err(dberr)?;
-            tx.commit().map_err(dberr)
-        })();
-        match probe {
-            Ok(()) => {
-                self.healthy.store(true, Ordering::Relaxed);
-                tracing::info!(store = %self.path.display(), "the store commits again; ready");
-                true
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "store still cannot commit");
-                false
-            }
-        }
-    }
-
-    /// Runs `f` on the open database handle (none while [`Store::recover`] reopens it).
+    /// Runs `f` on the open database handle (none while [`Store::recover`](super::Store::recover) reopens it).
     fn with_db<T>(
         &self,
         f: impl FnOnce(&Database) -> Result<T, StoreError>,
@@ -420,159 +293,6 @@ impl Store {
                 detail: e.to_string(),
             })?;
         Ok(tx)
-    }
-
-    /// Every stored rollout and guard state (dormant ones included).
-    pub fn states(&self) -> Result<StoredStates, StoreError> {
-        let tx = self.read()?;
-        let mut rollouts = HashMap::new();
-        let mut guards = HashMap::new();
-        let states = tx.open_table(STATES).map_err(dberr)?;
-        for row in states.iter().map_err(dberr)? {
-            let (key, value) = row.map_err(dberr)?;
-            if let Some(name) = key.value().strip_prefix("rollout:") {
-                rollouts.insert(name.to_string(), serde_json::from_slice(value.value())?);
-            } else if let Some(name) = key.value().strip_prefix("guard:") {
-                guards.insert(name.to_string(), serde_json::from_slice(value.value())?);
-            }
-        }
-        Ok((rollouts, guards))
-    }
-
-    /// The checkpoint of `scope`, if one was written.
-    pub fn checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError> {
-        let tx = self.read()?;
-        let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
-        decode(table.get(scope).map_err(dberr)?)
-    }
-
-    /// Calls `f` with every stored event of `scope`'s `epoch` after sequence number `after`,
-    /// in order; returns how many.
-    pub fn replay(
-        &self,
-        scope: &str,
-        epoch: u64,
-        after: u64,
-        mut f: impl FnMut(StoredEvent),
-    ) -> Result<usize, StoreError> {
-        let tx = self.read()?;
-        let events = tx.open_table(EVENTS).map_err(dberr)?;
-        let mut n = 0;
-        let from = after.saturating_add(1);
-        for row in events
-            .range((scope, epoch, from)..=(scope, epoch, u64::MAX))
-            .map_err(dberr)?
-        {
-            let (_, value) = row.map_err(dberr)?;
-            f(serde_json::from_slice(value.value())?);
-            n += 1;
-        }
-        Ok(n)
-    }
-
-    /// The last event sequence number committed.
-    pub fn last_seq(&self) -> Result<u64, StoreError> {
-        let tx = self.read()?;
-        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
-        Ok(counters
-            .get("events")
-            .map_err(dberr)?
-            .map_or(0, |v| v.value()))
-    }
-
-    /// The latest time any commit was stamped with: a clock anchor that never goes back.
-    pub fn clock_high_water(&self) -> Result<Millis, StoreError> {
-        let tx = self.read()?;
-        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
-        Ok(counters
-            .get("clock")
-            .map_err(dberr)?
-            .map_or(0, |v| v.value()))
-    }
-
-    /// Writes evidence checkpoints in one transaction.
-    pub fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError> {
-        if checkpoints.is_empty() {
-            return Ok(());
-        }
-        self.writing(|| {
-            let tx = self.write()?;
-            {
-                let mut table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
-                for (scope, cp) in checkpoints {
-                    table
-                        .insert(scope.as_str(), serde_json::to_vec(cp)?.as_slice())
-                        .map_err(dberr)?;
-                }
-            }
-            tx.commit().map_err(dberr)
-        })
-    }
-
-    /// Deletes raw events committed before `cutoff` that a checkpoint covers (events of older
-    /// epochs too); returns how many.
-    pub fn prune_events(&self, cutoff: Millis) -> Result<usize, StoreError> {
-        self.writing(|| {
-            let tx = self.write()?;
-            let mut pruned = 0;
-            {
-                let mut marks = tx.open_table(SEQ_MARKS).map_err(dberr)?;
-                let cutoff_seq = match marks.range(..=cutoff).map_err(dberr)?.next_back() {
-                    Some(row) => row.map_err(dberr)?.1.value(),
-                    None => 0,
-                };
-                let checkpoints: Vec<(String, Checkpoint)> = {
-                    let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
-                    let mut out = Vec::new();
-                    for row in table.iter().map_err(dberr)? {
-                        let (k, v) = row.map_err(dberr)?;
-                        out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
-                    }
-                    out
-                };
-                let mut events = tx.open_table(EVENTS).map_err(dberr)?;
-                for (scope, cp) in &checkpoints {
-                    let upto = cp.seq.min(cutoff_seq);
-                    let scope = scope.as_str();
-                    events
-                        .retain_in((scope, 0u64, 0u64)..=(scope, cp.epoch, upto), |_, _| {
-                            pruned += 1;
-                            false
-                        })
-                        .map_err(dberr)?;
-                }
-                // Keep the newest mark at or before the cutoff: it still locates the cutoff.
-                if cutoff > 0 {
-                    marks
-                        .retain_in(..cutoff.saturating_sub(1), |_, _| false)
-                        .map_err(dberr)?;
-                }
-            }
-            tx.commit().map_err(dberr)?;
-            Ok(pruned)
-        })
-    }
-
-    /// The store file's size on disk, in bytes.
-    pub fn size_bytes(&self) -> u64 {
-        std::fs::metadata(&self.path).map_or(0, |m| m.len())
-    }
-
-    /// Writes a batch in one transaction: new events with their dedupe keys. Returns, per
-    /// item, whether it was new (`false`: a duplicate, of an earlier batch or of this one).
-    pub fn ingest(&self, items: &[BatchItem], now: Millis) -> Result<Vec<bool>, StoreError> {
-        let (mut out, _) = self.ingest_groups(&[items], now)?;
-        Ok(out.pop().unwrap_or_default())
-    }
-
-    /// Group commit: several batches in one transaction (one fsync), results per batch, and
-    /// the last event sequence number the commit assigned.
-    pub fn ingest_groups(
-        &self,
-        groups: &[&[BatchItem]],
-        now: Millis,
-    ) -> Result<(Vec<Vec<bool>>, u64), StoreError> {
-        self.writing(|| self.ingest_groups_inner(groups, now))
     }
 
     fn ingest_groups_inner(
@@ -626,18 +346,6 @@ impl Store {
         Ok((results, last_seq))
     }
 
-    /// Persists a state change and its receipt atomically, assigning the receipt's id, with the
-    /// notifications `outbox` makes from it; drops the scope's events from epochs before the new
-    /// one.
-    pub fn commit(
-        &self,
-        change: &Change<'_>,
-        receipt: &mut Receipt,
-        outbox: impl Fn(&Receipt) -> Vec<Outbox>,
-    ) -> Result<(), StoreError> {
-        self.writing(|| self.commit_inner(change, receipt, &outbox))
-    }
-
     fn commit_inner(
         &self,
         change: &Change<'_>,
@@ -688,8 +396,233 @@ impl Store {
         Ok(())
     }
 
-    /// Receipts, newest first, optionally for one rollout (or workflow) and since a time.
-    pub fn receipts(
+    fn prune_dedupe_inner(&self, cutoff: Millis) -> Result<usize, StoreError> {
+        let tx = self.write()?;
+        let mut pruned = 0;
+        {
+            let mut by_time = tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
+            let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
+            let mut old = Vec::new();
+            for row in by_time.range((0u64, "")..(cutoff, "")).map_err(dberr)? {
+                let (key, _) = row.map_err(dberr)?;
+                old.push(key.value().1.to_string());
+            }
+            for id in &old {
+                dedupe.remove(id.as_str()).map_err(dberr)?;
+                pruned += 1;
+            }
+            by_time
+                .retain_in((0u64, "")..(cutoff, ""), |_, _| false)
+                .map_err(dberr)?;
+        }
+        tx.commit().map_err(dberr)?;
+        Ok(pruned)
+    }
+}
+
+impl Store for EmbeddedStore {
+    fn location(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    fn failure(&self) -> Option<String> {
+        (!self.is_healthy()).then(|| {
+            self.last_failure
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    fn recover(&self, now: Millis) -> bool {
+        if self.is_healthy() {
+            return true;
+        }
+        let Ok(mut slot) = self.db.write() else {
+            return false;
+        };
+        // The old handle must go first: it holds the file lock.
+        drop(slot.take());
+        let reopened = quietly(|| builder().open(&self.path)).ok().and_then(|r| {
+            r.map_err(|e| tracing::warn!(error = %e, "store reopen failed"))
+                .ok()
+        });
+        *slot = reopened;
+        drop(slot);
+        let probe = (|| {
+            let tx = self.write()?;
+            tx.open_table(COUNTERS)
+                .map_err(dberr)?
+                .insert("probe", now)
+                .map_err(dberr)?;
+            tx.commit().map_err(dberr)
+        })();
+        match probe {
+            Ok(()) => {
+                self.healthy.store(true, Ordering::Relaxed);
+                tracing::info!(store = %self.path.display(), "the store commits again; ready");
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "store still cannot commit");
+                false
+            }
+        }
+    }
+
+    fn states(&self) -> Result<StoredStates, StoreError> {
+        let tx = self.read()?;
+        let mut rollouts = HashMap::new();
+        let mut guards = HashMap::new();
+        let states = tx.open_table(STATES).map_err(dberr)?;
+        for row in states.iter().map_err(dberr)? {
+            let (key, value) = row.map_err(dberr)?;
+            if let Some(name) = key.value().strip_prefix("rollout:") {
+                rollouts.insert(name.to_string(), serde_json::from_slice(value.value())?);
+            } else if let Some(name) = key.value().strip_prefix("guard:") {
+                guards.insert(name.to_string(), serde_json::from_slice(value.value())?);
+            }
+        }
+        Ok((rollouts, guards))
+    }
+
+    fn checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError> {
+        let tx = self.read()?;
+        let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+        decode(table.get(scope).map_err(dberr)?)
+    }
+
+    fn replay(
+        &self,
+        scope: &str,
+        epoch: u64,
+        after: u64,
+        f: &mut dyn FnMut(StoredEvent),
+    ) -> Result<usize, StoreError> {
+        let tx = self.read()?;
+        let events = tx.open_table(EVENTS).map_err(dberr)?;
+        let mut n = 0;
+        let from = after.saturating_add(1);
+        for row in events
+            .range((scope, epoch, from)..=(scope, epoch, u64::MAX))
+            .map_err(dberr)?
+        {
+            let (_, value) = row.map_err(dberr)?;
+            f(serde_json::from_slice(value.value())?);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn last_seq(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
+        Ok(counters
+            .get("events")
+            .map_err(dberr)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn clock_high_water(&self) -> Result<Millis, StoreError> {
+        let tx = self.read()?;
+        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
+        Ok(counters
+            .get("clock")
+            .map_err(dberr)?
+            .map_or(0, |v| v.value()))
+    }
+
+    fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError> {
+        if checkpoints.is_empty() {
+            return Ok(());
+        }
+        self.writing(|| {
+            let tx = self.write()?;
+            {
+                let mut table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+                for (scope, cp) in checkpoints {
+                    table
+                        .insert(scope.as_str(), serde_json::to_vec(cp)?.as_slice())
+                        .map_err(dberr)?;
+                }
+            }
+            tx.commit().map_err(dberr)
+        })
+    }
+
+    fn prune_events(&self, cutoff: Millis) -> Result<usize, StoreError> {
+        self.writing(|| {
+            let tx = self.write()?;
+            let mut pruned = 0;
+            {
+                let mut marks = tx.open_table(SEQ_MARKS).map_err(dberr)?;
+                let cutoff_seq = match marks.range(..=cutoff).map_err(dberr)?.next_back() {
+                    Some(row) => row.map_err(dberr)?.1.value(),
+                    None => 0,
+                };
+                let checkpoints: Vec<(String, Checkpoint)> = {
+                    let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+                    let mut out = Vec::new();
+                    for row in table.iter().map_err(dberr)? {
+                        let (k, v) = row.map_err(dberr)?;
+                        out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+                    }
+                    out
+                };
+                let mut events = tx.open_table(EVENTS).map_err(dberr)?;
+                for (scope, cp) in &checkpoints {
+                    let upto = cp.seq.min(cutoff_seq);
+                    let scope = scope.as_str();
+                    events
+                        .retain_in((scope, 0u64, 0u64)..=(scope, cp.epoch, upto), |_, _| {
+                            pruned += 1;
+                            false
+                        })
+                        .map_err(dberr)?;
+                }
+                // Keep the newest mark at or before the cutoff: it still locates the cutoff.
+                if cutoff > 0 {
+                    marks
+                        .retain_in(..cutoff.saturating_sub(1), |_, _| false)
+                        .map_err(dberr)?;
+                }
+            }
+            tx.commit().map_err(dberr)?;
+            Ok(pruned)
+        })
+    }
+
+    fn size_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    fn ingest(&self, items: &[BatchItem], now: Millis) -> Result<Vec<bool>, StoreError> {
+        let (mut out, _) = self.ingest_groups(&[items], now)?;
+        Ok(out.pop().unwrap_or_default())
+    }
+
+    fn ingest_groups(
+        &self,
+        groups: &[&[BatchItem]],
+        now: Millis,
+    ) -> Result<(Vec<Vec<bool>>, u64), StoreError> {
+        self.writing(|| self.ingest_groups_inner(groups, now))
+    }
+
+    fn commit(
+        &self,
+        change: &Change<'_>,
+        receipt: &mut Receipt,
+        outbox: &dyn Fn(&Receipt) -> Vec<Outbox>,
+    ) -> Result<(), StoreError> {
+        self.writing(|| self.commit_inner(change, receipt, &outbox))
+    }
+
+    fn receipts(
         &self,
         scope: Option<&str>,
         since: Option<Millis>,
@@ -716,7 +649,7 @@ impl Store {
         Ok(out)
     }
 
-    pub fn receipt(&self, id: &str) -> Result<Option<Receipt>, StoreError> {
+    fn receipt(&self, id: &str) -> Result<Option<Receipt>, StoreError> {
         let Some(seq) = id.strip_prefix("r-").and_then(|s| s.parse::<u64>().ok()) else {
             return Ok(None);
         };
@@ -725,8 +658,7 @@ impl Store {
         decode(table.get(seq).map_err(dberr)?)
     }
 
-    /// Up to `limit` outbox items due at `now`, with their keys.
-    pub fn due_notifications(
+    fn due_notifications(
         &self,
         now: Millis,
         limit: usize,
@@ -747,8 +679,7 @@ impl Store {
         Ok(due)
     }
 
-    /// Removes a delivered (or abandoned) notification.
-    pub fn notification_done(&self, key: u64) -> Result<(), StoreError> {
+    fn notification_done(&self, key: u64) -> Result<(), StoreError> {
         self.writing(|| {
             let tx = self.write()?;
             tx.open_table(OUTBOX)
@@ -759,8 +690,7 @@ impl Store {
         })
     }
 
-    /// Stores a notification's next attempt.
-    pub fn notification_retry(&self, key: u64, item: &Outbox) -> Result<(), StoreError> {
+    fn notification_retry(&self, key: u64, item: &Outbox) -> Result<(), StoreError> {
         self.writing(|| {
             let tx = self.write()?;
             tx.open_table(OUTBOX)
@@ -771,32 +701,8 @@ impl Store {
         })
     }
 
-    /// Forgets dedupe keys accepted before `cutoff`; returns how many.
-    pub fn prune_dedupe(&self, cutoff: Millis) -> Result<usize, StoreError> {
+    fn prune_dedupe(&self, cutoff: Millis) -> Result<usize, StoreError> {
         self.writing(|| self.prune_dedupe_inner(cutoff))
-    }
-
-    fn prune_dedupe_inner(&self, cutoff: Millis) -> Result<usize, StoreError> {
-        let tx = self.write()?;
-        let mut pruned = 0;
-        {
-            let mut by_time = tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
-            let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
-            let mut old = Vec::new();
-            for row in by_time.range((0u64, "")..(cutoff, "")).map_err(dberr)? {
-                let (key, _) = row.map_err(dberr)?;
-                old.push(key.value().1.to_string());
-            }
-            for id in &old {
-                dedupe.remove(id.as_str()).map_err(dberr)?;
-                pruned += 1;
-            }
-            by_time
-                .retain_in((0u64, "")..(cutoff, ""), |_, _| false)
-                .map_err(dberr)?;
-        }
-        tx.commit().map_err(dberr)?;
-        Ok(pruned)
     }
 }
 

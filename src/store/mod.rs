@@ -1,6 +1,193 @@
-//! Durable state: rollout states, receipts, events, dedupe keys, evidence checkpoints and the
-//! notification outbox. `embedded` is the default backend (redb in `data_dir`).
+//! Durable state: rollout states, receipts, accepted events and their dedupe keys, evidence
+//! checkpoints and the notification outbox, behind the [`Store`] trait the shell uses. The
+//! embedded backend ([`EmbeddedStore`], redb in `data_dir`) is the default.
+//!
+//! What every backend promises: an event batch is durable with its dedupe keys before it is
+//! acknowledged; a decision's state, its receipt and its outbox rows commit together or not at
+//! all; a failed write marks the store unhealthy (`/readyz`) until [`Store::recover`] succeeds.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::core::clock::Millis;
+use crate::core::engine::GuardState;
+use crate::core::event::TaskEvent;
+use crate::core::evidence::Checkpoint;
+use crate::core::notice::Outbox;
+use crate::core::receipt::Receipt;
+use crate::core::rollout::RolloutState;
 
 mod embedded;
 
-pub use embedded::*;
+pub use embedded::{EmbeddedStore, FILE_NAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: another stagegate process has this data_dir open (the store is locked)")]
+    Locked { path: PathBuf },
+    #[error(
+        "{path}: the store cannot be opened ({detail}); it was left untouched — restore it from a backup, or move it aside to start with an empty store"
+    )]
+    Unreadable { path: PathBuf, detail: String },
+    #[error(
+        "{path}: the store file is empty (0 bytes), so it is not a stagegate store; it was left untouched — restore it from a backup, or remove it to start with an empty store"
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "the store cannot commit ({detail}); nothing in this request was acknowledged or changed. stagegate retries every second and recovers by itself once writes succeed — free space (or fix the file system) under {dir}"
+    )]
+    Unavailable { dir: PathBuf, detail: String },
+    #[error("store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("store: a record does not decode: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+/// An accepted event as stored for replay.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredEvent {
+    pub scope: String,
+    pub epoch: u64,
+    pub event: TaskEvent,
+}
+
+/// One item of an ingest batch: its dedupe key and, if some scope watches it, the event.
+pub struct BatchItem {
+    pub event_id: String,
+    pub stored: Option<StoredEvent>,
+}
+
+/// Every stored state by name: rollouts, and guarded workflows.
+pub type StoredStates = (HashMap<String, RolloutState>, HashMap<String, GuardState>);
+
+/// A state change to persist with its receipt.
+pub enum Change<'a> {
+    Rollout {
+        name: &'a str,
+        state: &'a RolloutState,
+    },
+    Guard {
+        workflow: &'a str,
+        state: &'a GuardState,
+    },
+}
+
+impl Change<'_> {
+    pub(crate) fn key_and_scope(&self) -> (String, String, u64) {
+        match self {
+            Change::Rollout { name, state } => {
+                (format!("rollout:{name}"), name.to_string(), state.epoch)
+            }
+            Change::Guard { workflow, state } => (
+                format!("guard:{workflow}"),
+                format!("workflow:{workflow}"),
+                state.epoch,
+            ),
+        }
+    }
+
+    pub(crate) fn bytes(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            Change::Rollout { state, .. } => serde_json::to_vec(state),
+            Change::Guard { state, .. } => serde_json::to_vec(state),
+        }
+    }
+}
+
+/// What the shell needs of a store. Every method is blocking: the shell calls it off the async
+/// threads (`spawn_blocking` or the ingest writer thread).
+pub trait Store: Send + Sync {
+    /// Where the data lives, for logs (a file path, a database).
+    fn location(&self) -> String;
+
+    /// Whether the last write succeeded (`/readyz`).
+    fn is_healthy(&self) -> bool;
+
+    /// Why the store is unhealthy, if it is.
+    fn failure(&self) -> Option<String>;
+
+    /// Reopens an unhealthy store and proves it can commit; returns whether it is healthy.
+    fn recover(&self, now: Millis) -> bool;
+
+    /// Every stored rollout and guard state (dormant ones included).
+    fn states(&self) -> Result<StoredStates, StoreError>;
+
+    /// The checkpoint of `scope`, if one was written.
+    fn checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError>;
+
+    /// Calls `f` with every stored event of `scope`'s `epoch` after sequence number `after`,
+    /// in order; returns how many.
+    fn replay(
+        &self,
+        scope: &str,
+        epoch: u64,
+        after: u64,
+        f: &mut dyn FnMut(StoredEvent),
+    ) -> Result<usize, StoreError>;
+
+    /// The last event sequence number committed.
+    fn last_seq(&self) -> Result<u64, StoreError>;
+
+    /// The latest time any commit was stamped with: a clock anchor that never goes back.
+    fn clock_high_water(&self) -> Result<Millis, StoreError>;
+
+    /// Writes evidence checkpoints in one transaction.
+    fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError>;
+
+    /// Deletes raw events committed before `cutoff` that a checkpoint covers (events of older
+    /// epochs too); returns how many.
+    fn prune_events(&self, cutoff: Millis) -> Result<usize, StoreError>;
+
+    /// The store file's size on disk, in bytes.
+    fn size_bytes(&self) -> u64;
+
+    /// Writes a batch in one transaction: new events with their dedupe keys. Returns, per
+    /// item, whether it was new (`false`: a duplicate, of an earlier batch or of this one).
+    fn ingest(&self, items: &[BatchItem], now: Millis) -> Result<Vec<bool>, StoreError>;
+
+    /// Group commit: several batches in one transaction (one fsync), results per batch, and
+    /// the last event sequence number the commit assigned.
+    fn ingest_groups(
+        &self,
+        groups: &[&[BatchItem]],
+        now: Millis,
+    ) -> Result<(Vec<Vec<bool>>, u64), StoreError>;
+
+    /// Persists a state change and its receipt atomically, assigning the receipt's id, with the
+    /// notifications `outbox` makes from it; drops the scope's events from epochs before the new
+    /// one.
+    fn commit(
+        &self,
+        change: &Change<'_>,
+        receipt: &mut Receipt,
+        outbox: &dyn Fn(&Receipt) -> Vec<Outbox>,
+    ) -> Result<(), StoreError>;
+
+    /// Receipts, newest first, optionally for one rollout (or workflow) and since a time.
+    fn receipts(
+        &self,
+        scope: Option<&str>,
+        since: Option<Millis>,
+        limit: usize,
+    ) -> Result<Vec<Receipt>, StoreError>;
+
+    fn receipt(&self, id: &str) -> Result<Option<Receipt>, StoreError>;
+
+    /// Up to `limit` outbox items due at `now`, with their keys.
+    fn due_notifications(
+        &self,
+        now: Millis,
+        limit: usize,
+    ) -> Result<Vec<(u64, Outbox)>, StoreError>;
+
+    /// Removes a delivered (or abandoned) notification.
+    fn notification_done(&self, key: u64) -> Result<(), StoreError>;
+
+    /// Stores a notification's next attempt.
+    fn notification_retry(&self, key: u64, item: &Outbox) -> Result<(), StoreError>;
+
+    /// Forgets dedupe keys accepted before `cutoff`; returns how many.
+    fn prune_dedupe(&self, cutoff: Millis) -> Result<usize, StoreError>;
+}
