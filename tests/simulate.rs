@@ -183,6 +183,22 @@ fn replay_runs_recorded_events_through_the_policy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("has no `ts`"));
 }
 
+/// `simulate` on the suite's config (which names an admin token variable), asserting success.
+fn suite_config(args: &[&str]) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["simulate", "--config", "scenarios/suite/config.yaml"])
+        .args(args)
+        .env("STAGEGATE_ADMIN_TOKEN", "t")
+        .output()
+        .expect("run simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 #[test]
 fn the_suite_runs_both_policies_on_the_same_seeds() {
     // Three of the shipped suite's scenarios, so the test stays quick; the whole suite is
@@ -195,23 +211,8 @@ fn the_suite_runs_both_policies_on_the_same_seeds() {
         )
         .expect("copy scenario");
     }
-    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
-        .args([
-            "simulate",
-            "--config",
-            "scenarios/suite/config.yaml",
-            "--suite",
-        ])
-        .arg(dir.path())
-        .args(["--runs", "4", "--json"])
-        .env("STAGEGATE_ADMIN_TOKEN", "t")
-        .output()
-        .expect("run simulate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let dir_arg = dir.path().to_str().expect("utf-8 path");
+    let out = suite_config(&["--suite", dir_arg, "--runs", "4", "--json"]);
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON rows");
     let row = |name: &str| {
         rows.as_array()
@@ -238,18 +239,7 @@ fn the_suite_runs_both_policies_on_the_same_seeds() {
     assert!(late["threshold"]["contain_p50"].is_null(), "{late}");
 
     // The table names both policies for every scenario.
-    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
-        .args([
-            "simulate",
-            "--config",
-            "scenarios/suite/config.yaml",
-            "--suite",
-        ])
-        .arg(dir.path())
-        .args(["--runs", "2"])
-        .env("STAGEGATE_ADMIN_TOKEN", "t")
-        .output()
-        .expect("run simulate");
+    let out = suite_config(&["--suite", dir_arg, "--runs", "2"]);
     let table = String::from_utf8_lossy(&out.stdout);
     assert_eq!(table.matches("| sequential |").count(), 3, "{table}");
     assert_eq!(table.matches("| threshold (5) |").count(), 3, "{table}");
@@ -259,25 +249,13 @@ fn the_suite_runs_both_policies_on_the_same_seeds() {
 fn exposure_counts_tasks_by_behaviour_and_per_source_baselines_apply() {
     // Simpson's mix: the candidate equals the baseline in every source, though internal
     // tasks are harder for both. Nothing is bad, so nothing is exposed, and nothing acts.
-    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
-        .args([
-            "simulate",
-            "--config",
-            "scenarios/suite/config.yaml",
-            "--scenario",
-            "scenarios/suite/simpsons.yaml",
-            "--runs",
-            "3",
-            "--json",
-        ])
-        .env("STAGEGATE_ADMIN_TOKEN", "t")
-        .output()
-        .expect("run simulate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = suite_config(&[
+        "--scenario",
+        "scenarios/suite/simpsons.yaml",
+        "--runs",
+        "3",
+        "--json",
+    ]);
     let s: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(s["false_alarms"], 0.0, "{s}");
     assert_eq!(s["exposed_p90"], 0, "{s}");
