@@ -308,11 +308,31 @@ fn render_rollout(r: &Value) -> String {
     if let Some(re) = r["reenable"].as_object() {
         let _ = writeln!(
             out,
-            "re-enable after {} at {}; still missing:",
+            "re-enable after {} at {}; the lane's proof:",
             s(&re["cause"]),
             s(&re["since"])
         );
-        for m in re["missing"].as_array().into_iter().flatten() {
+        if re["ack_required"].as_bool() == Some(true) {
+            let _ = writeln!(out, "  ack                      required (resume --ack)");
+        }
+        let _ = writeln!(
+            out,
+            "  cooldown                 ends {}",
+            s(&re["cooldown_ends"])
+        );
+        let _ = writeln!(
+            out,
+            "  healthy read-only tasks  {}/{} (counted in probation)",
+            s(&re["healthy_read_only"]),
+            s(&re["healthy_read_only_required"])
+        );
+        let missing: Vec<&Value> = re["missing"].as_array().into_iter().flatten().collect();
+        if missing.is_empty() {
+            let _ = writeln!(out, "the next resume has its proof");
+        } else {
+            let _ = writeln!(out, "the next resume still lacks:");
+        }
+        for m in missing {
             let _ = writeln!(out, "  - {}", s(m));
         }
     }

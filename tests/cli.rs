@@ -143,9 +143,14 @@ fn resume_refusal_lists_the_missing_proof() {
     );
     assert!(!ok);
     assert!(
-        err.contains("422") && err.contains("- ack") && err.contains("- healthy_read_only_samples"),
+        err.contains("422") && err.contains("- ack") && err.contains("- cooldown"),
         "{err}"
     );
     let (ok, out, _) = cli(&server, READER, &["status", "support-reply-v8"]);
     assert!(ok && out.contains("re-enable after read_only"), "{out}");
+    assert!(
+        out.contains("cooldown                 ends 20")
+            && out.contains("healthy read-only tasks  0/"),
+        "{out}"
+    );
 }

@@ -313,46 +313,125 @@ fn assignment_is_sticky_and_growth_is_monotone() {
     assert_eq!(a["rollout"], "support-reply-v8");
 }
 
-#[test]
-fn resume_after_automatic_containment_needs_the_lanes_proof() {
-    let server = Server::start(&config(""));
-    server.drive_cost_read_only("p");
-
-    let r = server.post(
+/// Resumes the rollout as an operator; returns the response.
+fn resume(server: &Server, ack: bool) -> support::Reply {
+    server.post(
         "/v1/rollouts/support-reply-v8/resume",
         Some(OPERATOR),
-        &json!({"reason": "fixed the prompt"}),
-    );
-    assert_eq!(r.status, 422, "{}", r.text);
-    assert_eq!(r.body["error"]["code"], "reenable_proof_missing");
-    let details = r.body["error"]["details"].to_string();
-    assert!(
-        details.contains("ack") && details.contains("healthy_read_only_samples"),
-        "{details}"
-    );
+        &json!({"reason": "fixed the prompt", "ack": ack}),
+    )
+}
 
-    // Healthy read-only candidate tasks are the proof; then the cooldown must have passed.
-    let mut healthy: Vec<Value> = events("p-ro", 30, "v8", internal(), HEALTHY);
+/// Healthy candidate tasks reported in read-only mode.
+fn healthy_read_only(tag: &str, n: u64) -> Vec<Value> {
+    let mut healthy: Vec<Value> = events(tag, n, "v8", internal(), HEALTHY);
     for e in &mut healthy {
         e["mode"] = json!("read_only");
         e["fallback"] = json!(false);
         e["review"] = json!("approved");
     }
-    server.send_events(&healthy);
-    std::thread::sleep(std::time::Duration::from_millis(1100));
-    let r = server.post(
-        "/v1/rollouts/support-reply-v8/resume",
-        Some(OPERATOR),
-        &json!({"reason": "fixed the prompt", "ack": true}),
+    healthy
+}
+
+#[test]
+fn resume_after_automatic_containment_goes_through_probation() {
+    let server = Server::start(&config(""));
+    server.drive_cost_read_only("p");
+
+    // Out of the containment: the acknowledgement and the cooldown.
+    let r = resume(&server, false);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "reenable_proof_missing");
+    let details = r.body["error"]["details"].to_string();
+    assert!(
+        details.contains("ack") && details.contains("cooldown"),
+        "{details}"
     );
+    let s = server.status();
+    assert!(s["reenable"]["cooldown_ends"].is_string(), "{s}");
+    assert_eq!(s["reenable"]["healthy_read_only_required"], 20, "{s}");
+    server.wait_for("the cooldown's end", |s| {
+        s["reenable"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
+    });
+    let r = resume(&server, true);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["after"]["state"], "probation", "{}", r.text);
+
+    // Probation: the first stage's traffic, in read-only mode, while the proof accumulates.
+    let s = server.status();
+    assert_eq!((state(&s), stage(&s)), ("probation", "internal"));
+    let a = server.assign("agent-1", internal());
+    assert_eq!(
+        (a["version"].as_str(), a["mode"].as_str()),
+        (Some("v8"), Some("read_only"))
+    );
+    let r = resume(&server, true);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("0 of 20"), "{}", r.text);
+    server.send_events(&healthy_read_only("p-ro", 20));
+    let r = resume(&server, true);
     assert_eq!(r.status, 200, "{}", r.text);
     let s = server.status();
     assert_eq!(
-        (state(&s), s["read_only"].as_bool()),
-        ("progressing", Some(false))
+        (state(&s), stage(&s), s["read_only"].as_bool()),
+        ("progressing", "internal", Some(false))
     );
+    assert!(s["reenable"].is_null(), "{s}");
     let a = server.assign("agent-1", internal());
     assert_eq!(a["mode"], "full");
+    // Each step is a receipt: read-only, probation, progressing (after the start's "added").
+    let actions: Vec<String> = server
+        .receipts()
+        .iter()
+        .map(|r| {
+            format!(
+                "{}:{}",
+                r["action"].as_str().unwrap_or(""),
+                r["after"]["state"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "resume:progressing",
+            "resume:probation",
+            "read_only:read_only",
+            "reconfigure:progressing"
+        ],
+        "{actions:?}"
+    );
+}
+
+#[test]
+fn the_same_miss_in_probation_rolls_back_again() {
+    let server = Server::start(&config(""));
+    server.drive_cost_read_only("q");
+    server.wait_for("the cooldown's end", |s| {
+        s["reenable"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
+    });
+    assert_eq!(resume(&server, true).status, 200);
+    // The read-only drafts cost as much as before.
+    let mut costly = healthy_read_only("q-ro", 300);
+    for e in &mut costly {
+        e["cost_usd"] = json!(0.2);
+    }
+    server.send_events(&costly);
+    server.wait_for("a rollback out of probation", |s| state(s) == "rolled_back");
+    let last = &server.receipts()[0];
+    assert_eq!(last["action"], "rollback", "{last}");
+    assert_eq!(last["before"]["state"], "probation", "{last}");
+    assert!(
+        last["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("during probation"),
+        "{last}"
+    );
 }
 
 #[test]

@@ -679,8 +679,11 @@ impl Engine {
         let reenable = rt.state.reenable.as_ref().map(|due| ReenableStatus {
             since: rfc3339(due.since),
             cause: due.cause,
+            ack_required: plan.lane.reenable.ack,
+            cooldown_ends: rfc3339(due.since.saturating_add(plan.lane.reenable.cooldown)),
             healthy_read_only: rt.healthy_read_only,
-            missing: missing_proof(plan, due, true, rt.healthy_read_only, now),
+            healthy_read_only_required: plan.lane.reenable.healthy_read_only_samples,
+            missing: missing_proof(plan, rt.state.phase, due, true, rt.healthy_read_only, now),
         });
         RolloutStatus {
             name: plan.name.clone(),
@@ -1212,8 +1215,13 @@ fn holding(
 pub struct ReenableStatus {
     pub since: String,
     pub cause: Action,
+    /// The lane's proof checklist: an acknowledgement, the cooldown's end, and the healthy
+    /// read-only tasks probation must see (counted since probation began).
+    pub ack_required: bool,
+    pub cooldown_ends: String,
     pub healthy_read_only: u64,
-    /// What a resume would still lack (assuming `ack` is given).
+    pub healthy_read_only_required: u64,
+    /// What the next resume would still lack (assuming `ack` is given).
     pub missing: Vec<String>,
 }
 

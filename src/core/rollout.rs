@@ -25,16 +25,20 @@ pub enum Phase {
     ReadOnly,
     RolledBack,
     Promoted,
+    /// Re-enabling after an automatic containment: the candidate serves the first stage's
+    /// traffic in read-only mode while the lane's healthy read-only proof accumulates.
+    Probation,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 6] = [
+    pub const ALL: [Phase; 7] = [
         Phase::Progressing,
         Phase::Paused,
         Phase::Narrowed,
         Phase::ReadOnly,
         Phase::RolledBack,
         Phase::Promoted,
+        Phase::Probation,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Phase {
             Phase::ReadOnly => "read_only",
             Phase::RolledBack => "rolled_back",
             Phase::Promoted => "promoted",
+            Phase::Probation => "probation",
         }
     }
 }
@@ -107,7 +112,11 @@ impl RolloutState {
     pub fn is_contained(&self) -> bool {
         matches!(
             self.phase,
-            Phase::Paused | Phase::Narrowed | Phase::ReadOnly | Phase::RolledBack
+            Phase::Paused
+                | Phase::Narrowed
+                | Phase::ReadOnly
+                | Phase::RolledBack
+                | Phase::Probation
         ) || self.reenable.is_some()
     }
 
@@ -243,7 +252,7 @@ pub fn decide(
         decision: None,
     };
     match state.phase {
-        Phase::Progressing | Phase::Narrowed | Phase::ReadOnly => {}
+        Phase::Progressing | Phase::Narrowed | Phase::ReadOnly | Phase::Probation => {}
         Phase::Paused => return hold("paused: an operator decides".into(), verdicts),
         Phase::RolledBack => return hold("rolled back: resume to start again".into(), verdicts),
         Phase::Promoted if now >= state.stage_started.saturating_add(plan.bake) => {
@@ -258,6 +267,20 @@ pub fn decide(
     let Some(stage) = state.stage else {
         return hold("narrowed to zero: resume to start again".into(), verdicts);
     };
+    if state.phase == Phase::Probation {
+        return match probation_breach(state, &verdicts, now) {
+            Some(decision) => Assessment {
+                verdicts,
+                waiting: None,
+                decision: Some(decision),
+            },
+            None => hold(
+                "probation: the candidate drafts in read-only mode; resume once the lane's healthy read-only tasks are in"
+                    .into(),
+                verdicts,
+            ),
+        };
+    }
 
     match containment(plan, state, stage, &verdicts, now) {
         Some(Ok(decision)) => {
@@ -295,6 +318,35 @@ pub fn decide(
         },
         Err(why) => hold(why, verdicts),
     }
+}
+
+/// In probation any failing gate sends the rollout straight back to `rolled_back`: the proof
+/// that it may act again failed.
+fn probation_breach(
+    state: &RolloutState,
+    verdicts: &[GateVerdict],
+    now: Millis,
+) -> Option<Decision> {
+    let failing = verdicts.iter().find(|v| v.verdict == Verdict::Fail)?;
+    let trigger = Trigger {
+        gate: failing.gate.clone(),
+        segment: failing.segment.clone(),
+    };
+    Some(Decision {
+        action: Action::Rollback,
+        actor: Actor::Controller,
+        reason: format!(
+            "gate {} failed in segment {} during probation (candidate {}): back to rolled_back",
+            failing.gate,
+            failing.segment,
+            fmt_opt(failing.candidate.value)
+        ),
+        trigger: Some(trigger),
+        before: state.clone(),
+        after: contain(state, Action::Rollback, 0, now),
+        verdicts: verdicts.to_vec(),
+        changes: Vec::new(),
+    })
 }
 
 /// A breach: the most severe failing gate's `on_breach` (a narrow past `max_narrows` becomes a
@@ -567,9 +619,13 @@ pub enum Refusal {
     RemovesContained(Vec<String>),
 }
 
-/// What a resume must prove, checked against the lane's re-enable rule.
+/// What the next resume must prove, checked against the lane's re-enable rule. Out of a
+/// containment (rolled back, read-only, narrowed to zero): the acknowledgement and the cooldown,
+/// after which the rollout enters probation (or, when the lane asks for no healthy read-only
+/// tasks, progresses at once). Out of probation: the healthy read-only tasks seen since it began.
 pub fn missing_proof(
     plan: &RolloutPlan,
+    phase: Phase,
     due: &ReenableDue,
     ack: bool,
     healthy_read_only: u64,
@@ -577,21 +633,25 @@ pub fn missing_proof(
 ) -> Vec<String> {
     let rule = &plan.lane.reenable;
     let mut missing = Vec::new();
+    if phase == Phase::Probation {
+        if healthy_read_only < rule.healthy_read_only_samples {
+            missing.push(format!(
+                "healthy_read_only_samples: {healthy_read_only} of {} healthy read-only candidate tasks observed in probation",
+                rule.healthy_read_only_samples
+            ));
+        }
+        return missing;
+    }
     if rule.ack && !ack {
         missing.push("ack: set \"ack\": true to acknowledge the lane's repair action".into());
     }
     let elapsed = now.saturating_sub(due.since);
     if elapsed < rule.cooldown {
         missing.push(format!(
-            "cooldown: {} of {} remain",
+            "cooldown: {} of {} remain (ends {})",
             human_duration(rule.cooldown - elapsed),
-            human_duration(rule.cooldown)
-        ));
-    }
-    if healthy_read_only < rule.healthy_read_only_samples {
-        missing.push(format!(
-            "healthy_read_only_samples: {healthy_read_only} of {} healthy read-only candidate tasks observed",
-            rule.healthy_read_only_samples
+            human_duration(rule.cooldown),
+            crate::core::clock::rfc3339(due.since.saturating_add(rule.cooldown))
         ));
     }
     missing
@@ -623,8 +683,13 @@ pub fn operate(
         }
         Command::Resume { ack, .. } => {
             let from = match state.phase {
-                Phase::Paused => state.paused_from.unwrap_or(Phase::Progressing),
-                Phase::ReadOnly | Phase::RolledBack => state.phase,
+                // Back to what was paused; a containment stays contained.
+                Phase::Paused => {
+                    after.phase = state.paused_from.unwrap_or(Phase::Progressing);
+                    after.paused_from = None;
+                    return Ok(operator_decision(state, after, actor, command, verdicts));
+                }
+                Phase::ReadOnly | Phase::RolledBack | Phase::Probation => state.phase,
                 Phase::Narrowed if state.stage.is_none() => state.phase,
                 _ => {
                     return Err(Refusal::Conflict(format!(
@@ -634,30 +699,27 @@ pub fn operate(
                 }
             };
             if let Some(due) = &state.reenable {
-                let missing = missing_proof(plan, due, *ack, healthy_read_only, now);
+                let missing = missing_proof(plan, from, due, *ack, healthy_read_only, now);
                 if !missing.is_empty() {
                     return Err(Refusal::ReenableProof { missing });
                 }
             }
-            after.reenable = None;
             after.paused_from = None;
-            match from {
-                Phase::RolledBack | Phase::Narrowed
-                    if state.stage.is_none() || from == Phase::RolledBack =>
-                {
-                    after.narrows = 0;
-                    after.narrowed_by = None;
-                    after.read_only = false;
-                    after.phase = Phase::Progressing;
-                    after.enter_stage(Some(0), now);
-                }
-                Phase::ReadOnly => {
-                    after.read_only = false;
-                    after.phase = Phase::Progressing;
-                    after.epoch += 1;
-                }
-                other => after.phase = other,
+            after.narrows = 0;
+            after.narrowed_by = None;
+            let probation = from != Phase::Probation
+                && state.reenable.is_some()
+                && plan.lane.reenable.healthy_read_only_samples > 0;
+            if probation {
+                // The proof is gathered in read-only mode at the first stage; the debt stays.
+                after.phase = Phase::Probation;
+                after.read_only = true;
+            } else {
+                after.reenable = None;
+                after.read_only = false;
+                after.phase = Phase::Progressing;
             }
+            after.enter_stage(Some(0), now);
         }
         Command::Promote { full, .. } => {
             if state.reenable.is_some()
@@ -699,7 +761,17 @@ pub fn operate(
             after.enter_stage(None, now);
         }
     }
-    Ok(Decision {
+    Ok(operator_decision(state, after, actor, command, verdicts))
+}
+
+fn operator_decision(
+    state: &RolloutState,
+    after: RolloutState,
+    actor: &str,
+    command: &Command,
+    verdicts: Vec<GateVerdict>,
+) -> Decision {
+    Decision {
         action: command.action(),
         actor: Actor::Operator(actor.to_string()),
         reason: command.reason().to_string(),
@@ -708,7 +780,7 @@ pub fn operate(
         after,
         verdicts,
         changes: Vec::new(),
-    })
+    }
 }
 
 #[cfg(test)]
@@ -982,11 +1054,8 @@ auth: { open: true }
                 .collect::<Vec<_>>(),
             other => panic!("expected a refusal, got {other:?}"),
         };
-        assert_eq!(
-            missing(&mut s, false),
-            ["ack", "cooldown", "healthy_read_only_samples"]
-        );
-        s.feed(5, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::ReadOnly);
+        // Out of the containment: the acknowledgement and the cooldown.
+        assert_eq!(missing(&mut s, false), ["ack", "cooldown"]);
         assert_eq!(missing(&mut s, true), ["cooldown"]);
         s.now += 30 * 60_000;
         assert_eq!(
@@ -1002,12 +1071,53 @@ auth: { open: true }
             reason: "fixed".into(),
             ack: true,
         })
-        .expect("resume");
+        .expect("resume into probation");
         let state = &s.engine.rollouts[0].state;
         assert_eq!(
             (state.phase, state.read_only, state.stage),
-            (Phase::Progressing, false, Some(0))
+            (Phase::Probation, true, Some(0))
         );
+        // Out of probation: healthy read-only tasks seen since it began (5 in this lane).
+        assert_eq!(missing(&mut s, true), ["healthy_read_only_samples"]);
+        s.feed(4, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::ReadOnly);
+        assert_eq!(missing(&mut s, true), ["healthy_read_only_samples"]);
+        s.feed(1, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::ReadOnly);
+        s.op(Command::Resume {
+            reason: "proof in".into(),
+            ack: true,
+        })
+        .expect("resume out of probation");
+        let state = &s.engine.rollouts[0].state;
+        assert_eq!(
+            (
+                state.phase,
+                state.read_only,
+                state.stage,
+                state.reenable.is_none()
+            ),
+            (Phase::Progressing, false, Some(0), true)
+        );
+    }
+
+    #[test]
+    fn a_breach_in_probation_goes_straight_back_to_rolled_back() {
+        let mut s = Sim::new();
+        s.feed(150, "v2", Some("ops"), [0.3, 0.01, 1000.0], Mode::Full);
+        s.tick(1);
+        s.now += 30 * 60_000;
+        s.op(Command::Resume {
+            reason: "fixed".into(),
+            ack: true,
+        })
+        .expect("probation");
+        assert_eq!(s.engine.rollouts[0].state.phase, Phase::Probation);
+        // The same miss in read-only drafts: the proof failed.
+        s.feed(150, "v2", Some("ops"), [0.3, 0.01, 1000.0], Mode::ReadOnly);
+        s.tick(1);
+        let state = &s.engine.rollouts[0].state;
+        assert_eq!((state.phase, state.stage), (Phase::RolledBack, None));
+        assert!(state.reenable.is_some(), "a new re-enable debt");
+        assert!(s.timeline().contains("rollback"), "{}", s.timeline());
     }
 
     #[test]
@@ -1036,6 +1146,13 @@ auth: { open: true }
             reason: "look".into(),
         })
         .expect("pause is always allowed");
+        // Unpausing returns to the containment, which still owes its proof.
+        s.op(Command::Resume {
+            reason: "x".into(),
+            ack: true,
+        })
+        .expect("unpause");
+        assert_eq!(s.engine.rollouts[0].state.phase, Phase::RolledBack);
         assert!(matches!(
             s.op(Command::Resume {
                 reason: "x".into(),
