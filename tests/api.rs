@@ -327,3 +327,48 @@ fn metrics_carry_every_spec_metric_from_the_start() {
     assert!(text.contains(r#"stagegate_signal_samples{rollout="support-reply-v8",segment="internal",signal="quality_mean",version="v8"} 10"#), "{text}");
     assert!(!text.contains("m-v8-"), "no event ids in labels");
 }
+
+#[test]
+fn a_retried_operator_action_with_the_same_idempotency_key_returns_the_first_result() {
+    let server = Server::start(&config(""));
+    let pause = |server: &Server, key: &str| {
+        server.post_with(
+            "/v1/rollouts/support-reply-v8/pause",
+            Some(OPERATOR),
+            &[("Idempotency-Key", key)],
+            br#"{"reason": "incident 7"}"#.to_vec(),
+        )
+    };
+    let first = pause(&server, "op-7f3a");
+    assert_eq!(first.status, 200, "{}", first.text);
+    let receipts = server.receipts().len();
+    // The retry (a lost response, a double click) returns the first receipt and writes nothing.
+    let again = pause(&server, "op-7f3a");
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(server.receipts().len(), receipts);
+    // Without the key, the same request is a new action: already paused.
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &json!({"reason": "incident 7"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text);
+    // The key is durable: after kill -9 the retry still answers with the first receipt.
+    let server = server.crash_and_restart();
+    let again = pause(&server, "op-7f3a");
+    assert_eq!(again.body["id"], first.body["id"], "{}", again.text);
+    // The same key for another action is a mistake, said so, and changes nothing.
+    let r = server.post_with(
+        "/v1/rollouts/support-reply-v8/resume",
+        Some(OPERATOR),
+        &[("Idempotency-Key", "op-7f3a")],
+        br#"{"reason": "over"}"#.to_vec(),
+    );
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert_eq!(r.body["error"]["code"], "idempotency_key_reused");
+    assert_eq!(server.status()["state"], "paused");
+    // A malformed key is refused before anything happens.
+    let r = pause(&server, &"k".repeat(300));
+    assert_eq!(r.status, 400, "{}", r.text);
+}

@@ -620,6 +620,7 @@ impl Engine {
                 notify: Vec::new(),
                 repair: "re-enable with POST /v1/workflows/{name}/resume once the stable version is healthy".into(),
             },
+            idempotency_key: None,
         }
     }
 
@@ -970,6 +971,7 @@ impl Engine {
                 notify: Vec::new(),
                 repair: term("lane.repair"),
             },
+            idempotency_key: None,
         }
     }
 

@@ -85,6 +85,10 @@ pub struct Receipt {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub changes: Vec<String>,
     pub lane: LaneView,
+    /// The operator's `Idempotency-Key`: a repeat of the same action with it returns this
+    /// receipt and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl Receipt {
@@ -112,6 +116,7 @@ impl Receipt {
                 notify: plan.lane.notify.clone(),
                 repair: plan.lane.repair.clone(),
             },
+            idempotency_key: None,
         }
     }
 

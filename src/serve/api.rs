@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -334,13 +334,37 @@ struct ReasonBody {
     full: bool,
 }
 
+/// The longest `Idempotency-Key` accepted.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+
+/// The caller's `Idempotency-Key`, if any: printable ASCII, at most 256 bytes.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= MAX_IDEMPOTENCY_KEY_BYTES
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::bad_request(format!(
+            "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_BYTES} printable ASCII characters"
+        ))),
+    }
+}
+
 async fn command(
     shared: Arc<Shared>,
     caller: Caller,
     name: String,
+    headers: HeaderMap,
     body: Body,
     make: fn(ReasonBody) -> Command,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = idempotency_key(&headers)?;
     let req: ReasonBody = body.json()?;
     check_reason(&req.reason)?;
     let command = make(req);
@@ -349,6 +373,7 @@ async fn command(
             rollout: name,
             actor: caller.name,
             command,
+            idempotency_key,
             reply,
         })
         .await?;
@@ -359,18 +384,20 @@ async fn pause(
     State(s): AppState,
     Extension(c): Extension<Caller>,
     Path(n): Path<String>,
+    h: HeaderMap,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, c, n, b, |r| Command::Pause { reason: r.reason }).await
+    command(s, c, n, h, b, |r| Command::Pause { reason: r.reason }).await
 }
 
 async fn resume(
     State(s): AppState,
     Extension(c): Extension<Caller>,
     Path(n): Path<String>,
+    h: HeaderMap,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, c, n, b, |r| Command::Resume {
+    command(s, c, n, h, b, |r| Command::Resume {
         reason: r.reason,
         ack: r.ack,
     })
@@ -381,9 +408,10 @@ async fn promote(
     State(s): AppState,
     Extension(c): Extension<Caller>,
     Path(n): Path<String>,
+    h: HeaderMap,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, c, n, b, |r| Command::Promote {
+    command(s, c, n, h, b, |r| Command::Promote {
         reason: r.reason,
         full: r.full,
     })
@@ -394,9 +422,10 @@ async fn rollback(
     State(s): AppState,
     Extension(c): Extension<Caller>,
     Path(n): Path<String>,
+    h: HeaderMap,
     b: Body,
 ) -> Result<Response, ApiError> {
-    command(s, c, n, b, |r| Command::Rollback { reason: r.reason }).await
+    command(s, c, n, h, b, |r| Command::Rollback { reason: r.reason }).await
 }
 
 async fn list_workflows(State(shared): AppState) -> Result<Response, ApiError> {

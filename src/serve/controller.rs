@@ -141,6 +141,10 @@ pub enum InputError {
     Store(#[from] StoreError),
     #[error("the controller is shutting down")]
     ShuttingDown,
+    #[error(
+        "Idempotency-Key `{key}` was already used for a {used} on this rollout; use a new key for a new action"
+    )]
+    KeyReused { key: String, used: String },
 }
 
 /// Every way a state change can start.
@@ -150,6 +154,8 @@ pub enum Input {
         rollout: String,
         actor: String,
         command: Command,
+        /// The caller's `Idempotency-Key`: a repeat returns the first receipt.
+        idempotency_key: Option<String>,
         reply: oneshot::Sender<Result<Receipt, InputError>>,
     },
     ResumeWorkflow {
@@ -525,15 +531,20 @@ async fn persist(
 
 /// The one path of every decision, automatic or an operator's, on a rollout or a guard:
 /// receipt → persist (state, receipt and outbox in one transaction) → apply → publish → metrics.
-async fn commit(shared: &Arc<Shared>, pending: Pending) -> Result<Receipt, InputError> {
+async fn commit(
+    shared: &Arc<Shared>,
+    pending: Pending,
+    idempotency_key: Option<String>,
+) -> Result<Receipt, InputError> {
     let now = shared.clock.now();
-    let (change, receipt) = {
+    let (change, mut receipt) = {
         let engine = shared.engine();
         (
             engine.state_change(&pending),
             engine.pending_receipt(&pending, now),
         )
     };
+    receipt.idempotency_key = idempotency_key;
     let receipt = persist(shared, change, receipt).await?;
     {
         let mut engine = shared.engine();
@@ -550,7 +561,7 @@ async fn tick(shared: &Arc<Shared>) {
     let now = shared.clock.now();
     let due = shared.engine().step(now);
     for pending in due {
-        if let Err(e) = commit(shared, pending).await {
+        if let Err(e) = commit(shared, pending, None).await {
             tracing::error!(error = %e, "could not persist a decision; it will be retried next tick");
         }
     }
@@ -706,6 +717,29 @@ async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reload
     })
 }
 
+/// The receipt an earlier action with this `Idempotency-Key` wrote: the same action returns
+/// it unchanged; a different one is refused.
+async fn first_result(
+    shared: &Arc<Shared>,
+    rollout: &str,
+    key: String,
+    command: &Command,
+) -> Result<Option<Receipt>, InputError> {
+    let store = Arc::clone(&shared.store);
+    let (r, k) = (rollout.to_string(), key.clone());
+    let found = tokio::task::spawn_blocking(move || store.receipt_by_key(&r, &k))
+        .await
+        .map_err(|_| InputError::ShuttingDown)??;
+    match found {
+        Some(receipt) if receipt.action == command.action() => Ok(Some(receipt)),
+        Some(receipt) => Err(InputError::KeyReused {
+            key,
+            used: receipt.action.name().to_string(),
+        }),
+        None => Ok(None),
+    }
+}
+
 /// The controller loop: the only place state changes.
 pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Input>) {
     while let Some(input) = inputs.recv().await {
@@ -715,8 +749,22 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                 rollout,
                 actor,
                 command,
+                idempotency_key,
                 reply,
             } => {
+                if let Some(key) = idempotency_key.clone() {
+                    match first_result(&shared, &rollout, key, &command).await {
+                        Ok(None) => {}
+                        Ok(Some(receipt)) => {
+                            let _ = reply.send(Ok(receipt));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            continue;
+                        }
+                    }
+                }
                 let now = shared.clock.now();
                 let decided = {
                     let engine = shared.engine();
@@ -729,7 +777,7 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                     }
                 };
                 let result = match decided {
-                    Ok(pending) => commit(&shared, pending).await,
+                    Ok(pending) => commit(&shared, pending, idempotency_key).await,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);
@@ -753,7 +801,7 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                     }
                 };
                 let result = match decided {
-                    Ok(pending) => commit(&shared, pending).await,
+                    Ok(pending) => commit(&shared, pending, None).await,
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(result);

@@ -104,6 +104,11 @@ impl From<InputError> for ApiError {
                 s.to_string(),
             ),
             InputError::Store(s) => ApiError::internal(s.to_string()),
+            InputError::KeyReused { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
             InputError::ShuttingDown => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -39,6 +39,8 @@ const DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("d
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// `rollout \n Idempotency-Key` → the receipt an operator action with that key wrote.
+const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 /// Commit time → the last event sequence number committed by then (for retention).
 const SEQ_MARKS: TableDefinition<u64, u64> = TableDefinition::new("seq_marks");
 
@@ -221,6 +223,7 @@ impl EmbeddedStore {
         tx.open_table(OUTBOX).map_err(dberr)?;
         tx.open_table(CHECKPOINTS).map_err(dberr)?;
         tx.open_table(SEQ_MARKS).map_err(dberr)?;
+        tx.open_table(IDEMPOTENCY).map_err(dberr)?;
         tx.commit().map_err(dberr)
     }
 
@@ -368,6 +371,11 @@ impl EmbeddedStore {
             receipts
                 .insert(seq, serde_json::to_vec(receipt)?.as_slice())
                 .map_err(dberr)?;
+            if let Some(k) = &receipt.idempotency_key {
+                let mut keys = tx.open_table(IDEMPOTENCY).map_err(dberr)?;
+                keys.insert(idempotency_key(&receipt.rollout, k).as_str(), seq)
+                    .map_err(dberr)?;
+            }
             let mut pending = tx.open_table(OUTBOX).map_err(dberr)?;
             let mut next = counters
                 .get("outbox")
@@ -658,6 +666,20 @@ impl Store for EmbeddedStore {
         decode(table.get(seq).map_err(dberr)?)
     }
 
+    fn receipt_by_key(&self, rollout: &str, key: &str) -> Result<Option<Receipt>, StoreError> {
+        let tx = self.read()?;
+        let keys = tx.open_table(IDEMPOTENCY).map_err(dberr)?;
+        let Some(seq) = keys
+            .get(idempotency_key(rollout, key).as_str())
+            .map_err(dberr)?
+            .map(|v| v.value())
+        else {
+            return Ok(None);
+        };
+        let table = tx.open_table(RECEIPTS).map_err(dberr)?;
+        decode(table.get(seq).map_err(dberr)?)
+    }
+
     fn due_notifications(
         &self,
         now: Millis,
@@ -746,4 +768,9 @@ fn read_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
         row.map_err(dberr)?;
     }
     Ok(())
+}
+
+/// The idempotency table's key: keys are scoped by rollout.
+fn idempotency_key(rollout: &str, key: &str) -> String {
+    format!("{rollout}\n{key}")
 }

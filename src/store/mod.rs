@@ -175,6 +175,9 @@ pub trait Store: Send + Sync {
 
     fn receipt(&self, id: &str) -> Result<Option<Receipt>, StoreError>;
 
+    /// The receipt an operator action on `rollout` with this `Idempotency-Key` wrote, if any.
+    fn receipt_by_key(&self, rollout: &str, key: &str) -> Result<Option<Receipt>, StoreError>;
+
     /// Up to `limit` outbox items due at `now`, with their keys.
     fn due_notifications(
         &self,

@@ -272,11 +272,25 @@ impl Server {
     }
 
     pub fn post_raw(&self, path: &str, token: Option<&str>, body: Vec<u8>) -> Reply {
+        self.post_with(path, token, &[], body)
+    }
+
+    /// A POST with extra headers (`Idempotency-Key`, …).
+    pub fn post_with(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> Reply {
         let mut req = self
             .client
             .post(format!("{}{path}", self.base))
             .header("content-type", "application/json")
             .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
