@@ -352,7 +352,11 @@ fn render_rollout(r: &Value) -> String {
                 })
                 .collect();
             vec![
-                s(&g["gate"]),
+                if g["observe"].as_bool() == Some(true) {
+                    format!("{} (observe)", s(&g["gate"]))
+                } else {
+                    s(&g["gate"])
+                },
                 s(&g["segment"]),
                 s(&g["verdict"]),
                 format!(

@@ -231,6 +231,11 @@ pub struct RolloutPlan {
 }
 
 impl RolloutPlan {
+    /// Whether the gate named `gate` is observe-only.
+    pub fn observes(&self, gate: &str) -> bool {
+        self.gates.iter().any(|g| g.name == gate && g.observe)
+    }
+
     /// Samples per arm at which the sequential tests are tuned to be tightest. Fixed for the
     /// life of a rollout (changing it after seeing data would void the guarantee).
     pub fn design_samples(&self) -> f64 {
@@ -299,7 +304,12 @@ impl RolloutPlan {
             let checks: Vec<String> = gate.checks.iter().map(ToString::to_string).collect();
             t.insert(
                 format!("gates.{}", gate.name),
-                format!("{}; on_breach {}", checks.join(", "), gate.on_breach.name()),
+                format!(
+                    "{}; on_breach {}{}",
+                    checks.join(", "),
+                    gate.on_breach.name(),
+                    if gate.observe { "; mode observe" } else { "" }
+                ),
             );
         }
         let lane = &self.lane;
@@ -559,6 +569,9 @@ pub struct GateSpec {
     pub stat: Stat,
     pub checks: Vec<Check>,
     pub on_breach: Action,
+    /// `mode: observe`: evaluated, shown, exported and receipted as "would have acted", but
+    /// never acts and never holds a stage — how a new gate earns trust before it may act.
+    pub observe: bool,
 }
 
 /// What the controller (or an operator) does to a rollout.
@@ -575,6 +588,8 @@ pub enum Action {
     Promote,
     /// A config reload changed the rollout's policy.
     Reconfigure,
+    /// An observe-only gate failed: it would have acted (recorded, nothing else changes).
+    Observe,
 }
 
 impl Action {
@@ -601,6 +616,7 @@ impl Action {
             Action::Resume => "resume",
             Action::Promote => "promote",
             Action::Reconfigure => "reconfigure",
+            Action::Observe => "observe",
         }
     }
 

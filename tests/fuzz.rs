@@ -137,6 +137,7 @@ proptest! {
                     Check::MaxDrop(0.2),
                 ],
                 on_breach: Action::Rollback,
+                observe: false,
             };
             let input = GateInput { candidate: &c, baseline: Some(&b), alpha: 0.01, design_samples: 200.0 };
             let v = evaluate(&gate, "all", &input);

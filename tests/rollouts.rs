@@ -563,3 +563,72 @@ fn status_says_which_gates_hold_the_stage_and_roughly_how_long_for() {
         "{metrics}"
     );
 }
+
+#[test]
+fn an_observe_only_gate_records_that_it_would_have_acted_and_never_acts() {
+    let cfg = config("").replace(
+        "min: 0.80, max_drop: 0.03,     on_breach: rollback }",
+        "min: 0.80, max_drop: 0.03,     on_breach: rollback, mode: observe }",
+    );
+    assert!(cfg.contains("mode: observe"));
+    let server = Server::start(&cfg);
+    // Quality far below the limit, everything else healthy: the quality gate fails...
+    let bad = Profile {
+        quality: 0.6,
+        ..HEALTHY
+    };
+    server.send_events(&events("o", 400, "v8", internal(), bad));
+    let receipt = server.wait_for("an observation", |_| {
+        server.receipts().iter().any(|r| r["action"] == "observe")
+    });
+    let _ = receipt;
+    let receipts = server.receipts();
+    let observed = receipts
+        .iter()
+        .find(|r| r["action"] == "observe")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        observed["reason"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("would have acted (rollback)")),
+        "{observed}"
+    );
+    assert_eq!(observed["trigger"]["gate"], "quality_mean", "{observed}");
+    assert_eq!(observed["before"]["state"], observed["after"]["state"]);
+    // ...but nothing acts, and the rollout still expands on the enforced gates.
+    let s = server.wait_for("expansion despite the observe-only failure", |s| {
+        stage(s) == "smb-5"
+    });
+    assert_eq!(state(&s), "progressing");
+    // The receipt carries the failing observe-only verdict as evidence.
+    let gate = observed["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|g| g["gate"] == "quality_mean" && g["segment"] == "internal")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (gate["verdict"].as_str(), gate["observe"].as_bool()),
+        (Some("fail"), Some(true)),
+        "{gate}"
+    );
+    // Recorded once per gate, segment and epoch: one observation so far, none repeated.
+    let count = server
+        .receipts()
+        .iter()
+        .filter(|r| r["action"] == "observe" && r["after"]["epoch"] == observed["after"]["epoch"])
+        .count();
+    assert_eq!(count, 1);
+    assert!(server.receipts().iter().all(|r| r["action"] != "rollback"));
+    let metrics = server.get("/metrics", None).text;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("stagegate_decisions_total")
+                && l.contains(r#"action="observe""#)
+                && l.ends_with(" 1")),
+        "the observation is counted"
+    );
+}

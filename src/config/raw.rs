@@ -130,6 +130,7 @@ pub(super) struct RawGate {
     pub(super) max_increase: Option<f64>,
     pub(super) max_drop: Option<f64>,
     pub(super) on_breach: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -95,10 +95,15 @@ pub fn render_plan(plan: &Plan) -> String {
             let checks: Vec<String> = g.checks.iter().map(ToString::to_string).collect();
             let _ = writeln!(
                 out,
-                "    {:<22} {:<40} on_breach {}",
+                "    {:<22} {:<40} on_breach {}{}",
                 g.name,
                 checks.join(", "),
-                g.on_breach.name()
+                g.on_breach.name(),
+                if g.observe {
+                    " (mode observe: never acts)"
+                } else {
+                    ""
+                }
             );
         }
         let re = &r.lane.reenable;

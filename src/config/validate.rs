@@ -773,7 +773,28 @@ impl Validator {
                 }
             },
         };
+        let observe = match &g.mode {
+            None => false,
+            Some(m) if m.value == "enforce" => false,
+            Some(m) if m.value == "observe" && !guard => true,
+            Some(m) => {
+                self.report(
+                    m,
+                    format!("{key}.mode"),
+                    if guard {
+                        format!("`{}`: a guard always enforces", m.value)
+                    } else {
+                        format!(
+                            "unknown gate mode `{}`; expected enforce or observe",
+                            m.value
+                        )
+                    },
+                );
+                false
+            }
+        };
         Some(GateSpec {
+            observe,
             name: format!("{}_{}", signal.name(), stat.name()),
             signal,
             stat,

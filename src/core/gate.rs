@@ -101,6 +101,9 @@ pub struct GateVerdict {
     /// decide at the effect seen so far (`None`: at this effect it may never pass).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_to_decide: Option<u64>,
+    /// An observe-only gate (`mode: observe`): shown and exported, never acts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub observe: bool,
 }
 
 /// What a gate looks at in one segment.
@@ -135,6 +138,7 @@ pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVe
         samples: a.map_or(0, Accum::samples),
     };
     GateVerdict {
+        observe: gate.observe,
         gate: gate.name.clone(),
         segment: segment.to_string(),
         verdict,
@@ -513,6 +517,7 @@ mod tests {
             stat,
             checks,
             on_breach: Action::Rollback,
+            observe: false,
         }
     }
 

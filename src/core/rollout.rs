@@ -88,6 +88,12 @@ pub struct RolloutState {
     /// come back if it is added again.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dormant: bool,
+    /// Observe-only gates already receipted as "would have acted" in epoch `observed_epoch`,
+    /// by gate and segment: each is recorded once per epoch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub observed: Vec<Trigger>,
+    #[serde(default)]
+    pub observed_epoch: u64,
 }
 
 impl RolloutState {
@@ -104,6 +110,8 @@ impl RolloutState {
             policy: BTreeMap::new(),
             narrowed_by: None,
             dormant: false,
+            observed: Vec::new(),
+            observed_epoch: 0,
         }
     }
 
@@ -268,7 +276,7 @@ pub fn decide(
         return hold("narrowed to zero: resume to start again".into(), verdicts);
     };
     if state.phase == Phase::Probation {
-        return match probation_breach(state, &verdicts, now) {
+        return match probation_breach(plan, state, &verdicts, now) {
             Some(decision) => Assessment {
                 verdicts,
                 waiting: None,
@@ -292,6 +300,13 @@ pub fn decide(
         }
         Some(Err(why)) => return hold(why, verdicts),
         None => {}
+    }
+    if let Some(decision) = observation(plan, state, &verdicts) {
+        return Assessment {
+            verdicts,
+            waiting: None,
+            decision: Some(decision),
+        };
     }
     if state.phase == Phase::ReadOnly {
         return hold(
@@ -320,14 +335,63 @@ pub fn decide(
     }
 }
 
+/// An observe-only gate failing where it has not been recorded this epoch: a receipt that it
+/// would have acted, and nothing else.
+fn observation(
+    plan: &RolloutPlan,
+    state: &RolloutState,
+    verdicts: &[GateVerdict],
+) -> Option<Decision> {
+    let seen = |v: &GateVerdict| {
+        state.observed_epoch == state.epoch
+            && state
+                .observed
+                .iter()
+                .any(|t| t.gate == v.gate && t.segment == v.segment)
+    };
+    let failing = verdicts
+        .iter()
+        .find(|v| v.verdict == Verdict::Fail && plan.observes(&v.gate) && !seen(v))?;
+    let gate = plan.gates.iter().find(|g| g.name == failing.gate)?;
+    let trigger = Trigger {
+        gate: failing.gate.clone(),
+        segment: failing.segment.clone(),
+    };
+    let mut after = state.clone();
+    if after.observed_epoch != state.epoch {
+        after.observed.clear();
+        after.observed_epoch = state.epoch;
+    }
+    after.observed.push(trigger.clone());
+    Some(Decision {
+        action: Action::Observe,
+        actor: Actor::Controller,
+        reason: format!(
+            "would have acted ({}): observe-only gate {} failed in segment {} (candidate {}); nothing changed",
+            gate.on_breach.name(),
+            failing.gate,
+            failing.segment,
+            fmt_opt(failing.candidate.value)
+        ),
+        trigger: Some(trigger),
+        before: state.clone(),
+        after,
+        verdicts: verdicts.to_vec(),
+        changes: Vec::new(),
+    })
+}
+
 /// In probation any failing gate sends the rollout straight back to `rolled_back`: the proof
 /// that it may act again failed.
 fn probation_breach(
+    plan: &RolloutPlan,
     state: &RolloutState,
     verdicts: &[GateVerdict],
     now: Millis,
 ) -> Option<Decision> {
-    let failing = verdicts.iter().find(|v| v.verdict == Verdict::Fail)?;
+    let failing = verdicts
+        .iter()
+        .find(|v| v.verdict == Verdict::Fail && !plan.observes(&v.gate))?;
     let trigger = Trigger {
         gate: failing.gate.clone(),
         segment: failing.segment.clone(),
@@ -362,6 +426,7 @@ fn containment(
     let breach = plan
         .gates
         .iter()
+        .filter(|g| !g.observe)
         .filter_map(|g| {
             let failing = verdicts
                 .iter()
@@ -456,7 +521,7 @@ fn expansion(
     };
     let pending: Vec<String> = verdicts
         .iter()
-        .filter(|v| v.verdict != Verdict::Pass)
+        .filter(|v| v.verdict != Verdict::Pass && !plan.observes(&v.gate))
         .map(|v| format!("{}@{} {}", v.gate, v.segment, v.verdict.name()))
         .collect();
     if !pending.is_empty() {

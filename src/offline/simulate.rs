@@ -102,7 +102,7 @@ impl Behaviour {
     /// candidate is truly worse than the policy allows, so each task it serves in full mode
     /// counts as exposure.
     fn breaches(&self, gates: &[GateSpec], baseline: &Behaviour) -> bool {
-        gates.iter().any(|g| {
+        gates.iter().filter(|g| !g.observe).any(|g| {
             let Some(c) = self.truth(&g.signal, g.stat) else {
                 return false;
             };
@@ -670,7 +670,11 @@ pub fn run(
             if d.after.phase == Phase::Promoted && report.promoted_after.is_none() {
                 report.promoted_after = Some(now - start);
             }
-            if d.trigger.is_some() && first_bad.is_none() {
+            let breach_action = matches!(
+                d.action,
+                Action::Narrow | Action::ReadOnly | Action::Rollback | Action::Pause
+            );
+            if breach_action && d.trigger.is_some() && first_bad.is_none() {
                 report.false_alarm = true;
             }
             let containing = matches!(d.action, Action::Rollback | Action::ReadOnly)
