@@ -305,9 +305,17 @@ impl RolloutPlan {
             t.insert(
                 format!("gates.{}", gate.name),
                 format!(
-                    "{}; on_breach {}{}",
+                    "{}; on_breach {}{}{}",
                     checks.join(", "),
                     gate.on_breach.name(),
+                    gate.fallback
+                        .as_ref()
+                        .map(|f| format!(
+                            " {}{}",
+                            f.version,
+                            if f.read_only { " read_only" } else { "" }
+                        ))
+                        .unwrap_or_default(),
                     if gate.observe { "; mode observe" } else { "" }
                 ),
             );
@@ -569,6 +577,8 @@ pub struct GateSpec {
     pub stat: Stat,
     pub checks: Vec<Check>,
     pub on_breach: Action,
+    /// With `on_breach: { fallback: VERSION }`: the version that serves the candidate's share.
+    pub fallback: Option<FallbackPlan>,
     /// `mode: observe`: evaluated, shown, exported and receipted as "would have acted", but
     /// never acts and never holds a stage — how a new gate earns trust before it may act.
     pub observe: bool,
@@ -590,6 +600,17 @@ pub enum Action {
     Reconfigure,
     /// An observe-only gate failed: it would have acted (recorded, nothing else changes).
     Observe,
+    /// The candidate's share is served by another declared version of the workflow.
+    Fallback,
+}
+
+/// `on_breach: { fallback: VERSION, mode: full | read_only }`: another version of the same
+/// workflow (a simpler prompt, a reduced-context path) takes the candidate's share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackPlan {
+    pub version: String,
+    /// The fallback version may only draft (`mode: read_only`).
+    pub read_only: bool,
 }
 
 impl Action {
@@ -617,13 +638,15 @@ impl Action {
             Action::Promote => "promote",
             Action::Reconfigure => "reconfigure",
             Action::Observe => "observe",
+            Action::Fallback => "fallback",
         }
     }
 
     /// Which breach action wins when several gates fail at once.
     pub fn severity(self) -> u8 {
         match self {
-            Action::Rollback => 5,
+            Action::Rollback => 6,
+            Action::Fallback => 5,
             Action::ReadOnly => 4,
             Action::Narrow => 3,
             Action::Pause => 2,

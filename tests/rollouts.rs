@@ -632,3 +632,111 @@ fn an_observe_only_gate_records_that_it_would_have_acted_and_never_acts() {
         "the observation is counted"
     );
 }
+
+/// The test config with a simpler `v8-lite` that takes over when latency regresses.
+fn config_with_fallback() -> String {
+    let cfg = config("")
+        .replace(
+            "support-reply: { stable: v7, versions: [v7, v8] }",
+            "support-reply: { stable: v7, versions: [v7, v8, v8-lite] }",
+        )
+        .replace(
+            "max: 4000, max_ratio: 1.25,    on_breach: narrow }",
+            "max: 4000, max_ratio: 1.25,    on_breach: { fallback: v8-lite } }",
+        );
+    assert!(cfg.contains("fallback: v8-lite") && cfg.contains("v8-lite]"));
+    cfg
+}
+
+#[test]
+fn a_fallback_gate_serves_the_candidates_share_with_another_version() {
+    let server = Server::start(&config_with_fallback());
+    let slow = Profile {
+        latency_ms: 9000.0,
+        ..HEALTHY
+    };
+    server.send_events(&events("slow", 200, "v8", internal(), slow));
+    let s = server.wait_for("the fallback", |s| state(s) == "fallback");
+    assert_eq!(stage(&s), "internal", "the stage and its weights stay");
+    // The candidate's share now runs v8-lite, in full mode, with reason `fallback`.
+    let a = server.assign("agent-1", internal());
+    assert_eq!(
+        (
+            a["version"].as_str(),
+            a["mode"].as_str(),
+            a["reason"].as_str()
+        ),
+        (Some("v8-lite"), Some("full"), Some("fallback")),
+        "{a}"
+    );
+    let r = server.post(
+        "/ofrep/v1/evaluate/flags/support-reply",
+        Some(INGEST),
+        &json!({"context": {"targetingKey": "agent-1", "team": "support-ops"}}),
+    );
+    assert_eq!(
+        (r.body["value"].as_str(), r.body["reason"].as_str()),
+        (Some("v8-lite"), Some("FALLBACK")),
+        "{}",
+        r.text
+    );
+    // The receipt and the metrics name it.
+    let receipt = &server.receipts()[0];
+    assert_eq!(receipt["action"], "fallback", "{receipt}");
+    assert_eq!(receipt["after"]["fallback"], "v8-lite", "{receipt}");
+    assert_eq!(receipt["trigger"]["gate"], "latency_ms_p95", "{receipt}");
+    let metrics = server.get("/metrics", None).text;
+    assert!(
+        metrics
+            .contains(r#"stagegate_rollout_state{rollout="support-reply-v8",state="fallback"} 1"#),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("stagegate_rollout_state"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    // Re-enabling is the lane's: ack and cooldown, then probation on the candidate itself.
+    server.wait_for("the cooldown's end", |s| {
+        s["reenable"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
+    });
+    let r = resume(&server, true);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["after"]["state"], "probation");
+    let a = server.assign("agent-1", internal());
+    assert_eq!(
+        (a["version"].as_str(), a["mode"].as_str()),
+        (Some("v8"), Some("read_only"))
+    );
+}
+
+#[test]
+fn a_fallback_to_an_undeclared_version_or_to_the_candidate_is_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    for (bad, expect) in [
+        ("{ fallback: v9 }", "unknown fallback version `v9`"),
+        ("{ fallback: v8 }", "another version than the candidate"),
+        (
+            "{ fallback: v8-lite, mode: drafty }",
+            "unknown mode `drafty`",
+        ),
+    ] {
+        let cfg = config_with_fallback().replace("{ fallback: v8-lite }", bad);
+        let path = dir.path().join("c.yaml");
+        std::fs::write(&path, cfg.replace("{DATA_DIR}", "data")).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("STAGEGATE_ADMIN_TOKEN", "t")
+            .output()
+            .expect("check");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(expect),
+            "{bad}: {err}"
+        );
+        assert!(err.contains("gates[1].on_breach"), "{err}");
+    }
+}

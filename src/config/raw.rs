@@ -129,8 +129,23 @@ pub(super) struct RawGate {
     pub(super) max_ratio: Option<Spanned<f64>>,
     pub(super) max_increase: Option<f64>,
     pub(super) max_drop: Option<f64>,
-    pub(super) on_breach: Option<Spanned<String>>,
+    pub(super) on_breach: Option<Spanned<RawBreach>>,
     pub(super) mode: Option<Spanned<String>>,
+}
+
+/// `on_breach`: an action's name, or `{ fallback: VERSION, mode: full | read_only }`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawBreach {
+    Name(String),
+    Fallback(RawFallback),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawFallback {
+    pub(super) fallback: String,
+    pub(super) mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

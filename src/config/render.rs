@@ -95,10 +95,18 @@ pub fn render_plan(plan: &Plan) -> String {
             let checks: Vec<String> = g.checks.iter().map(ToString::to_string).collect();
             let _ = writeln!(
                 out,
-                "    {:<22} {:<40} on_breach {}{}",
+                "    {:<22} {:<40} on_breach {}{}{}",
                 g.name,
                 checks.join(", "),
                 g.on_breach.name(),
+                g.fallback
+                    .as_ref()
+                    .map(|f| format!(
+                        " to {}{}",
+                        f.version,
+                        if f.read_only { " (read_only)" } else { "" }
+                    ))
+                    .unwrap_or_default(),
                 if g.observe {
                     " (mode observe: never acts)"
                 } else {

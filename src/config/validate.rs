@@ -439,6 +439,31 @@ impl Validator {
             .enumerate()
             .filter_map(|(i, g)| self.gate(&format!("{key}.gates[{i}]"), g, false))
             .collect();
+        let versions = workflows
+            .iter()
+            .find(|w| w.name == r.workflow.value)
+            .map(|w| w.versions.clone())
+            .unwrap_or_default();
+        for (i, g) in gates.iter().enumerate() {
+            let Some(f) = &g.fallback else { continue };
+            let problem = if f.version == r.candidate.value {
+                Some("the fallback must be another version than the candidate".to_string())
+            } else if !versions.contains(&f.version) {
+                Some(format!(
+                    "unknown fallback version `{}` of workflow `{}`; expected one of {versions:?}",
+                    f.version, r.workflow.value
+                ))
+            } else {
+                None
+            };
+            if let Some(message) = problem {
+                self.report(
+                    &r.gates[i],
+                    format!("{key}.gates[{i}].on_breach.fallback"),
+                    message,
+                );
+            }
+        }
         let mut names = BTreeSet::new();
         for (i, g) in gates.iter().enumerate() {
             if !names.insert(g.name.clone()) {
@@ -747,29 +772,65 @@ impl Validator {
                 "declare at least one threshold: min, max, max_ratio, max_increase or max_drop",
             );
         }
+        const EXPECTED: &str =
+            "expected hold, narrow, read_only, rollback, pause or { fallback: VERSION }";
+        let mut fallback = None;
         let on_breach = match (&g.on_breach, guard) {
             (None, true) => Action::ReadOnly,
             (None, false) => {
                 self.report(
                     raw,
                     format!("{key}.on_breach"),
-                    "missing; expected hold, narrow, read_only, rollback or pause",
+                    format!("missing; {EXPECTED}"),
                 );
                 Action::Hold
             }
-            (Some(a), _) => match Action::parse_breach(&a.value) {
-                Some(action) if guard && action != Action::ReadOnly => {
+            (Some(a), _) => match &a.value {
+                RawBreach::Name(name) => match Action::parse_breach(name) {
+                    Some(action) if guard && action != Action::ReadOnly => {
+                        self.report(
+                            a,
+                            format!("{key}.on_breach"),
+                            "a guard's breach always switches the workflow to read_only",
+                        );
+                        action
+                    }
+                    Some(action) => action,
+                    None => {
+                        self.report(
+                            a,
+                            format!("{key}.on_breach"),
+                            format!("unknown action `{name}`; {EXPECTED}"),
+                        );
+                        Action::Hold
+                    }
+                },
+                RawBreach::Fallback(_) if guard => {
                     self.report(
                         a,
                         format!("{key}.on_breach"),
                         "a guard's breach always switches the workflow to read_only",
                     );
-                    action
+                    Action::ReadOnly
                 }
-                Some(action) => action,
-                None => {
-                    self.report(a, format!("{key}.on_breach"), format!("unknown action `{}`; expected hold, narrow, read_only, rollback or pause", a.value));
-                    Action::Hold
+                RawBreach::Fallback(f) => {
+                    let read_only = match f.mode.as_deref() {
+                        None | Some("full") => false,
+                        Some("read_only") => true,
+                        Some(other) => {
+                            self.report(
+                                a,
+                                format!("{key}.on_breach.mode"),
+                                format!("unknown mode `{other}`; expected full or read_only"),
+                            );
+                            false
+                        }
+                    };
+                    fallback = Some(FallbackPlan {
+                        version: f.fallback.clone(),
+                        read_only,
+                    });
+                    Action::Fallback
                 }
             },
         };
@@ -795,6 +856,7 @@ impl Validator {
         };
         Some(GateSpec {
             observe,
+            fallback,
             name: format!("{}_{}", signal.name(), stat.name()),
             signal,
             stat,

@@ -47,6 +47,8 @@ pub struct RolloutRoute {
     pub stage: Option<String>,
     pub phase: Phase,
     pub candidate_mode: Mode,
+    /// In fallback: the version that serves the candidate's share.
+    pub fallback: Option<usize>,
 }
 
 /// The routing view of one workflow.
@@ -82,6 +84,8 @@ pub enum Reason {
     RolledBack,
     /// No subject was given, so no bucket: the baseline.
     NoSubject,
+    /// The candidate's share, served by a gate's fallback version.
+    Fallback,
 }
 
 impl Reason {
@@ -93,6 +97,7 @@ impl Reason {
             Reason::Baseline => "outside the candidate's share of the segment",
             Reason::RolledBack => "rollout rolled back: baseline",
             Reason::NoSubject => "no subject to bucket: baseline",
+            Reason::Fallback => "fallback",
         }
     }
 }
@@ -159,7 +164,10 @@ impl Routing {
             return Some(pick(r.baseline, Mode::Full, segment, Reason::NoSubject));
         };
         if bucket(&r.salt, subject) < r.weights_bps[seg] {
-            Some(pick(r.candidate, r.candidate_mode, segment, Reason::Split))
+            Some(match r.fallback {
+                Some(version) => pick(version, r.candidate_mode, segment, Reason::Fallback),
+                None => pick(r.candidate, r.candidate_mode, segment, Reason::Split),
+            })
         } else {
             Some(pick(r.baseline, Mode::Full, segment, Reason::Baseline))
         }

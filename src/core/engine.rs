@@ -596,6 +596,7 @@ impl Engine {
             read_only: s.read_only,
             narrows: 0,
             epoch: s.epoch,
+            fallback: None,
         };
         Receipt {
             id: String::new(),
@@ -655,6 +656,11 @@ impl Engine {
                             } else {
                                 Mode::Full
                             },
+                            fallback: state
+                                .fallback
+                                .as_deref()
+                                .filter(|_| state.phase == Phase::Fallback)
+                                .map(index),
                         }
                     });
                 let guarded = self
@@ -947,6 +953,7 @@ impl Engine {
             read_only: s.read_only,
             narrows: s.narrows,
             epoch: s.epoch,
+            fallback: s.fallback.clone(),
         };
         Receipt {
             id: String::new(),

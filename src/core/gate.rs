@@ -518,6 +518,7 @@ mod tests {
             checks,
             on_breach: Action::Rollback,
             observe: false,
+            fallback: None,
         }
     }
 

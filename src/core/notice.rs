@@ -30,7 +30,12 @@ pub struct Outbox {
 pub fn wants_notice(r: &Receipt) -> bool {
     matches!(
         r.action,
-        Action::Rollback | Action::ReadOnly | Action::Narrow | Action::Promote | Action::Pause
+        Action::Rollback
+            | Action::Fallback
+            | Action::ReadOnly
+            | Action::Narrow
+            | Action::Promote
+            | Action::Pause
     ) || (r.action == Action::Expand && r.after.state == Phase::Promoted)
 }
 

@@ -26,6 +26,9 @@ pub struct StateView {
     pub read_only: bool,
     pub narrows: u32,
     pub epoch: u64,
+    /// In fallback: the version serving the candidate's share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl StateView {
@@ -47,6 +50,7 @@ impl StateView {
             read_only: state.read_only,
             narrows: state.narrows,
             epoch: state.epoch,
+            fallback: state.fallback.clone(),
         }
     }
 }

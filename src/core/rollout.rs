@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use crate::core::clock::{Millis, human_duration};
 use crate::core::evidence::{Arm, Evidence};
 use crate::core::gate::{GateInput, GateVerdict, Verdict, evaluate};
-use crate::plan::Action;
 use crate::plan::RolloutPlan;
+use crate::plan::{Action, FallbackPlan};
 
 /// A rollout's state, as `stagegate_rollout_state` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,10 +28,12 @@ pub enum Phase {
     /// Re-enabling after an automatic containment: the candidate serves the first stage's
     /// traffic in read-only mode while the lane's healthy read-only proof accumulates.
     Probation,
+    /// The candidate's share is served by a gate's fallback version.
+    Fallback,
 }
 
 impl Phase {
-    pub const ALL: [Phase; 7] = [
+    pub const ALL: [Phase; 8] = [
         Phase::Progressing,
         Phase::Paused,
         Phase::Narrowed,
@@ -39,6 +41,7 @@ impl Phase {
         Phase::RolledBack,
         Phase::Promoted,
         Phase::Probation,
+        Phase::Fallback,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +53,7 @@ impl Phase {
             Phase::RolledBack => "rolled_back",
             Phase::Promoted => "promoted",
             Phase::Probation => "probation",
+            Phase::Fallback => "fallback",
         }
     }
 }
@@ -94,6 +98,9 @@ pub struct RolloutState {
     pub observed: Vec<Trigger>,
     #[serde(default)]
     pub observed_epoch: u64,
+    /// In `fallback`: the version serving the candidate's share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
 }
 
 impl RolloutState {
@@ -112,6 +119,7 @@ impl RolloutState {
             dormant: false,
             observed: Vec::new(),
             observed_epoch: 0,
+            fallback: None,
         }
     }
 
@@ -125,6 +133,7 @@ impl RolloutState {
                 | Phase::ReadOnly
                 | Phase::RolledBack
                 | Phase::Probation
+                | Phase::Fallback
         ) || self.reenable.is_some()
     }
 
@@ -260,7 +269,11 @@ pub fn decide(
         decision: None,
     };
     match state.phase {
-        Phase::Progressing | Phase::Narrowed | Phase::ReadOnly | Phase::Probation => {}
+        Phase::Progressing
+        | Phase::Narrowed
+        | Phase::ReadOnly
+        | Phase::Probation
+        | Phase::Fallback => {}
         Phase::Paused => return hold("paused: an operator decides".into(), verdicts),
         Phase::RolledBack => return hold("rolled back: resume to start again".into(), verdicts),
         Phase::Promoted if now >= state.stage_started.saturating_add(plan.bake) => {
@@ -311,6 +324,15 @@ pub fn decide(
     if state.phase == Phase::ReadOnly {
         return hold(
             "read-only fallback: resume with the lane's re-enable proof".into(),
+            verdicts,
+        );
+    }
+    if state.phase == Phase::Fallback {
+        return hold(
+            format!(
+                "fallback: version {} serves the candidate's share; resume with the lane's re-enable proof",
+                state.fallback.as_deref().unwrap_or("?")
+            ),
             verdicts,
         );
     }
@@ -407,7 +429,7 @@ fn probation_breach(
         ),
         trigger: Some(trigger),
         before: state.clone(),
-        after: contain(state, Action::Rollback, 0, now),
+        after: contain(state, Action::Rollback, None, 0, now),
         verdicts: verdicts.to_vec(),
         changes: Vec::new(),
     })
@@ -431,18 +453,20 @@ fn containment(
             let failing = verdicts
                 .iter()
                 .find(|v| v.gate == g.name && v.verdict == Verdict::Fail)?;
-            Some((g.on_breach, failing))
+            Some((g.on_breach, g.fallback.as_ref(), failing))
         })
-        .max_by_key(|(action, _)| action.severity());
-    if let Some((action, failing)) = breach {
+        .max_by_key(|(action, _, _)| action.severity());
+    if let Some((action, fallback, failing)) = breach {
         let trigger = Trigger {
             gate: failing.gate.clone(),
             segment: failing.segment.clone(),
         };
         let escalate = action == Action::Narrow && state.narrows >= plan.max_narrows;
         let action = if escalate { Action::Rollback } else { action };
+        // In a containment only a more severe one is news.
         let relevant = match state.phase {
-            Phase::ReadOnly => action == Action::Rollback,
+            Phase::ReadOnly => action.severity() > Action::ReadOnly.severity(),
+            Phase::Fallback => action == Action::Rollback,
             _ => action != Action::Hold,
         };
         if relevant {
@@ -478,7 +502,7 @@ fn containment(
                     state.narrows
                 ));
             }
-            let mut after = contain(state, action, stage, now);
+            let mut after = contain(state, action, fallback, stage, now);
             if action == Action::Narrow {
                 after.narrowed_by = Some(trigger.clone());
             }
@@ -494,7 +518,7 @@ fn containment(
             };
             return Some(Ok(decision));
         }
-        if state.phase != Phase::ReadOnly {
+        if !matches!(state.phase, Phase::ReadOnly | Phase::Fallback) {
             return Some(Err(format!(
                 "holding: gate {} failed in segment {} (on_breach: hold)",
                 trigger.gate, trigger.segment
@@ -594,7 +618,13 @@ fn expansion(
 }
 
 /// The state after an automatic breach action.
-fn contain(state: &RolloutState, action: Action, stage: usize, now: Millis) -> RolloutState {
+fn contain(
+    state: &RolloutState,
+    action: Action,
+    fallback: Option<&FallbackPlan>,
+    stage: usize,
+    now: Millis,
+) -> RolloutState {
     let mut after = state.clone();
     let due = Some(ReenableDue {
         since: now,
@@ -616,9 +646,17 @@ fn contain(state: &RolloutState, action: Action, stage: usize, now: Millis) -> R
             after.reenable = due;
             after.epoch += 1;
         }
+        Action::Fallback => {
+            after.phase = Phase::Fallback;
+            after.fallback = fallback.map(|f| f.version.clone());
+            after.read_only = fallback.is_some_and(|f| f.read_only);
+            after.reenable = due;
+            after.epoch += 1;
+        }
         Action::Rollback => {
             after.phase = Phase::RolledBack;
             after.read_only = false;
+            after.fallback = None;
             after.reenable = due;
             after.enter_stage(None, now);
         }
@@ -754,7 +792,9 @@ pub fn operate(
                     after.paused_from = None;
                     return Ok(operator_decision(state, after, actor, command, verdicts));
                 }
-                Phase::ReadOnly | Phase::RolledBack | Phase::Probation => state.phase,
+                Phase::ReadOnly | Phase::RolledBack | Phase::Probation | Phase::Fallback => {
+                    state.phase
+                }
                 Phase::Narrowed if state.stage.is_none() => state.phase,
                 _ => {
                     return Err(Refusal::Conflict(format!(
@@ -772,6 +812,7 @@ pub fn operate(
             after.paused_from = None;
             after.narrows = 0;
             after.narrowed_by = None;
+            after.fallback = None;
             let probation = from != Phase::Probation
                 && state.reenable.is_some()
                 && plan.lane.reenable.healthy_read_only_samples > 0;
@@ -790,7 +831,7 @@ pub fn operate(
             if state.reenable.is_some()
                 || matches!(
                     state.phase,
-                    Phase::RolledBack | Phase::ReadOnly | Phase::Paused
+                    Phase::RolledBack | Phase::ReadOnly | Phase::Paused | Phase::Fallback
                 )
             {
                 return Err(Refusal::Conflict(format!(

@@ -102,6 +102,7 @@ fn evaluation(a: &Assignment<'_>) -> Value {
     let reason = match a.reason {
         Reason::Split | Reason::Baseline => "SPLIT",
         Reason::Stable => "STATIC",
+        Reason::Fallback => "FALLBACK",
         Reason::NoSegment | Reason::RolledBack | Reason::NoSubject => "TARGETING_MATCH",
     };
     let mut metadata = Map::new();
