@@ -58,6 +58,23 @@ pub enum ClientCmd {
         #[arg(long)]
         reason: String,
     },
+    /// The tasks a containment's exposure window served in full mode (NDJSON, or `--csv`), or
+    /// with `--tag EVENT_ID --as safe|wrong|unclear` tag one.
+    Affected {
+        name: String,
+        /// The containment's receipt id (default: the rollout's latest containment).
+        #[arg(long)]
+        receipt: Option<String>,
+        #[arg(long)]
+        csv: bool,
+        /// Tag this affected item.
+        #[arg(long, value_name = "EVENT_ID", requires = "verdict")]
+        tag: Option<String>,
+        #[arg(long = "as", value_name = "safe|wrong|unclear")]
+        verdict: Option<String>,
+        #[arg(long, default_value = "")]
+        note: String,
+    },
     /// Decision receipts, newest first.
     Receipts {
         /// One receipt by id.
@@ -94,6 +111,12 @@ impl Client {
     }
 
     fn send(&self, req: reqwest::blocking::RequestBuilder) -> anyhow::Result<Value> {
+        let text = self.send_text(req)?;
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The response body as text; a refusal is an error with the server's message.
+    fn send_text(&self, req: reqwest::blocking::RequestBuilder) -> anyhow::Result<String> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
@@ -116,7 +139,7 @@ impl Client {
             }
             bail!(out);
         }
-        Ok(body)
+        Ok(text)
     }
 
     fn get(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Value> {
@@ -156,6 +179,37 @@ pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
             action("rollback", &name, json!({"reason": reason}))?,
             render_receipt,
         ),
+        ClientCmd::Affected {
+            name,
+            receipt,
+            tag: Some(event_id),
+            verdict,
+            note,
+            ..
+        } => (
+            client.post(
+                &format!("/v1/rollouts/{name}/affected/{event_id}"),
+                json!({"tag": verdict, "note": note, "receipt": receipt}),
+            )?,
+            render_tagged,
+        ),
+        ClientCmd::Affected {
+            name, receipt, csv, ..
+        } => {
+            let accept = if csv {
+                "text/csv"
+            } else {
+                "application/x-ndjson"
+            };
+            let q: Vec<(&str, String)> = receipt.map(|r| ("receipt", r)).into_iter().collect();
+            return client.send_text(
+                client
+                    .http
+                    .get(format!("{}/v1/rollouts/{name}/affected", client.base))
+                    .header("accept", accept)
+                    .query(&q),
+            );
+        }
         ClientCmd::Receipts { id: Some(id), .. } => (
             client.get(&format!("/v1/receipts/{id}"), &[])?,
             render_receipt,
@@ -176,6 +230,18 @@ pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
         return Ok(serde_json::to_string_pretty(&value)? + "\n");
     }
     Ok(render(&value))
+}
+
+fn render_tagged(item: &Value) -> String {
+    format!(
+        "{} tagged {}{}\n",
+        s(&item["event_id"]),
+        s(&item["tag"]),
+        item["note"]
+            .as_str()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    )
 }
 
 fn s(v: &Value) -> String {

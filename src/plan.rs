@@ -201,6 +201,8 @@ pub struct ReenablePlan {
     pub ack: bool,
     pub cooldown: Millis,
     pub healthy_read_only_samples: u64,
+    /// Leaving probation needs every affected item of the containment tagged `safe` or `wrong`.
+    pub affected_reviewed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -154,3 +154,46 @@ fn resume_refusal_lists_the_missing_proof() {
         "{out}"
     );
 }
+
+#[test]
+fn affected_lists_a_containments_tasks_and_tags_one() {
+    let server = Server::start(&config(""));
+    server.drive_quality_rollback("ca");
+    let (ok, out, err) = cli(
+        &server,
+        OPERATOR,
+        &["affected", "support-reply-v8", "--csv"],
+    );
+    assert!(ok, "{err}");
+    assert!(out.starts_with("event_id,subject,segment"), "{out}");
+    assert_eq!(
+        out.lines().count(),
+        401,
+        "a header and the 400 exposed tasks"
+    );
+    let (ok, ndjson, _) = cli(&server, OPERATOR, &["affected", "support-reply-v8"]);
+    let first: serde_json::Value =
+        serde_json::from_str(ndjson.lines().next().unwrap_or("")).expect("NDJSON");
+    assert!(ok);
+    let id = first["event_id"].as_str().unwrap_or("");
+    let (ok, out, err) = cli(
+        &server,
+        OPERATOR,
+        &[
+            "affected",
+            "support-reply-v8",
+            "--tag",
+            id,
+            "--as",
+            "safe",
+            "--note",
+            "CRM checked",
+        ],
+    );
+    assert!(
+        ok && out.contains("tagged safe (CRM checked)"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = cli(&server, OPERATOR, &["affected", "no-such-rollout"]);
+    assert!(!ok && err.contains("404"), "{err}");
+}

@@ -740,3 +740,113 @@ fn a_fallback_to_an_undeclared_version_or_to_the_candidate_is_refused() {
         assert!(err.contains("gates[1].on_breach"), "{err}");
     }
 }
+
+fn affected(server: &Server, accept: &str) -> support::Reply {
+    let r = server.client_get_with(
+        "/v1/rollouts/support-reply-v8/affected",
+        Some(OPERATOR),
+        &[("accept", accept)],
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    r
+}
+
+fn tag(server: &Server, event_id: &str, tag: &str) -> support::Reply {
+    server.post(
+        &format!("/v1/rollouts/support-reply-v8/affected/{event_id}"),
+        Some(OPERATOR),
+        &json!({"tag": tag, "note": "checked the CRM record"}),
+    )
+}
+
+#[test]
+fn the_affected_list_names_every_exposed_task_and_its_review_gates_the_way_back() {
+    let cfg = config("").replace(
+        "healthy_read_only_samples: 20 }",
+        "healthy_read_only_samples: 20, affected_reviewed: true }",
+    );
+    assert!(cfg.contains("affected_reviewed: true"));
+    let server = Server::start(&cfg);
+    // Baseline tasks and read-only tasks are not affected; the candidate's full-mode ones are.
+    server.send_events(&events("base", 50, "v7", internal(), HEALTHY));
+    server.drive_quality_rollback("bad");
+    let list = affected(&server, "application/x-ndjson");
+    let items: Vec<Value> = list
+        .text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("NDJSON line"))
+        .collect();
+    assert_eq!(
+        items.len(),
+        400,
+        "every candidate task of the exposure window"
+    );
+    assert!(
+        items
+            .iter()
+            .all(|i| i["segment"] == "internal" && i["quality"].is_number())
+    );
+    let rollback_id = server.receipts()[0]["id"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(
+        list.header("x-stagegate-receipt"),
+        Some(rollback_id.as_str())
+    );
+    let csv = affected(&server, "text/csv");
+    assert!(
+        csv.text.starts_with("event_id,subject,segment,ts,quality"),
+        "{}",
+        csv.text
+    );
+    assert_eq!(csv.text.lines().count(), 401);
+    // Viewers see status, not the affected records.
+    let r = server.get("/v1/rollouts/support-reply-v8/affected", Some(READER));
+    assert_eq!(r.status, 403, "{}", r.text);
+
+    // Tags: the last one wins; a task outside the list or a bad tag is refused.
+    let first = items[0]["event_id"].as_str().unwrap_or("").to_string();
+    assert_eq!(tag(&server, &first, "unclear").status, 200);
+    let r = tag(&server, &first, "wrong");
+    assert_eq!(
+        (r.status, r.body["tag"].as_str()),
+        (200, Some("wrong")),
+        "{}",
+        r.text
+    );
+    assert_eq!(tag(&server, "base-1", "safe").status, 404);
+    assert_eq!(tag(&server, &first, "fine").status, 400);
+
+    // Probation, its healthy read-only tasks, and then the review is what is missing.
+    server.wait_for("the cooldown's end", |s| {
+        s["reenable"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
+    });
+    assert_eq!(resume(&server, true).status, 200);
+    server.send_events(&healthy_read_only("ro", 20));
+    let r = resume(&server, true);
+    assert_eq!(r.status, 422, "{}", r.text);
+    assert!(r.text.contains("affected_reviewed: 399"), "{}", r.text);
+    // The list still answers for the rolled-back window while the containment is open.
+    for item in &items[1..] {
+        let id = item["event_id"].as_str().unwrap_or("");
+        assert_eq!(tag(&server, id, "safe").status, 200);
+    }
+    let metrics = server.get("/metrics", None).text;
+    assert!(
+        metrics.contains(r#"stagegate_affected_items{rollout="support-reply-v8",tag="safe"} 399"#)
+            && metrics
+                .contains(r#"stagegate_affected_items{rollout="support-reply-v8",tag="wrong"} 1"#),
+        "{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("affected_items"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let r = resume(&server, true);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(state(&server.status()), "progressing");
+}

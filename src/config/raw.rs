@@ -168,4 +168,6 @@ pub(super) struct RawReenable {
     pub(super) ack: bool,
     pub(super) cooldown: Option<Spanned<String>>,
     pub(super) healthy_read_only_samples: Option<u64>,
+    #[serde(default)]
+    pub(super) affected_reviewed: bool,
 }

@@ -681,6 +681,7 @@ impl Validator {
                 0,
             ),
             healthy_read_only_samples: lane.reenable.healthy_read_only_samples.unwrap_or(0),
+            affected_reviewed: lane.reenable.affected_reviewed,
         };
         LanePlan {
             owner: lane.owner.clone(),

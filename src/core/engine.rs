@@ -17,8 +17,8 @@ use crate::core::evidence::{Arm, Checkpoint, Evidence, Tracked};
 use crate::core::gate::{GateInput, GateVerdict, Verdict, evaluate};
 use crate::core::receipt::{Receipt, StateView};
 use crate::core::rollout::{
-    Actor, Assessment, Command, Decision, Phase, Refusal, RolloutState, assess, missing_proof,
-    operate, verdicts,
+    Actor, Assessment, Command, Decision, Phase, Proof, Refusal, RolloutState, assess,
+    missing_proof, operate, verdicts,
 };
 use crate::plan::Action;
 use crate::plan::{Check, Signal, Stat};
@@ -444,26 +444,24 @@ impl Engine {
         assess(&self.plan.rollouts[rollout], &rt.state, &rt.evidence, now)
     }
 
-    /// Decides an operator's command on a rollout.
+    /// Decides an operator's command on a rollout; `unreviewed_affected` counts the open
+    /// containment's affected items not yet tagged safe or wrong (the store knows them).
     pub fn operate(
         &self,
         rollout: usize,
         actor: &str,
         command: &Command,
+        unreviewed_affected: u64,
         now: Millis,
     ) -> Result<Decision, Refusal> {
         let rt = &self.rollouts[rollout];
         let plan = &self.plan.rollouts[rollout];
         let evidence = verdicts(plan, &rt.state, &rt.evidence);
-        operate(
-            plan,
-            &rt.state,
-            rt.healthy_read_only,
-            actor,
-            command,
-            evidence,
-            now,
-        )
+        let proof = Proof {
+            healthy_read_only: rt.healthy_read_only,
+            unreviewed_affected,
+        };
+        operate(plan, &rt.state, &proof, actor, command, evidence, now)
     }
 
     /// Applies a persisted decision; a new epoch starts fresh evidence.
@@ -690,7 +688,17 @@ impl Engine {
             cooldown_ends: rfc3339(due.since.saturating_add(plan.lane.reenable.cooldown)),
             healthy_read_only: rt.healthy_read_only,
             healthy_read_only_required: plan.lane.reenable.healthy_read_only_samples,
-            missing: missing_proof(plan, rt.state.phase, due, true, rt.healthy_read_only, now),
+            missing: missing_proof(
+                plan,
+                rt.state.phase,
+                due,
+                true,
+                &Proof {
+                    healthy_read_only: rt.healthy_read_only,
+                    unreviewed_affected: 0,
+                },
+                now,
+            ),
         });
         RolloutStatus {
             name: plan.name.clone(),

@@ -3,6 +3,7 @@
 //! clock (time is passed in; `clock` holds the one wall-clock read, which only the shell calls),
 //! so `serve`, `simulate` and `replay` run the same code.
 
+pub mod affected;
 pub mod assign;
 pub mod clock;
 pub mod engine;

@@ -63,6 +63,10 @@ impl Phase {
 pub struct ReenableDue {
     pub since: Millis,
     pub cause: Action,
+    /// The epoch whose candidate tasks the containment's affected list covers: its raw events
+    /// are kept until the containment is resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposure_epoch: Option<u64>,
 }
 
 /// A rollout's durable state. Evidence is not part of it: it is rebuilt from stored events.
@@ -629,6 +633,7 @@ fn contain(
     let due = Some(ReenableDue {
         since: now,
         cause: action,
+        exposure_epoch: Some(state.epoch),
     });
     match action {
         Action::Narrow => {
@@ -722,6 +727,15 @@ pub enum Refusal {
     RemovesContained(Vec<String>),
 }
 
+/// What has been shown towards re-enabling, from the evidence and the affected list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Proof {
+    /// Healthy candidate tasks in read-only mode this epoch.
+    pub healthy_read_only: u64,
+    /// Affected items of the open containment not yet tagged `safe` or `wrong`.
+    pub unreviewed_affected: u64,
+}
+
 /// What the next resume must prove, checked against the lane's re-enable rule. Out of a
 /// containment (rolled back, read-only, narrowed to zero): the acknowledgement and the cooldown,
 /// after which the rollout enters probation (or, when the lane asks for no healthy read-only
@@ -731,16 +745,22 @@ pub fn missing_proof(
     phase: Phase,
     due: &ReenableDue,
     ack: bool,
-    healthy_read_only: u64,
+    proof: &Proof,
     now: Millis,
 ) -> Vec<String> {
     let rule = &plan.lane.reenable;
     let mut missing = Vec::new();
     if phase == Phase::Probation {
-        if healthy_read_only < rule.healthy_read_only_samples {
+        if proof.healthy_read_only < rule.healthy_read_only_samples {
             missing.push(format!(
-                "healthy_read_only_samples: {healthy_read_only} of {} healthy read-only candidate tasks observed in probation",
-                rule.healthy_read_only_samples
+                "healthy_read_only_samples: {} of {} healthy read-only candidate tasks observed in probation",
+                proof.healthy_read_only, rule.healthy_read_only_samples
+            ));
+        }
+        if rule.affected_reviewed && proof.unreviewed_affected > 0 {
+            missing.push(format!(
+                "affected_reviewed: {} affected item(s) still untagged or unclear; tag each safe or wrong (stagegate affected)",
+                proof.unreviewed_affected
             ));
         }
         return missing;
@@ -764,7 +784,7 @@ pub fn missing_proof(
 pub fn operate(
     plan: &RolloutPlan,
     state: &RolloutState,
-    healthy_read_only: u64,
+    proof: &Proof,
     actor: &str,
     command: &Command,
     verdicts: Vec<GateVerdict>,
@@ -804,7 +824,7 @@ pub fn operate(
                 }
             };
             if let Some(due) = &state.reenable {
-                let missing = missing_proof(plan, from, due, *ack, healthy_read_only, now);
+                let missing = missing_proof(plan, from, due, *ack, proof, now);
                 if !missing.is_empty() {
                     return Err(Refusal::ReenableProof { missing });
                 }
@@ -975,7 +995,7 @@ auth: { open: true }
         }
 
         fn op(&mut self, command: Command) -> Result<(), Refusal> {
-            let d = self.engine.operate(0, "alice", &command, self.now)?;
+            let d = self.engine.operate(0, "alice", &command, 0, self.now)?;
             self.apply(d);
             Ok(())
         }

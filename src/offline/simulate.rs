@@ -641,6 +641,7 @@ pub fn run(
                             reason: "approved".into(),
                             full: false,
                         },
+                        0,
                         now,
                     )
                     .ok()

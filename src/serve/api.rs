@@ -117,6 +117,14 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/rollouts/{name}/pause", post(pause))
         .route("/v1/rollouts/{name}/resume", post(resume))
         .route("/v1/rollouts/{name}/rollback", post(rollback))
+        .route(
+            "/v1/rollouts/{name}/affected",
+            get(crate::serve::affected::list),
+        )
+        .route(
+            "/v1/rollouts/{name}/affected/{event_id}",
+            post(crate::serve::affected::tag),
+        )
         .route("/v1/workflows/{name}/resume", post(resume_workflow))
         .route_layer(gate(Access::Needs(Role::Operator)));
     let admin_routes = Router::new()

@@ -16,6 +16,7 @@ use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ConfigError;
+use crate::core::affected::{self, AffectedItem};
 use crate::core::assign::Routing;
 use crate::core::clock::Clock;
 use crate::core::engine::{Engine, Pending, StateChange};
@@ -141,6 +142,8 @@ pub enum InputError {
     Store(#[from] StoreError),
     #[error("the controller is shutting down")]
     ShuttingDown,
+    #[error("{0}")]
+    NoContainment(String),
     #[error(
         "Idempotency-Key `{key}` was already used for a {used} on this rollout; use a new key for a new action"
     )]
@@ -717,6 +720,76 @@ async fn reload(shared: &Arc<Shared>, actor: &str, force: bool) -> Result<Reload
     })
 }
 
+/// A containment's affected list: the containment receipt (`receipt`, or the rollout's latest
+/// containment) and every task the candidate served in full mode in its exposure epoch, with
+/// the owner's tags. Blocking: reads the store.
+pub fn affected_list(
+    shared: &Shared,
+    rollout: &str,
+    receipt: Option<&str>,
+) -> Result<(Receipt, Vec<AffectedItem>), InputError> {
+    let plan = shared.plan.load_full();
+    let rollout_plan = plan
+        .rollout(rollout)
+        .ok_or_else(|| InputError::UnknownRollout(rollout.to_string()))?;
+    let containment = match receipt {
+        Some(id) => shared
+            .store
+            .receipt(id)?
+            .filter(|r| r.rollout == rollout && affected::opens_containment(r))
+            .ok_or_else(|| {
+                InputError::NoContainment(format!(
+                    "receipt `{id}` is not a containment of `{rollout}`"
+                ))
+            })?,
+        None => shared
+            .store
+            .receipts(Some(rollout), None, 1000)?
+            .into_iter()
+            .find(affected::opens_containment)
+            .ok_or_else(|| {
+                InputError::NoContainment(format!("`{rollout}` has had no containment"))
+            })?,
+    };
+    let tags = shared.store.affected_tags(rollout, &containment.id)?;
+    let mut items = Vec::new();
+    shared.store.replay(
+        rollout,
+        affected::exposure_epoch(&containment),
+        0,
+        &mut |stored| {
+            if affected::is_affected(rollout_plan, &stored.event) {
+                let tag = tags.get(&stored.event.event_id);
+                items.push(affected::item(rollout_plan, &stored.event, tag));
+            }
+        },
+    )?;
+    shared.metrics.affected(rollout, &affected::counts(&items));
+    Ok((containment, items))
+}
+
+/// Affected items of the rollout's open containment still untagged or unclear (0 when the lane
+/// does not ask for a review, or there is no open containment).
+async fn unreviewed_affected(shared: &Arc<Shared>, rollout: &str) -> Result<u64, InputError> {
+    let needed = {
+        let engine = shared.engine();
+        engine.rollout_index(rollout).is_some_and(|i| {
+            engine.rollout_plan(i).lane.reenable.affected_reviewed
+                && engine.rollouts[i].state.phase == crate::core::rollout::Phase::Probation
+        })
+    };
+    if !needed {
+        return Ok(0);
+    }
+    let (s, r) = (Arc::clone(shared), rollout.to_string());
+    match tokio::task::spawn_blocking(move || affected_list(&s, &r, None)).await {
+        Ok(Ok((_, items))) => Ok(affected::unreviewed(&items)),
+        Ok(Err(InputError::NoContainment(_))) => Ok(0),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(InputError::ShuttingDown),
+    }
+}
+
 /// The receipt an earlier action with this `Idempotency-Key` wrote: the same action returns
 /// it unchanged; a different one is refused.
 async fn first_result(
@@ -765,13 +838,25 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                         }
                     }
                 }
+                // Leaving probation may need the affected list reviewed: count what is not.
+                let unreviewed = match &command {
+                    Command::Resume { .. } => unreviewed_affected(&shared, &rollout).await,
+                    _ => Ok(0),
+                };
+                let unreviewed = match unreviewed {
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        continue;
+                    }
+                };
                 let now = shared.clock.now();
                 let decided = {
                     let engine = shared.engine();
                     match engine.rollout_index(&rollout) {
                         None => Err(InputError::UnknownRollout(rollout)),
                         Some(i) => engine
-                            .operate(i, &actor, &command, now)
+                            .operate(i, &actor, &command, unreviewed, now)
                             .map(|decision| Pending::Rollout { index: i, decision })
                             .map_err(InputError::from),
                     }

@@ -104,6 +104,7 @@ impl From<InputError> for ApiError {
                 s.to_string(),
             ),
             InputError::Store(s) => ApiError::internal(s.to_string()),
+            InputError::NoContainment(_) => ApiError::not_found(e.to_string()),
             InputError::KeyReused { .. } => ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency_key_reused",

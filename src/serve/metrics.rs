@@ -31,6 +31,7 @@ pub struct Metrics {
     events: IntCounterVec,
     notifications: IntCounterVec,
     store_bytes: IntGaugeVec,
+    affected_items: IntGaugeVec,
     samples_to_decide: IntGaugeVec,
     store_healthy: IntGaugeVec,
 }
@@ -80,6 +81,12 @@ impl Metrics {
                 "stagegate_store_bytes",
                 "Size of the store file on disk.",
                 &[],
+            ),
+            affected_items: gauge(
+                &r,
+                "stagegate_affected_items",
+                "Affected items of a rollout's latest containment by the owner's tag (safe, wrong, unclear, untagged), as last listed or tagged.",
+                &["rollout", "tag"],
             ),
             samples_to_decide: gauge(
                 &r,
@@ -196,6 +203,15 @@ impl Metrics {
         self.store_healthy
             .with_label_values::<&str>(&[])
             .set(i64::from(healthy));
+    }
+
+    /// The affected list's counts by tag, when it is listed or tagged.
+    pub fn affected(&self, rollout: &str, counts: &std::collections::HashMap<&'static str, u64>) {
+        for (tag, n) in counts {
+            self.affected_items
+                .with_label_values(&[rollout, tag])
+                .set(i64::try_from(*n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn render(&self) -> String {

@@ -2,6 +2,7 @@
 //! Prometheus metrics, notification delivery, and the controller loop — the one place where
 //! decisions are persisted, applied, published and observed.
 
+pub mod affected;
 pub mod api;
 pub mod controller;
 pub mod http;

@@ -26,6 +26,7 @@ use redb::{
 };
 
 use super::{BatchItem, Change, Store, StoreError, StoredEvent, StoredStates};
+use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::evidence::Checkpoint;
 use crate::core::notice::Outbox;
@@ -41,6 +42,8 @@ const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
 /// `rollout \n Idempotency-Key` → the receipt an operator action with that key wrote.
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
+/// `rollout \n receipt \n event id` → the owner's tag on an affected item.
+const AFFECTED: TableDefinition<&str, &[u8]> = TableDefinition::new("affected");
 /// Commit time → the last event sequence number committed by then (for retention).
 const SEQ_MARKS: TableDefinition<u64, u64> = TableDefinition::new("seq_marks");
 
@@ -224,6 +227,7 @@ impl EmbeddedStore {
         tx.open_table(CHECKPOINTS).map_err(dberr)?;
         tx.open_table(SEQ_MARKS).map_err(dberr)?;
         tx.open_table(IDEMPOTENCY).map_err(dberr)?;
+        tx.open_table(AFFECTED).map_err(dberr)?;
         tx.commit().map_err(dberr)
     }
 
@@ -392,11 +396,13 @@ impl EmbeddedStore {
             states
                 .insert(key.as_str(), change.bytes()?.as_slice())
                 .map_err(dberr)?;
+            // Older epochs go, but the one an open containment lists as affected.
+            let keep = change.protected_epoch();
             let mut events = tx.open_table(EVENTS).map_err(dberr)?;
             events
                 .retain_in(
                     (scope.as_str(), 0u64, 0u64)..(scope.as_str(), epoch, 0u64),
-                    |_, _| false,
+                    |(_, e, _), _| Some(e) == keep,
                 )
                 .map_err(dberr)?;
         }
@@ -581,15 +587,21 @@ impl Store for EmbeddedStore {
                     }
                     out
                 };
+                let protected = protected_epochs(&tx)?;
                 let mut events = tx.open_table(EVENTS).map_err(dberr)?;
                 for (scope, cp) in &checkpoints {
                     let upto = cp.seq.min(cutoff_seq);
+                    let keep = protected.get(scope).copied();
                     let scope = scope.as_str();
                     events
-                        .retain_in((scope, 0u64, 0u64)..=(scope, cp.epoch, upto), |_, _| {
-                            pruned += 1;
-                            false
-                        })
+                        .retain_in(
+                            (scope, 0u64, 0u64)..=(scope, cp.epoch, upto),
+                            |(_, e, _), _| {
+                                let kept = Some(e) == keep;
+                                pruned += usize::from(!kept);
+                                kept
+                            },
+                        )
                         .map_err(dberr)?;
                 }
                 // Keep the newest mark at or before the cutoff: it still locates the cutoff.
@@ -678,6 +690,47 @@ impl Store for EmbeddedStore {
         };
         let table = tx.open_table(RECEIPTS).map_err(dberr)?;
         decode(table.get(seq).map_err(dberr)?)
+    }
+
+    fn affected_tags(
+        &self,
+        rollout: &str,
+        receipt: &str,
+    ) -> Result<HashMap<String, TagRecord>, StoreError> {
+        let prefix = format!("{rollout}\n{receipt}\n");
+        let tx = self.read()?;
+        let table = tx.open_table(AFFECTED).map_err(dberr)?;
+        let mut out = HashMap::new();
+        for row in table.range(prefix.as_str()..).map_err(dberr)? {
+            let (k, v) = row.map_err(dberr)?;
+            let Some(event_id) = k.value().strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            out.insert(event_id.to_string(), serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    fn put_affected_tag(
+        &self,
+        rollout: &str,
+        receipt: &str,
+        event_id: &str,
+        tag: &TagRecord,
+    ) -> Result<(), StoreError> {
+        self.writing(|| {
+            let tx = self.write()?;
+            {
+                let mut table = tx.open_table(AFFECTED).map_err(dberr)?;
+                table
+                    .insert(
+                        format!("{rollout}\n{receipt}\n{event_id}").as_str(),
+                        serde_json::to_vec(tag)?.as_slice(),
+                    )
+                    .map_err(dberr)?;
+            }
+            tx.commit().map_err(dberr)
+        })
     }
 
     fn due_notifications(
@@ -773,4 +826,21 @@ fn read_rows<K: redb::Key + 'static, V: redb::Value + 'static>(
 /// The idempotency table's key: keys are scoped by rollout.
 fn idempotency_key(rollout: &str, key: &str) -> String {
     format!("{rollout}\n{key}")
+}
+
+/// Per rollout scope, the epoch an open containment keeps for its affected list.
+fn protected_epochs(tx: &redb::WriteTransaction) -> Result<HashMap<String, u64>, StoreError> {
+    let states = tx.open_table(STATES).map_err(dberr)?;
+    let mut out = HashMap::new();
+    for row in states.iter().map_err(dberr)? {
+        let (k, v) = row.map_err(dberr)?;
+        let Some(name) = k.value().strip_prefix("rollout:").map(str::to_string) else {
+            continue;
+        };
+        let state: crate::core::rollout::RolloutState = serde_json::from_slice(v.value())?;
+        if let Some(epoch) = state.reenable.and_then(|d| d.exposure_epoch) {
+            out.insert(name, epoch);
+        }
+    }
+    Ok(out)
 }

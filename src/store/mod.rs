@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::engine::GuardState;
 use crate::core::event::TaskEvent;
@@ -85,6 +86,14 @@ impl Change<'_> {
                 format!("workflow:{workflow}"),
                 state.epoch,
             ),
+        }
+    }
+
+    /// The epoch whose raw events an open containment keeps for its affected list.
+    pub(crate) fn protected_epoch(&self) -> Option<u64> {
+        match self {
+            Change::Rollout { state, .. } => state.reenable.as_ref().and_then(|d| d.exposure_epoch),
+            Change::Guard { .. } => None,
         }
     }
 
@@ -177,6 +186,22 @@ pub trait Store: Send + Sync {
 
     /// The receipt an operator action on `rollout` with this `Idempotency-Key` wrote, if any.
     fn receipt_by_key(&self, rollout: &str, key: &str) -> Result<Option<Receipt>, StoreError>;
+
+    /// The owner's tags on a containment's affected items, by event id.
+    fn affected_tags(
+        &self,
+        rollout: &str,
+        receipt: &str,
+    ) -> Result<HashMap<String, TagRecord>, StoreError>;
+
+    /// Tags one affected item (the last tag wins).
+    fn put_affected_tag(
+        &self,
+        rollout: &str,
+        receipt: &str,
+        event_id: &str,
+        tag: &TagRecord,
+    ) -> Result<(), StoreError>;
 
     /// Up to `limit` outbox items due at `now`, with their keys.
     fn due_notifications(
