@@ -318,8 +318,12 @@ impl RolloutPlan {
                             if f.read_only { " read_only" } else { "" }
                         ))
                         .unwrap_or_default(),
-                    if gate.observe { "; mode observe" } else { "" }
-                ),
+                    if gate.observe { "; mode observe" } else { "" },
+                ) + if gate.scope == Scope::Rollout {
+                    "; scope rollout"
+                } else {
+                    ""
+                },
             );
         }
         let lane = &self.lane;
@@ -581,6 +585,8 @@ pub struct GateSpec {
     pub on_breach: Action,
     /// With `on_breach: { fallback: VERSION }`: the version that serves the candidate's share.
     pub fallback: Option<FallbackPlan>,
+    /// Whether a `narrow` acts on the breaching segment only (the default) or the whole rollout.
+    pub scope: Scope,
     /// `mode: observe`: evaluated, shown, exported and receipted as "would have acted", but
     /// never acts and never holds a stage — how a new gate earns trust before it may act.
     pub observe: bool,
@@ -604,6 +610,15 @@ pub enum Action {
     Observe,
     /// The candidate's share is served by another declared version of the workflow.
     Fallback,
+}
+
+/// What a gate's `narrow` moves back: the breaching segment, or every segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Segment,
+    Rollout,
 }
 
 /// `on_breach: { fallback: VERSION, mode: full | read_only }`: another version of the same

@@ -139,6 +139,7 @@ proptest! {
                 on_breach: Action::Rollback,
                 observe: false,
                 fallback: None,
+                scope: stagegate::plan::Scope::Segment,
             };
             let input = GateInput { candidate: &c, baseline: Some(&b), alpha: 0.01, design_samples: 200.0 };
             let v = evaluate(&gate, "all", &input);

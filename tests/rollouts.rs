@@ -154,13 +154,35 @@ fn latency_regression_at_stage_two_narrows_to_stage_one() {
     server.send_events(&events("l-b", 1500, "v7", smb(), HEALTHY));
     server.send_events(&events("l-c", 1500, "v8", smb(), slow));
     let s = server.wait_for("narrow", |s| state(s) == "narrowed");
-    assert_eq!(stage(&s), "internal");
+    // Scope segment (the default): `everyone` goes back to the internal stage's share, the
+    // rollout and the other segments keep smb-5.
+    assert_eq!(stage(&s), "smb-5");
     assert_eq!(s["narrows"], 1);
+    assert_eq!(s["segment_stages"]["everyone"], "internal", "{s}");
     let receipt = &server.receipts()[0];
     assert_eq!(receipt["action"], "narrow");
     assert_eq!(receipt["trigger"]["gate"], "latency_ms_p95");
     assert_eq!(receipt["trigger"]["segment"], "everyone");
     assert_eq!(receipt["after"]["weights"]["everyone"], 0.0);
+    assert_eq!(receipt["after"]["weights"]["internal"], 100.0);
+}
+
+#[test]
+fn a_rollout_scoped_narrow_moves_every_segment_back() {
+    let server = Server::start(&config("").replace(
+        "max_ratio: 1.25,    on_breach: narrow }",
+        "max_ratio: 1.25,    on_breach: narrow, scope: rollout }",
+    ));
+    climb_to_smb5(&server, "lr");
+    let slow = Profile {
+        latency_ms: 3000.0,
+        ..HEALTHY
+    };
+    server.send_events(&events("lr-b", 1500, "v7", smb(), HEALTHY));
+    server.send_events(&events("lr-c", 1500, "v8", smb(), slow));
+    let s = server.wait_for("narrow", |s| state(s) == "narrowed");
+    assert_eq!(stage(&s), "internal");
+    assert!(s["segment_stages"].is_null(), "{s}");
 }
 
 #[test]
@@ -172,7 +194,7 @@ fn cost_spike_falls_back_to_read_only() {
     };
     server.send_events(&events("c", 300, "v8", internal(), pricey));
     let s = server.wait_for("read-only", |s| state(s) == "read_only");
-    assert_eq!(s["read_only"], true);
+    assert_eq!(s["read_only_segments"], json!(["internal"]), "{s}");
     assert_eq!(
         s["weights"]["internal"], 100.0,
         "read-only keeps the candidate's traffic"
@@ -849,4 +871,36 @@ fn the_affected_list_names_every_exposed_task_and_its_review_gates_the_way_back(
     let r = resume(&server, true);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(state(&server.status()), "progressing");
+}
+
+#[test]
+fn a_segment_scoped_read_only_fallback_leaves_the_other_segments_in_full_mode() {
+    let server = Server::start(&config(""));
+    climb_to_smb5(&server, "rs");
+    let pricey = Profile {
+        cost_usd: 0.2,
+        ..HEALTHY
+    };
+    server.send_events(&events("rs-c", 300, "v8", internal(), pricey));
+    let s = server.wait_for("read-only in internal", |s| state(s) == "read_only");
+    assert_eq!(s["read_only_segments"], json!(["internal"]), "{s}");
+    assert_eq!(stage(&s), "smb-5");
+    let a = server.assign("agent-1", internal());
+    assert_eq!(
+        (a["version"].as_str(), a["mode"].as_str()),
+        (Some("v8"), Some("read_only"))
+    );
+    // An SMB subject in the candidate's 5 % still runs it in full mode.
+    let on_candidate = (0..2000)
+        .map(|i| server.assign(&format!("smb-{i}"), smb()))
+        .find(|a| a["version"] == "v8")
+        .expect("some subject in the 5 % share");
+    assert_eq!(on_candidate["mode"], "full", "{on_candidate}");
+    let receipt = &server.receipts()[0];
+    assert!(
+        receipt["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("segment internal runs read-only")),
+        "{receipt}"
+    );
 }

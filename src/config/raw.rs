@@ -131,6 +131,7 @@ pub(super) struct RawGate {
     pub(super) max_drop: Option<f64>,
     pub(super) on_breach: Option<Spanned<RawBreach>>,
     pub(super) mode: Option<Spanned<String>>,
+    pub(super) scope: Option<Spanned<String>>,
 }
 
 /// `on_breach`: an action's name, or `{ fallback: VERSION, mode: full | read_only }`.

@@ -855,9 +855,23 @@ impl Validator {
                 false
             }
         };
+        let scope = match &g.scope {
+            None => Scope::Segment,
+            Some(s) if s.value == "segment" => Scope::Segment,
+            Some(s) if s.value == "rollout" => Scope::Rollout,
+            Some(s) => {
+                self.report(
+                    s,
+                    format!("{key}.scope"),
+                    format!("unknown scope `{}`; expected segment or rollout", s.value),
+                );
+                Scope::Segment
+            }
+        };
         Some(GateSpec {
             observe,
             fallback,
+            scope,
             name: format!("{}_{}", signal.name(), stat.name()),
             signal,
             stat,

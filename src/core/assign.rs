@@ -49,6 +49,8 @@ pub struct RolloutRoute {
     pub candidate_mode: Mode,
     /// In fallback: the version that serves the candidate's share.
     pub fallback: Option<usize>,
+    /// Per segment: the candidate runs read-only there (a segment-scoped read-only fallback).
+    pub read_only_segments: Vec<bool>,
 }
 
 /// The routing view of one workflow.
@@ -164,9 +166,14 @@ impl Routing {
             return Some(pick(r.baseline, Mode::Full, segment, Reason::NoSubject));
         };
         if bucket(&r.salt, subject) < r.weights_bps[seg] {
+            let mode = if r.read_only_segments.get(seg).copied().unwrap_or(false) {
+                Mode::ReadOnly
+            } else {
+                r.candidate_mode
+            };
             Some(match r.fallback {
-                Some(version) => pick(version, r.candidate_mode, segment, Reason::Fallback),
-                None => pick(r.candidate, r.candidate_mode, segment, Reason::Split),
+                Some(version) => pick(version, mode, segment, Reason::Fallback),
+                None => pick(r.candidate, mode, segment, Reason::Split),
             })
         } else {
             Some(pick(r.baseline, Mode::Full, segment, Reason::Baseline))

@@ -595,6 +595,8 @@ impl Engine {
             narrows: 0,
             epoch: s.epoch,
             fallback: None,
+            segment_stages: indexmap::IndexMap::new(),
+            read_only_segments: Vec::new(),
         };
         Receipt {
             id: String::new(),
@@ -654,6 +656,11 @@ impl Engine {
                             } else {
                                 Mode::Full
                             },
+                            read_only_segments: plan
+                                .segments
+                                .iter()
+                                .map(|s| state.read_only_segments.contains(&s.name))
+                                .collect(),
                             fallback: state
                                 .fallback
                                 .as_deref()
@@ -962,6 +969,8 @@ impl Engine {
             narrows: s.narrows,
             epoch: s.epoch,
             fallback: s.fallback.clone(),
+            segment_stages: indexmap::IndexMap::new(),
+            read_only_segments: Vec::new(),
         };
         Receipt {
             id: String::new(),
@@ -1071,6 +1080,10 @@ pub enum Pending {
 
 /// The durable half of a pending decision: the subject's name and its state after.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one per decision, moved once into the store's writer"
+)]
 pub enum StateChange {
     Rollout(String, RolloutState),
     Guard(String, GuardState),

@@ -519,6 +519,7 @@ mod tests {
             on_breach: Action::Rollback,
             observe: false,
             fallback: None,
+            scope: crate::plan::Scope::Segment,
         }
     }
 

@@ -29,6 +29,12 @@ pub struct StateView {
     /// In fallback: the version serving the candidate's share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Segments a segment-scoped narrow holds at an earlier stage: segment → that stage.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub segment_stages: IndexMap<String, String>,
+    /// Segments where the candidate runs read-only (a segment-scoped read-only fallback).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only_segments: Vec<String>,
 }
 
 impl StateView {
@@ -51,6 +57,20 @@ impl StateView {
             narrows: state.narrows,
             epoch: state.epoch,
             fallback: state.fallback.clone(),
+            segment_stages: plan
+                .segments
+                .iter()
+                .filter_map(|s| {
+                    let held = state.segment_stages.get(&s.name)?;
+                    Some((s.name.clone(), plan.stages.get(*held)?.name.clone()))
+                })
+                .collect(),
+            read_only_segments: plan
+                .segments
+                .iter()
+                .filter(|s| state.read_only_segments.contains(&s.name))
+                .map(|s| s.name.clone())
+                .collect(),
         }
     }
 }

@@ -5,7 +5,7 @@
 //! command or refuses it with the rule it breaks. Neither does I/O or reads a clock; the caller
 //! persists the decision with its receipt and only then applies it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,7 +13,7 @@ use crate::core::clock::{Millis, human_duration};
 use crate::core::evidence::{Arm, Evidence};
 use crate::core::gate::{GateInput, GateVerdict, Verdict, evaluate};
 use crate::plan::RolloutPlan;
-use crate::plan::{Action, FallbackPlan};
+use crate::plan::{Action, FallbackPlan, Scope};
 
 /// A rollout's state, as `stagegate_rollout_state` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,6 +105,14 @@ pub struct RolloutState {
     /// In `fallback`: the version serving the candidate's share.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// Segments a `scope: segment` narrow holds below the rollout's stage, by name: their
+    /// traffic is that earlier stage's. Cleared by every rollout-wide stage change.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub segment_stages: BTreeMap<String, usize>,
+    /// Segments a `scope: segment` read-only fallback switched to read-only mode (the others
+    /// keep full mode).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub read_only_segments: BTreeSet<String>,
 }
 
 impl RolloutState {
@@ -124,6 +132,8 @@ impl RolloutState {
             observed: Vec::new(),
             observed_epoch: 0,
             fallback: None,
+            segment_stages: BTreeMap::new(),
+            read_only_segments: BTreeSet::new(),
         }
     }
 
@@ -141,9 +151,20 @@ impl RolloutState {
         ) || self.reenable.is_some()
     }
 
+    /// The stage whose traffic `segment` gets: the rollout's, or the one a segment narrow
+    /// holds it at.
+    pub fn segment_stage(&self, plan: &RolloutPlan, segment: usize) -> Option<usize> {
+        let held = plan
+            .segments
+            .get(segment)
+            .and_then(|s| self.segment_stages.get(&s.name))
+            .copied();
+        held.or(self.stage)
+    }
+
     /// Candidate share of `segment` in basis points.
     pub fn weight_bps(&self, plan: &RolloutPlan, segment: usize) -> u16 {
-        match self.stage {
+        match self.segment_stage(plan, segment) {
             Some(s) if self.phase != Phase::RolledBack => plan
                 .stages
                 .get(s)
@@ -161,6 +182,8 @@ impl RolloutState {
     }
 
     fn enter_stage(&mut self, stage: Option<usize>, now: Millis) {
+        self.segment_stages.clear();
+        self.read_only_segments.clear();
         self.stage = stage;
         self.stage_started = now;
         self.epoch += 1;
@@ -457,10 +480,10 @@ fn containment(
             let failing = verdicts
                 .iter()
                 .find(|v| v.gate == g.name && v.verdict == Verdict::Fail)?;
-            Some((g.on_breach, g.fallback.as_ref(), failing))
+            Some((g.on_breach, g.fallback.as_ref(), g.scope, failing))
         })
-        .max_by_key(|(action, _, _)| action.severity());
-    if let Some((action, fallback, failing)) = breach {
+        .max_by_key(|(action, _, _, _)| action.severity());
+    if let Some((action, fallback, scope, failing)) = breach {
         let trigger = Trigger {
             gate: failing.gate.clone(),
             segment: failing.segment.clone(),
@@ -506,7 +529,36 @@ fn containment(
                     state.narrows
                 ));
             }
-            let mut after = contain(state, action, fallback, stage, now);
+            let segment = plan.segments.iter().position(|s| s.name == failing.segment);
+            let held = segment.and_then(|s| state.segment_stage(plan, s));
+            let mut after = match (action, scope, held) {
+                // Back one stage in the breaching segment only; the others keep theirs.
+                (Action::Narrow, Scope::Segment, Some(h)) if h > 0 => {
+                    let mut after = state.clone();
+                    after.segment_stages.insert(failing.segment.clone(), h - 1);
+                    after.narrows += 1;
+                    after.phase = Phase::Narrowed;
+                    after.epoch += 1;
+                    reason.push_str(&format!(
+                        "; segment {} back to stage {}, the others keep theirs",
+                        failing.segment,
+                        plan.stages[h - 1].name
+                    ));
+                    after
+                }
+                // Read-only in the breaching segment only; the others keep full mode.
+                (Action::ReadOnly, Scope::Segment, _) => {
+                    let mut after = contain(state, action, fallback, stage, now);
+                    after.read_only = false;
+                    after.read_only_segments.insert(failing.segment.clone());
+                    reason.push_str(&format!(
+                        "; segment {} runs read-only, the others keep full mode",
+                        failing.segment
+                    ));
+                    after
+                }
+                _ => contain(state, action, fallback, stage, now),
+            };
             if action == Action::Narrow {
                 after.narrowed_by = Some(trigger.clone());
             }
@@ -561,6 +613,29 @@ fn expansion(
         let cleared = verdicts
             .iter()
             .any(|v| v.gate == by.gate && v.segment == by.segment && v.verdict == Verdict::Pass);
+        if cleared && state.segment_stages.contains_key(&by.segment) {
+            // The held segment rejoins the rollout's stage; expansion can follow.
+            let mut after = state.clone();
+            after.segment_stages.remove(&by.segment);
+            after.narrowed_by = None;
+            after.epoch += 1;
+            if after.segment_stages.is_empty() {
+                after.phase = Phase::Progressing;
+            }
+            return Ok(Decision {
+                action: Action::Expand,
+                actor: Actor::Controller,
+                reason: format!(
+                    "segment {} rejoins stage {}: {} passed there on evidence gathered since the narrow",
+                    by.segment, plan_stage.name, by.gate
+                ),
+                trigger: Some(by.clone()),
+                before: state.clone(),
+                after,
+                verdicts: verdicts.to_vec(),
+                changes: Vec::new(),
+            });
+        }
         if !cleared {
             return Err(format!(
                 "narrowed by {}@{}: re-expansion needs {} to pass in {} on evidence gathered since the narrow{}",
@@ -833,6 +908,7 @@ pub fn operate(
             after.narrows = 0;
             after.narrowed_by = None;
             after.fallback = None;
+            after.read_only_segments.clear();
             let probation = from != Phase::Probation
                 && state.reenable.is_some()
                 && plan.lane.reenable.healthy_read_only_samples > 0;
@@ -939,7 +1015,7 @@ rollouts:
     gates:
       - { signal: quality, stat: mean, min: 0.8, on_breach: rollback }
       - { signal: cost_usd, stat: mean, max: 0.05, on_breach: read_only }
-      - { signal: latency_ms, stat: mean, max: 2000, on_breach: narrow }
+      - { signal: latency_ms, stat: mean, max: 2000, on_breach: narrow, scope: rollout }
     lane: { owner: o, repair: fix, reenable: { ack: true, cooldown: 30m, healthy_read_only_samples: 5 } }
 auth: { open: true }
 "#;
@@ -953,7 +1029,11 @@ auth: { open: true }
 
     impl Sim {
         fn new() -> Sim {
-            let plan = Plan::parse(Path::new("t.yaml"), PLAN).expect("valid plan");
+            Sim::with(PLAN)
+        }
+
+        fn with(text: &str) -> Sim {
+            let plan = Plan::parse(Path::new("t.yaml"), text).expect("valid plan");
             Sim {
                 engine: Engine::new(Arc::new(plan), Default::default(), Default::default(), 0),
                 now: 0,
@@ -1119,6 +1199,64 @@ auth: { open: true }
         })
         .expect("the operator decides");
         assert_eq!(s.engine.rollouts[0].state.narrowed_by, None);
+    }
+
+    #[test]
+    fn a_segment_scoped_narrow_moves_back_the_breaching_segment_only_and_it_rejoins() {
+        let plan = PLAN
+            .replace(
+                "{ name: s2, traffic: { internal: 100, everyone: 20 }, min_samples: 100 }",
+                "{ name: s2, traffic: { internal: 100, everyone: 20 }, min_samples: 100 }\n      \
+                 - { name: s2b, traffic: { internal: 100, everyone: 50 }, min_samples: 100 }",
+            )
+            .replace(
+                "max: 2000, on_breach: narrow, scope: rollout }",
+                "max: 2000, on_breach: narrow }",
+            );
+        let mut s = Sim::with(&plan);
+        s.op(Command::Promote {
+            reason: "to s2b".into(),
+            full: false,
+        })
+        .expect("promote");
+        s.op(Command::Promote {
+            reason: "to s2b".into(),
+            full: false,
+        })
+        .expect("promote");
+        // Slow only for `everyone`: that segment goes back to s2 (20 %), internal keeps s2b.
+        s.feed(150, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full);
+        s.feed(150, "v2", None, [0.9, 0.01, 3000.0], Mode::Full);
+        s.tick(1);
+        let state = s.engine.rollouts[0].state.clone();
+        let r = s.engine.rollout_plan(0).clone();
+        assert_eq!(
+            (
+                state.phase,
+                state.stage_name(&r),
+                state.segment_stages.get("everyone")
+            ),
+            (Phase::Narrowed, Some("s2b"), Some(&1))
+        );
+        assert_eq!(
+            (state.weight_bps(&r, 0), state.weight_bps(&r, 1)),
+            (10_000, 2_000)
+        );
+        // Healthy again where it breached, on evidence since the narrow: it rejoins s2b.
+        s.feed(150, "v2", Some("ops"), [0.9, 0.01, 1000.0], Mode::Full);
+        s.feed(150, "v2", None, [0.9, 0.01, 1000.0], Mode::Full);
+        s.tick(1);
+        let state = &s.engine.rollouts[0].state;
+        assert_eq!(
+            (state.phase, state.segment_stages.len()),
+            (Phase::Progressing, 0)
+        );
+        assert!(
+            s.timeline()
+                .ends_with("controller expand s2b->s2b progressing by latency_ms_mean@everyone"),
+            "{}",
+            s.timeline()
+        );
     }
 
     #[test]
