@@ -143,17 +143,22 @@ fn quality_drop_rolls_back_and_everyone_gets_the_baseline() {
     );
 }
 
-#[test]
-fn latency_regression_at_stage_two_narrows_to_stage_one() {
-    let server = Server::start(&config(""));
-    climb_to_smb5(&server, "l");
+/// Climbs to smb-5, then reports slow SMB candidate tasks; returns the narrowed status.
+fn narrow_on_smb_latency(server: &Server, tag: &str) -> Value {
+    climb_to_smb5(server, tag);
     let slow = Profile {
         latency_ms: 3000.0,
         ..HEALTHY
     };
-    server.send_events(&events("l-b", 1500, "v7", smb(), HEALTHY));
-    server.send_events(&events("l-c", 1500, "v8", smb(), slow));
-    let s = server.wait_for("narrow", |s| state(s) == "narrowed");
+    server.send_events(&events(&format!("{tag}-b"), 1500, "v7", smb(), HEALTHY));
+    server.send_events(&events(&format!("{tag}-c"), 1500, "v8", smb(), slow));
+    server.wait_for("narrow", |s| state(s) == "narrowed")
+}
+
+#[test]
+fn latency_regression_at_stage_two_narrows_to_stage_one() {
+    let server = Server::start(&config(""));
+    let s = narrow_on_smb_latency(&server, "l");
     // Scope segment (the default): `everyone` goes back to the internal stage's share, the
     // rollout and the other segments keep smb-5.
     assert_eq!(stage(&s), "smb-5");
@@ -173,14 +178,7 @@ fn a_rollout_scoped_narrow_moves_every_segment_back() {
         "max_ratio: 1.25,    on_breach: narrow }",
         "max_ratio: 1.25,    on_breach: narrow, scope: rollout }",
     ));
-    climb_to_smb5(&server, "lr");
-    let slow = Profile {
-        latency_ms: 3000.0,
-        ..HEALTHY
-    };
-    server.send_events(&events("lr-b", 1500, "v7", smb(), HEALTHY));
-    server.send_events(&events("lr-c", 1500, "v8", smb(), slow));
-    let s = server.wait_for("narrow", |s| state(s) == "narrowed");
+    let s = narrow_on_smb_latency(&server, "lr");
     assert_eq!(stage(&s), "internal");
     assert!(s["segment_stages"].is_null(), "{s}");
 }

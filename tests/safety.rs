@@ -142,7 +142,11 @@ fn removing_a_contained_rollout_needs_force_and_readding_resumes_its_state() {
     );
     let status = server.status();
     assert_eq!(status["state"], "read_only");
-    assert_eq!(status["read_only_segments"], serde_json::json!(["internal"]), "{status}");
+    assert_eq!(
+        status["read_only_segments"],
+        serde_json::json!(["internal"]),
+        "{status}"
+    );
     assert_eq!(status["reenable"]["cause"], "read_only", "{status}");
     assert_eq!(receipts_for(&server, "support-reply-v8").len(), before + 1);
 
