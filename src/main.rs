@@ -123,7 +123,7 @@ fn main() -> std::process::ExitCode {
             events,
             json,
         } => replay(&config, &events, json),
-        Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(|out| print!("{out}")),
+        Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(emit),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -142,11 +142,13 @@ fn check(path: &Path) -> anyhow::Result<()> {
     if plan.auth.tokens.is_none() {
         eprintln!("warning: auth.open is true: every endpoint answers without a token");
     }
-    print!("{}", render_plan(&plan));
-    println!(
-        "\nok: {} workflow(s), {} rollout(s)",
-        plan.workflows.len(),
-        plan.rollouts.len()
+    emit(render_plan(&plan));
+    emit(
+        format!(
+            "\nok: {} workflow(s), {} rollout(s)",
+            plan.workflows.len(),
+            plan.rollouts.len()
+        ) + "\n",
     );
     Ok(())
 }
@@ -172,18 +174,18 @@ fn simulate(
     if runs == 1 {
         let report = stagegate::offline::simulate::run(plan, &scenario, policy, start)?;
         if json {
-            println!("{}", serde_json::to_string_pretty(&report)?);
+            emit(serde_json::to_string_pretty(&report)? + "\n");
         } else {
-            print!("{}", report.render());
+            emit(report.render());
         }
         return Ok(());
     }
     let (_, summary) =
         stagegate::offline::simulate::run_many(&plan, &scenario, policy, start, runs)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&summary)?);
+        emit(serde_json::to_string_pretty(&summary)? + "\n");
     } else {
-        print!("{}", summary.render());
+        emit(summary.render());
     }
     Ok(())
 }
@@ -228,12 +230,12 @@ fn simulate_suite(
     let rows =
         stagegate::offline::simulate::run_suite(&plan, &scenarios, failed_checks, start, runs)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
+        emit(serde_json::to_string_pretty(&rows)? + "\n");
     } else {
-        print!(
-            "{}",
-            stagegate::offline::simulate::render_suite(&rows, failed_checks)
-        );
+        emit(stagegate::offline::simulate::render_suite(
+            &rows,
+            failed_checks,
+        ));
     }
     Ok(())
 }
@@ -254,9 +256,9 @@ fn replay(config: &Path, events: &Path, json: bool) -> anyhow::Result<()> {
     }
     let out = stagegate::offline::replay::replay(plan, parsed)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        emit(serde_json::to_string_pretty(&out)? + "\n");
     } else {
-        print!("{}", out.render());
+        emit(out.render());
     }
     Ok(())
 }
@@ -356,5 +358,19 @@ async fn reload_on_sighup(shared: Arc<Shared>) {
                 })
                 .await;
         }
+    }
+}
+
+/// Writes to stdout. A reader that went away (`stagegate check … | head`) ends the output
+/// quietly with success, as other command-line tools do, instead of a panic.
+fn emit(text: String) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: writing the output: {e}");
+        std::process::exit(1);
     }
 }

@@ -197,3 +197,23 @@ fn affected_lists_a_containments_tasks_and_tags_one() {
     let (ok, _, err) = cli(&server, OPERATOR, &["affected", "no-such-rollout"]);
     assert!(!ok && err.contains("404"), "{err}");
 }
+
+#[test]
+fn receipts_for_an_unknown_rollout_is_an_error_not_an_empty_table() {
+    let server = Server::start(&config(""));
+    let (ok, _, err) = cli(
+        &server,
+        READER,
+        &["receipts", "--rollout", "support-reply-v9"],
+    );
+    assert!(
+        !ok && err.contains("404") && err.contains("support-reply-v9"),
+        "{err}"
+    );
+    let (ok, out, err) = cli(
+        &server,
+        READER,
+        &["receipts", "--rollout", "support-reply-v8"],
+    );
+    assert!(ok, "{out}{err}");
+}

@@ -267,3 +267,20 @@ fn exposure_counts_tasks_by_behaviour_and_per_source_baselines_apply() {
     let candidate = r["candidate_tasks"].as_u64().unwrap_or(0);
     assert!(exposed > 0 && exposed < candidate, "{r}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `stagegate check … | head -0`: the reader is gone before the first write.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config", "scenarios/suite/config.yaml"])
+        .env("STAGEGATE_ADMIN_TOKEN", "t")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

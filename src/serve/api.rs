@@ -489,6 +489,21 @@ async fn list_receipts(
         .store
         .receipts(q.rollout.as_deref(), since, limit)
         .map_err(|e| ApiError::internal(e.to_string()))?;
+    // A name that is neither configured nor has a history is a typo, not an empty history.
+    if let Some(name) = q.rollout.as_deref().filter(|_| receipts.is_empty()) {
+        let plan = shared.plan.load();
+        let known = plan.rollout(name).is_some() || plan.workflow(name).is_some();
+        let history = !shared
+            .store
+            .receipts(Some(name), None, 1)
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .is_empty();
+        if !known && !history {
+            return Err(ApiError::not_found(format!(
+                "no rollout or guarded workflow named `{name}`"
+            )));
+        }
+    }
     Ok(Json(json!({"receipts": receipts})).into_response())
 }
 
