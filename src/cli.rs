@@ -22,6 +22,9 @@ pub struct Connection {
     /// Print the server's JSON instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
+    /// The bearer token the client verbs send.
+    #[arg(long, env = "STAGEGATE_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -75,6 +78,25 @@ pub enum ClientCmd {
         #[arg(long, default_value = "")]
         note: String,
     },
+    /// Validate the server's config file again and swap it in (admin).
+    Reload {
+        /// Remove rollouts still in containment (their state is kept under their names).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Which version (and mode) a subject would get now, and why.
+    Assign {
+        workflow: String,
+        subject: String,
+        /// A task attribute, `key=value` (repeatable).
+        #[arg(long = "attr", value_name = "KEY=VALUE")]
+        attributes: Vec<String>,
+    },
+    /// Report task events from a file (a JSON array or NDJSON).
+    Events {
+        #[command(subcommand)]
+        command: EventsCmd,
+    },
     /// Decision receipts, newest first.
     Receipts {
         /// One receipt by id.
@@ -89,6 +111,12 @@ pub enum ClientCmd {
     },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum EventsCmd {
+    /// Send a file of events (idempotent by `event_id`).
+    Send { file: std::path::PathBuf },
+}
+
 struct Client {
     base: String,
     token: Option<String>,
@@ -100,9 +128,7 @@ impl Client {
         let http = reqwest::blocking::Client::builder()
             .timeout(std::time::Duration::from_secs(30))
             .build()?;
-        let token = std::env::var("STAGEGATE_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
+        let token = conn.token.clone().filter(|t| !t.is_empty());
         Ok(Client {
             base: conn.server.trim_end_matches('/').to_string(),
             token,
@@ -210,6 +236,53 @@ pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
                     .query(&q),
             );
         }
+        ClientCmd::Reload { force } => (
+            client.post(
+                if force {
+                    "/v1/config/reload?force=true"
+                } else {
+                    "/v1/config/reload"
+                },
+                json!({}),
+            )?,
+            render_reload,
+        ),
+        ClientCmd::Assign {
+            workflow,
+            subject,
+            attributes,
+        } => {
+            let mut attrs = serde_json::Map::new();
+            for a in attributes {
+                let Some((k, v)) = a.split_once('=') else {
+                    bail!("--attr {a:?}: expected KEY=VALUE");
+                };
+                attrs.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            (
+                client.post(
+                    "/v1/assign",
+                    json!({"workflow": workflow, "subject": subject, "attributes": attrs}),
+                )?,
+                render_assignment,
+            )
+        }
+        ClientCmd::Events {
+            command: EventsCmd::Send { file },
+        } => {
+            let body =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            (
+                client.send(
+                    client
+                        .http
+                        .post(format!("{}/v1/events", client.base))
+                        .header("content-type", "application/x-ndjson")
+                        .body(body),
+                )?,
+                render_ingested,
+            )
+        }
         ClientCmd::Receipts { id: Some(id), .. } => (
             client.get(&format!("/v1/receipts/{id}"), &[])?,
             render_receipt,
@@ -230,6 +303,43 @@ pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
         return Ok(serde_json::to_string_pretty(&value)? + "\n");
     }
     Ok(render(&value))
+}
+
+fn render_reload(r: &Value) -> String {
+    let mut out = format!(
+        "config reloaded; {} receipt(s)\n",
+        r["receipts"].as_array().map_or(0, Vec::len)
+    );
+    for line in r["needs_restart"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "needs a restart: {}", s(line));
+    }
+    out
+}
+
+fn render_assignment(a: &Value) -> String {
+    format!(
+        "{} {} ({}) segment {} rollout {} stage {}: {}\n",
+        s(&a["workflow"]),
+        s(&a["version"]),
+        s(&a["mode"]),
+        s(&a["segment"]),
+        s(&a["rollout"]),
+        s(&a["stage"]),
+        s(&a["reason"])
+    )
+}
+
+fn render_ingested(r: &Value) -> String {
+    let mut out = format!(
+        "accepted {}, duplicates {}, rejected {}\n",
+        s(&r["accepted"]),
+        s(&r["duplicates"]),
+        r["rejected"].as_array().map_or(0, Vec::len)
+    );
+    for rej in r["rejected"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "  item {}: {}", s(&rej["index"]), s(&rej["error"]));
+    }
+    out
 }
 
 fn render_tagged(item: &Value) -> String {

@@ -43,6 +43,8 @@ enum Cmd {
     },
     #[command(flatten)]
     Client(cli::ClientCmd),
+    /// Print a shell completion script (`stagegate completions bash > /etc/bash_completion.d/stagegate`).
+    Completions { shell: clap_complete::Shell },
     /// Run the real decision code against synthetic traffic on a virtual clock.
     Simulate {
         #[arg(long)]
@@ -124,6 +126,17 @@ fn main() -> std::process::ExitCode {
             json,
         } => replay(&config, &events, json),
         Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(emit),
+        Cmd::Completions { shell } => {
+            let mut script = Vec::new();
+            clap_complete::generate(
+                shell,
+                &mut <Cli as clap::CommandFactory>::command(),
+                "stagegate",
+                &mut script,
+            );
+            emit(String::from_utf8_lossy(&script).into_owned());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

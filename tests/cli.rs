@@ -217,3 +217,58 @@ fn receipts_for_an_unknown_rollout_is_an_error_not_an_empty_table() {
     );
     assert!(ok, "{out}{err}");
 }
+
+#[test]
+fn assign_events_send_reload_and_completions_are_verbs() {
+    let server = Server::start(&config(""));
+    let (ok, out, err) = cli(
+        &server,
+        INGEST,
+        &[
+            "assign",
+            "support-reply",
+            "agent-1",
+            "--attr",
+            "team=support-ops",
+        ],
+    );
+    assert!(
+        ok && out.contains("v8 (full) segment internal"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = cli(
+        &server,
+        INGEST,
+        &["assign", "support-reply", "a", "--attr", "oops"],
+    );
+    assert!(!ok && err.contains("KEY=VALUE"), "{err}");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let file = dir.path().join("events.ndjson");
+    std::fs::write(
+        &file,
+        "{\"event_id\":\"c1\",\"workflow\":\"support-reply\",\"version\":\"v8\",\"quality\":0.9}\n\
+         {\"event_id\":\"c2\",\"workflow\":\"nope\",\"version\":\"v8\"}\n",
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8 path");
+    let (ok, out, err) = cli(&server, INGEST, &["events", "send", path]);
+    assert!(
+        ok && out.starts_with("accepted 1, duplicates 0, rejected 1"),
+        "{out}{err}"
+    );
+    assert!(out.contains("item 1: unknown workflow"), "{out}");
+
+    let (ok, out, err) = cli(&server, ADMIN, &["reload"]);
+    assert!(ok && out.starts_with("config reloaded"), "{out}{err}");
+    let (ok, _, err) = cli(&server, OPERATOR, &["reload"]);
+    assert!(!ok && err.contains("403"), "{err}");
+
+    for shell in ["bash", "zsh", "fish"] {
+        let (ok, out, err) = cli(&server, "", &["completions", shell]);
+        assert!(
+            ok && out.contains("stagegate") && out.contains("affected"),
+            "{shell}: {err}"
+        );
+    }
+}
