@@ -14,6 +14,16 @@ fn state(s: &Value) -> &str {
 }
 
 /// Feeds stage 0 (internal 100 %) healthy candidate traffic until the rollout reaches `smb-5`.
+/// The version and mode `subject` gets now, as `version/mode`.
+fn assigned(server: &Server, subject: &str, attributes: Value) -> String {
+    let a = server.assign(subject, attributes);
+    format!(
+        "{}/{}",
+        a["version"].as_str().unwrap_or(""),
+        a["mode"].as_str().unwrap_or("")
+    )
+}
+
 fn climb_to_smb5(server: &Server, tag: &str) {
     server.send_events(&events(
         &format!("{tag}-int"),
@@ -128,11 +138,7 @@ fn quality_drop_rolls_back_and_everyone_gets_the_baseline() {
             .is_some_and(|r| r.contains("CRM"))
     );
 
-    let a = server.assign("some-agent", internal());
-    assert_eq!(
-        (a["version"].as_str(), a["mode"].as_str()),
-        (Some("v7"), Some("full"))
-    );
+    assert_eq!(assigned(&server, "some-agent", internal()), "v7/full");
 
     let metrics = server.get("/metrics", None).text;
     assert!(metrics.contains(r#"stagegate_automatic_rollbacks_total{gate="quality_mean",rollout="support-reply-v8"} 1"#), "{metrics}");
@@ -197,17 +203,9 @@ fn cost_spike_falls_back_to_read_only() {
         s["weights"]["internal"], 100.0,
         "read-only keeps the candidate's traffic"
     );
-    let a = server.assign("agent-1", internal());
-    assert_eq!(
-        (a["version"].as_str(), a["mode"].as_str()),
-        (Some("v8"), Some("read_only"))
-    );
+    assert_eq!(assigned(&server, "agent-1", internal()), "v8/read_only");
     // Subjects outside every exposed segment are untouched.
-    let a = server.assign("agent-1", smb());
-    assert_eq!(
-        (a["version"].as_str(), a["mode"].as_str()),
-        (Some("v7"), Some("full"))
-    );
+    assert_eq!(assigned(&server, "agent-1", smb()), "v7/full");
 }
 
 #[test]
@@ -382,11 +380,7 @@ fn resume_after_automatic_containment_goes_through_probation() {
     // Probation: the first stage's traffic, in read-only mode, while the proof accumulates.
     let s = server.status();
     assert_eq!((state(&s), stage(&s)), ("probation", "internal"));
-    let a = server.assign("agent-1", internal());
-    assert_eq!(
-        (a["version"].as_str(), a["mode"].as_str()),
-        (Some("v8"), Some("read_only"))
-    );
+    assert_eq!(assigned(&server, "agent-1", internal()), "v8/read_only");
     let r = resume(&server, true);
     assert_eq!(r.status, 422, "{}", r.text);
     assert!(r.text.contains("0 of 20"), "{}", r.text);
@@ -725,11 +719,7 @@ fn a_fallback_gate_serves_the_candidates_share_with_another_version() {
     let r = resume(&server, true);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["after"]["state"], "probation");
-    let a = server.assign("agent-1", internal());
-    assert_eq!(
-        (a["version"].as_str(), a["mode"].as_str()),
-        (Some("v8"), Some("read_only"))
-    );
+    assert_eq!(assigned(&server, "agent-1", internal()), "v8/read_only");
 }
 
 #[test]
@@ -883,11 +873,7 @@ fn a_segment_scoped_read_only_fallback_leaves_the_other_segments_in_full_mode() 
     let s = server.wait_for("read-only in internal", |s| state(s) == "read_only");
     assert_eq!(s["read_only_segments"], json!(["internal"]), "{s}");
     assert_eq!(stage(&s), "smb-5");
-    let a = server.assign("agent-1", internal());
-    assert_eq!(
-        (a["version"].as_str(), a["mode"].as_str()),
-        (Some("v8"), Some("read_only"))
-    );
+    assert_eq!(assigned(&server, "agent-1", internal()), "v8/read_only");
     // An SMB subject in the candidate's 5 % still runs it in full mode.
     let on_candidate = (0..2000)
         .map(|i| server.assign(&format!("smb-{i}"), smb()))
