@@ -331,6 +331,15 @@ fn assignment_is_sticky_and_growth_is_monotone() {
     assert_eq!(a["rollout"], "support-reply-v8");
 }
 
+/// Waits until the lane's cooldown no longer blocks a resume.
+fn wait_for_cooldown(server: &Server) {
+    server.wait_for("the cooldown's end", |s| {
+        s["reenable"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
+    });
+}
+
 /// Resumes the rollout as an operator; returns the response.
 fn resume(server: &Server, ack: bool) -> support::Reply {
     server.post(
@@ -368,11 +377,7 @@ fn resume_after_automatic_containment_goes_through_probation() {
     let s = server.status();
     assert!(s["reenable"]["cooldown_ends"].is_string(), "{s}");
     assert_eq!(s["reenable"]["healthy_read_only_required"], 20, "{s}");
-    server.wait_for("the cooldown's end", |s| {
-        s["reenable"]["missing"]
-            .as_array()
-            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
-    });
+    wait_for_cooldown(&server);
     let r = resume(&server, true);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["after"]["state"], "probation", "{}", r.text);
@@ -423,11 +428,7 @@ fn resume_after_automatic_containment_goes_through_probation() {
 fn the_same_miss_in_probation_rolls_back_again() {
     let server = Server::start(&config(""));
     server.drive_cost_read_only("q");
-    server.wait_for("the cooldown's end", |s| {
-        s["reenable"]["missing"]
-            .as_array()
-            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
-    });
+    wait_for_cooldown(&server);
     assert_eq!(resume(&server, true).status, 200);
     // The read-only drafts cost as much as before.
     let mut costly = healthy_read_only("q-ro", 300);
@@ -711,11 +712,7 @@ fn a_fallback_gate_serves_the_candidates_share_with_another_version() {
             .join("\n")
     );
     // Re-enabling is the lane's: ack and cooldown, then probation on the candidate itself.
-    server.wait_for("the cooldown's end", |s| {
-        s["reenable"]["missing"]
-            .as_array()
-            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
-    });
+    wait_for_cooldown(&server);
     let r = resume(&server, true);
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["after"]["state"], "probation");
@@ -829,11 +826,7 @@ fn the_affected_list_names_every_exposed_task_and_its_review_gates_the_way_back(
     assert_eq!(tag(&server, &first, "fine").status, 400);
 
     // Probation, its healthy read-only tasks, and then the review is what is missing.
-    server.wait_for("the cooldown's end", |s| {
-        s["reenable"]["missing"]
-            .as_array()
-            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
-    });
+    wait_for_cooldown(&server);
     assert_eq!(resume(&server, true).status, 200);
     server.send_events(&healthy_read_only("ro", 20));
     let r = resume(&server, true);

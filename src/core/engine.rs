@@ -582,21 +582,13 @@ impl Engine {
     /// The receipt for a guard decision.
     pub fn guard_receipt(&self, guard: usize, decision: &GuardDecision, now: Millis) -> Receipt {
         let g = &self.guards[guard];
-        let view = |s: &GuardState| StateView {
-            state: if s.read_only {
+        let view = |s: &GuardState| {
+            let phase = if s.read_only {
                 Phase::ReadOnly
             } else {
                 Phase::Progressing
-            },
-            stage: None,
-            stage_index: None,
-            weights: indexmap::IndexMap::new(),
-            read_only: s.read_only,
-            narrows: 0,
-            epoch: s.epoch,
-            fallback: None,
-            segment_stages: indexmap::IndexMap::new(),
-            read_only_segments: Vec::new(),
+            };
+            StateView::bare(phase, None, s.read_only, 0, s.epoch)
         };
         Receipt {
             id: String::new(),
@@ -961,16 +953,8 @@ impl Engine {
         let terms = &decision.before.policy;
         let term = |k: &str| terms.get(k).cloned().unwrap_or_default();
         let view = |s: &RolloutState| StateView {
-            state: s.phase,
-            stage: None,
-            stage_index: s.stage,
-            weights: indexmap::IndexMap::new(),
-            read_only: s.read_only,
-            narrows: s.narrows,
-            epoch: s.epoch,
             fallback: s.fallback.clone(),
-            segment_stages: indexmap::IndexMap::new(),
-            read_only_segments: Vec::new(),
+            ..StateView::bare(s.phase, s.stage, s.read_only, s.narrows, s.epoch)
         };
         Receipt {
             id: String::new(),

@@ -38,6 +38,28 @@ pub struct StateView {
 }
 
 impl StateView {
+    /// A view of a state with no stage or weights (guards, removed rollouts).
+    pub fn bare(
+        state: Phase,
+        stage_index: Option<usize>,
+        read_only: bool,
+        narrows: u32,
+        epoch: u64,
+    ) -> StateView {
+        StateView {
+            state,
+            stage: None,
+            stage_index,
+            weights: IndexMap::new(),
+            read_only,
+            narrows,
+            epoch,
+            fallback: None,
+            segment_stages: IndexMap::new(),
+            read_only_segments: Vec::new(),
+        }
+    }
+
     pub fn of(plan: &RolloutPlan, state: &RolloutState) -> StateView {
         let weights = plan
             .segments
