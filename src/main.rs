@@ -300,7 +300,13 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
         .context("starting the runtime")?;
     runtime.block_on(async move {
         let listen = plan.server.listen.clone();
-        let (shared, inputs) = Shared::start(plan, path.to_path_buf(), force)?;
+        // Opening a store may block on its database: off the async threads.
+        let config_path = path.to_path_buf();
+        let (shared, inputs) =
+            tokio::task::spawn_blocking(move || Shared::start(plan, config_path, force))
+                .await
+                .context("starting the store")??;
+        shared.start_replication()?;
         let listener = tokio::net::TcpListener::bind(&listen)
             .await
             .with_context(|| format!("binding {listen}"))?;

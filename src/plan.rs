@@ -45,6 +45,26 @@ pub struct ServerPlan {
     pub idle_timeout: Millis,
     /// How long raw events are kept once evidence checkpoints cover them.
     pub retention: Millis,
+    pub store: StorePlan,
+}
+
+/// Where durable state lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorePlan {
+    /// redb in `data_dir`: one process.
+    Embedded,
+    /// A PostgreSQL database shared by any number of replicas, one of which decides; its
+    /// connection URL is read from the environment variable `url_env`.
+    Postgres { url_env: String },
+}
+
+impl fmt::Display for StorePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StorePlan::Embedded => f.write_str("embedded"),
+            StorePlan::Postgres { url_env } => write!(f, "postgres (url from ${url_env})"),
+        }
+    }
 }
 
 /// Plausible value ranges per signal. Built-in defaults apply to signals the config does not

@@ -38,6 +38,14 @@ pub(super) struct RawServer {
     pub(super) header_timeout: Option<Spanned<String>>,
     pub(super) idle_timeout: Option<Spanned<String>>,
     pub(super) retention: Option<Spanned<String>>,
+    pub(super) store: Option<Spanned<RawStore>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawStore {
+    pub(super) kind: Spanned<String>,
+    pub(super) url_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

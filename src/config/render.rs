@@ -15,8 +15,9 @@ pub fn render_plan(plan: &Plan) -> String {
     );
     let _ = writeln!(
         out,
-        "server: listen {}  data_dir {}  tick {}",
+        "server: listen {}  store {}  data_dir {}  tick {}",
         plan.server.listen,
+        plan.server.store,
         plan.server.data_dir.display(),
         crate::core::clock::human_duration(plan.server.tick)
     );

@@ -250,7 +250,9 @@ impl Validator {
         if let Some(r) = raw.retention.as_ref().filter(|_| retention < 1_000) {
             self.report(r, "server.retention", "must be at least 1s");
         }
+        let store = self.store(raw.store.as_ref());
         ServerPlan {
+            store,
             listen,
             data_dir,
             tick: tick.max(1),
@@ -261,6 +263,52 @@ impl Validator {
             header_timeout: header_timeout.max(100),
             idle_timeout: idle_timeout.max(100),
             retention: retention.max(1_000),
+        }
+    }
+
+    fn store(&mut self, raw: Option<&Spanned<RawStore>>) -> StorePlan {
+        let Some(raw) = raw else {
+            return StorePlan::Embedded;
+        };
+        let url_env = raw.value.url_env.as_ref();
+        match raw.value.kind.value.as_str() {
+            "embedded" => {
+                if let Some(u) = url_env {
+                    self.report(
+                        u,
+                        "server.store.url_env",
+                        "only a `kind: postgres` store has a url_env",
+                    );
+                }
+                StorePlan::Embedded
+            }
+            "postgres" => match url_env {
+                Some(u) if is_env_name(&u.value) => StorePlan::Postgres {
+                    url_env: u.value.clone(),
+                },
+                Some(u) => {
+                    self.report(
+                        u,
+                        "server.store.url_env",
+                        "expected an environment variable name such as STAGEGATE_DATABASE_URL",
+                    );
+                    StorePlan::Embedded
+                }
+                None => {
+                    self.report(raw, "server.store.url_env", "a postgres store needs `url_env`: the environment variable holding its connection URL (postgres://user@host:5432/db), e.g. `url_env: STAGEGATE_DATABASE_URL`");
+                    StorePlan::Embedded
+                }
+            },
+            other => {
+                self.report(
+                    &raw.value.kind,
+                    "server.store.kind",
+                    format!(
+                        "unknown store kind `{other}`: expected `embedded` (default) or `postgres`"
+                    ),
+                );
+                StorePlan::Embedded
+            }
         }
     }
 
@@ -879,4 +927,11 @@ impl Validator {
             on_breach,
         })
     }
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

@@ -614,6 +614,7 @@ impl Engine {
                 repair: "re-enable with POST /v1/workflows/{name}/resume once the stable version is healthy".into(),
             },
             idempotency_key: None,
+            decider: None,
         }
     }
 
@@ -980,6 +981,7 @@ impl Engine {
                 repair: term("lane.repair"),
             },
             idempotency_key: None,
+            decider: None,
         }
     }
 

@@ -135,6 +135,16 @@ pub struct Receipt {
     /// receipt and changes nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// The replica and leader term that wrote it (stores shared by several replicas).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decider: Option<Decider>,
+}
+
+/// Which replica decided, under which leader term.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decider {
+    pub replica: String,
+    pub term: u64,
 }
 
 impl Receipt {
@@ -163,6 +173,7 @@ impl Receipt {
                 repair: plan.lane.repair.clone(),
             },
             idempotency_key: None,
+            decider: None,
         }
     }
 

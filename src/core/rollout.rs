@@ -754,7 +754,8 @@ fn fmt_opt(v: Option<f64>) -> String {
 }
 
 /// An operator's command.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "snake_case")]
 pub enum Command {
     Pause { reason: String },
     Resume { reason: String, ack: bool },

@@ -13,23 +13,14 @@ use serde::Deserialize;
 
 use crate::core::affected::{AffectedItem, Tag, TagRecord};
 use crate::core::clock::rfc3339;
-use crate::serve::controller::{InputError, Shared, affected_list};
-use crate::serve::http::{ApiError, Body, Caller};
+use crate::serve::controller::{Shared, affected_list};
+use crate::serve::failure::InputError;
+use crate::serve::http::{ApiError, Body, Caller, blocking};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AffectedQuery {
     receipt: Option<String>,
-}
-
-/// Runs a blocking store read off the async threads.
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, InputError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|_| ApiError::from(InputError::ShuttingDown))?
-        .map_err(ApiError::from)
 }
 
 pub async fn list(

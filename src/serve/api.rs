@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::core::rollout::Command;
 use crate::plan::Role;
 use crate::serve::controller::{IngestError, Input, Shared};
-use crate::serve::http::{ApiError, Body, Caller, authorize};
+use crate::serve::http::{ApiError, Body, Caller, authorize, blocking};
 
 type AppState = State<Arc<Shared>>;
 
@@ -485,20 +485,21 @@ async fn list_receipts(
         })?),
     };
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let receipts = shared
-        .store
-        .receipts(q.rollout.as_deref(), since, limit)
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    // A name that is neither configured nor has a history is a typo, not an empty history.
-    if let Some(name) = q.rollout.as_deref().filter(|_| receipts.is_empty()) {
+    let s = Arc::clone(&shared);
+    let rollout = q.rollout.clone();
+    let (receipts, history) = blocking(move || {
+        let receipts = s.store.receipts(rollout.as_deref(), since, limit)?;
+        // A name that is neither configured nor has a history is a typo, not an empty history.
+        let history = match rollout.as_deref().filter(|_| receipts.is_empty()) {
+            Some(name) => !s.store.receipts(Some(name), None, 1)?.is_empty(),
+            None => true,
+        };
+        Ok((receipts, history))
+    })
+    .await?;
+    if let Some(name) = q.rollout.as_deref().filter(|_| !history) {
         let plan = shared.plan.load();
-        let known = plan.rollout(name).is_some() || plan.workflow(name).is_some();
-        let history = !shared
-            .store
-            .receipts(Some(name), None, 1)
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .is_empty();
-        if !known && !history {
+        if plan.rollout(name).is_none() && plan.workflow(name).is_none() {
             return Err(ApiError::not_found(format!(
                 "no rollout or guarded workflow named `{name}`"
             )));
@@ -511,11 +512,8 @@ async fn get_receipt(
     State(shared): AppState,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    match shared
-        .store
-        .receipt(&id)
-        .map_err(|e| ApiError::internal(e.to_string()))?
-    {
+    let (s, key) = (Arc::clone(&shared), id.clone());
+    match blocking(move || Ok(s.store.receipt(&key)?)).await? {
         Some(r) => Ok(Json(r).into_response()),
         None => Err(ApiError::not_found(format!("no receipt `{id}`"))),
     }
@@ -564,18 +562,34 @@ async fn metrics(State(shared): AppState) -> Response {
 
 async fn readyz(State(shared): AppState) -> Response {
     if let Some(failure) = shared.store.failure() {
-        return ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "store_unavailable",
-            format!(
+        let message = match &shared.replica {
+            None => format!(
                 "the store cannot commit ({failure}); it is retried every second — free space (or fix the file system) under {}",
                 shared.plan.load().server.data_dir.display()
             ),
+            Some(_) => format!(
+                "the database {} cannot be reached ({failure}); assignments are still served from the last snapshot, events are refused and no decision is made until it answers (retried every second)",
+                shared.store.location()
+            ),
+        };
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
         )
         .into_response();
     }
     if shared.is_ready() {
-        Json(json!({"status": "ready", "config_hash": shared.plan.load().hash})).into_response()
+        let mut body = json!({"status": "ready", "config_hash": shared.plan.load().hash});
+        if let Some(replica) = &shared.replica {
+            body["replica"] = json!(replica.name);
+            body["role"] = json!(if replica.is_leader() {
+                "leader"
+            } else {
+                "follower"
+            });
+        }
+        Json(body).into_response()
     } else {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -15,17 +15,22 @@ use arc_swap::ArcSwap;
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ConfigError;
 use crate::core::affected::{self, AffectedItem};
 use crate::core::assign::Routing;
 use crate::core::clock::Clock;
 use crate::core::engine::{Engine, Pending, StateChange};
 use crate::core::event::{TaskEvent, parse_event, split_batch};
 use crate::core::receipt::Receipt;
-use crate::core::rollout::{Command, Refusal};
-use crate::plan::{Plan, Role};
+use crate::core::rollout::Command;
+use crate::plan::{Plan, Role, StorePlan};
+use crate::serve::failure::InputError;
 use crate::serve::metrics::{Metrics, UNKNOWN_WORKFLOW};
-use crate::store::{BatchItem, Change, EmbeddedStore, Store, StoreError, StoredEvent};
+use crate::serve::replica::{
+    Answer, COMMAND_EXPIRY_MS, Forwarded, ForwardedError, Replica, Wake, run_election, run_listener,
+};
+use crate::store::{
+    BatchItem, Change, EmbeddedStore, PostgresStore, Store, StoreError, StoredEvent,
+};
 
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
 pub struct Snapshot {
@@ -125,29 +130,10 @@ pub struct Shared {
     pub body_budget: BodyBudget,
     /// Wakes the notifier when a decision put something in the outbox.
     pub notify_wake: tokio::sync::Notify,
-}
-
-/// Why an operator input failed.
-#[derive(Debug, thiserror::Error)]
-pub enum InputError {
-    #[error("no rollout named `{0}`")]
-    UnknownRollout(String),
-    #[error("no guarded workflow named `{0}`")]
-    UnknownWorkflow(String),
-    #[error(transparent)]
-    Refused(#[from] Refusal),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("the controller is shutting down")]
-    ShuttingDown,
-    #[error("{0}")]
-    NoContainment(String),
-    #[error(
-        "Idempotency-Key `{key}` was already used for a {used} on this rollout; use a new key for a new action"
-    )]
-    KeyReused { key: String, used: String },
+    /// Set when several replicas share a PostgreSQL store; `None`: this process decides alone.
+    pub replica: Option<Arc<Replica>>,
+    /// `serve --force`: a take-over may remove contained rollouts the config dropped.
+    force: bool,
 }
 
 /// Every way a state change can start.
@@ -174,6 +160,8 @@ pub enum Input {
         force: bool,
         reply: Option<oneshot::Sender<Result<Reloaded, InputError>>>,
     },
+    /// The replica threads' news: promotion, demotion, a refresh, forwarded commands.
+    Wake(Wake),
     Shutdown,
 }
 
@@ -202,24 +190,57 @@ pub struct Rejected {
 
 impl Shared {
     /// Opens the store, rebuilds state from it, and returns the shared state plus the receiving
-    /// end of the controller's input channel.
+    /// end of the controller's input channel. Blocking: call it off the async threads.
     ///
     /// A config that differs from the one the stored states were decided under is a
     /// reconfigure like a reload's, receipted before anything is served; `force` allows it to
     /// remove contained rollouts (as `?force=true` does for a reload).
+    ///
+    /// On a PostgreSQL store the process starts as a follower, serving the stored states; its
+    /// election thread makes it the decider if no other replica is.
     pub fn start(
         plan: Plan,
         config_path: PathBuf,
         force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&plan.server.data_dir)?);
-        let clock = Arc::new(crate::core::clock::SteadyClock::anchored(
-            store.clock_high_water()?,
-        ));
-        Shared::start_with(plan, config_path, clock, store, force)
+        match plan.server.store.clone() {
+            StorePlan::Embedded => {
+                let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&plan.server.data_dir)?);
+                let clock = Arc::new(crate::core::clock::SteadyClock::anchored(
+                    store.clock_high_water()?,
+                ));
+                Shared::start_with(plan, config_path, clock, store, force)
+            }
+            StorePlan::Postgres { url_env } => {
+                let url = std::env::var(&url_env).map_err(|_| {
+                    anyhow::anyhow!(
+                        "server.store.url_env names `{url_env}`, which is not set: set it to the database URL (postgres://user:password@host:5432/database)"
+                    )
+                })?;
+                let name = replica_name();
+                let pg = Arc::new(PostgresStore::open(&url, &name)?);
+                let clock: Arc<dyn Clock> = Arc::new(crate::core::clock::SteadyClock::anchored(
+                    pg.clock_high_water()?,
+                ));
+                let store: Arc<dyn Store> = pg.clone();
+                let plan = Arc::new(plan);
+                let engine = follower_engine(&*store, plan.clone(), clock.now())?;
+                let replica = Arc::new(Replica::new(name, pg, clock.clone()));
+                Shared::build(
+                    plan,
+                    config_path,
+                    clock,
+                    store,
+                    engine,
+                    Some(replica),
+                    force,
+                )
+            }
+        }
     }
 
-    /// Like [`Shared::start`] with an already opened store (benchmarks turn durability off).
+    /// Like [`Shared::start`] with an already opened store (benchmarks turn durability off):
+    /// this process decides alone.
     pub fn start_with(
         plan: Plan,
         config_path: PathBuf,
@@ -227,66 +248,28 @@ impl Shared {
         store: Arc<dyn Store>,
         force: bool,
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
-        let (stored, stored_guards) = store.states()?;
-        let now = clock.now();
         let plan = Arc::new(plan);
-        let reconciled = Engine::reconcile(None, plan.clone(), &stored, &stored_guards, force, now)
-            .map_err(|e| anyhow::anyhow!("{e} (start with `serve --force` to remove them)"))?;
-        let mut engine = reconciled.engine;
-        for (i, decision) in &reconciled.decisions {
-            let mut receipt = engine.receipt(*i, decision, now);
-            receipt.previous_config_hash = Some("(stored state)".into());
-            store.commit(
-                &Change::Rollout {
-                    name: &plan.rollouts[*i].name,
-                    state: &decision.after,
-                },
-                &mut receipt,
-                &|r: &Receipt| crate::core::notice::outbox_for(&plan, r, now),
-            )?;
-            engine.apply(*i, decision);
-            tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, reason = %receipt.reason, changes = ?receipt.changes, "reconfigured at start-up");
-        }
-        for (name, decision) in &reconciled.removed {
-            let mut receipt = engine.removal_receipt(name, decision, now);
-            store.commit(
-                &Change::Rollout {
-                    name,
-                    state: &decision.after,
-                },
-                &mut receipt,
-                &|_: &Receipt| Vec::new(),
-            )?;
-            tracing::warn!(receipt = %receipt.id, rollout = %name, "rollout removed from the config at start-up");
-        }
-        // Evidence: each scope's checkpoint, then only the events stored after it.
-        let mut replayed = 0usize;
-        let mut restored = 0usize;
-        for (scope, epoch) in engine.scopes() {
-            let mut after = 0;
-            if let Some(cp) = store.checkpoint(&scope)? {
-                let seq = cp.seq;
-                if engine.restore(&scope, cp) {
-                    after = seq;
-                    restored += 1;
-                }
-            }
-            replayed += store.replay(&scope, epoch, after, &mut |stored| {
-                if let Ok(route) = engine.route(&stored.event) {
-                    if route
-                        .scope(&engine)
-                        .is_some_and(|(s, e)| s == stored.scope && e == stored.epoch)
-                    {
-                        engine.record(&route, &stored.event);
-                    }
-                }
-            })?;
-        }
-        engine.recorded_seq = store.last_seq()?;
-        tracing::info!(store = %store.location(), restored, replayed, "store opened");
+        let engine = take_over(&*store, plan.clone(), force, clock.now())?;
+        Shared::build(plan, config_path, clock, store, engine, None, force)
+    }
+
+    fn build(
+        plan: Arc<Plan>,
+        config_path: PathBuf,
+        clock: Arc<dyn Clock>,
+        store: Arc<dyn Store>,
+        engine: Engine,
+        replica: Option<Arc<Replica>>,
+        force: bool,
+    ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
+        let now = clock.now();
         let metrics = Metrics::new();
         metrics.init_series(&plan);
         metrics.observe(&engine, now);
+        metrics.leader(
+            replica.as_ref().map_or("local", |r| r.name.as_str()),
+            replica.is_none(),
+        );
         let snapshot = Snapshot::build(&engine, &metrics);
         let (tx, rx) = mpsc::channel(64);
         let (writer, jobs) = std::sync::mpsc::channel();
@@ -305,12 +288,52 @@ impl Shared {
             inputs: tx,
             ready: AtomicBool::new(true),
             notify_wake: tokio::sync::Notify::new(),
+            replica,
+            force,
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run_writer(&weak, &jobs))?;
         Ok((shared, rx))
+    }
+
+    /// Whether this process decides: always on an embedded store; on a shared one, while it
+    /// holds the leader lock and has taken over.
+    pub fn is_leader(&self) -> bool {
+        self.replica.as_ref().is_none_or(|r| r.is_leader())
+    }
+
+    /// Starts the replica threads (election and change listener) and the task that hands
+    /// their wake-ups to the controller loop. Nothing on an embedded store.
+    pub fn start_replication(self: &Arc<Self>) -> anyhow::Result<()> {
+        let Some(replica) = self.replica.clone() else {
+            return Ok(());
+        };
+        let (wakes, mut woken) = mpsc::channel(16);
+        let (r, w) = (replica.clone(), wakes.clone());
+        let weak = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("leader-election".into())
+            .spawn(move || {
+                let tick = move || {
+                    let ms = weak.upgrade().map_or(1_000, |s| s.plan.load().server.tick);
+                    std::time::Duration::from_millis(ms.clamp(20, 1_000))
+                };
+                run_election(&r, &w, &tick);
+            })?;
+        std::thread::Builder::new()
+            .name("change-listener".into())
+            .spawn(move || run_listener(&replica, &wakes))?;
+        let inputs = self.inputs.clone();
+        tokio::spawn(async move {
+            while let Some(wake) = woken.recv().await {
+                if inputs.send(Input::Wake(wake)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(())
     }
 
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
@@ -440,6 +463,112 @@ impl Shared {
     }
 }
 
+/// This replica's name: `STAGEGATE_REPLICA`, else `host-pid`.
+fn replica_name() -> String {
+    std::env::var("STAGEGATE_REPLICA")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+        .unwrap_or_else(|| {
+            let uname = rustix::system::uname();
+            format!(
+                "{}-{}",
+                uname.nodename().to_string_lossy(),
+                std::process::id()
+            )
+        })
+}
+
+/// Records a stored event into evidence if it belongs to its scope's current epoch.
+fn record_stored(engine: &mut Engine, stored: &StoredEvent) {
+    if let Ok(route) = engine.route(&stored.event) {
+        if route
+            .scope(engine)
+            .is_some_and(|(s, e)| s == stored.scope && e == stored.epoch)
+        {
+            engine.record(&route, &stored.event);
+        }
+    }
+}
+
+/// Becomes the decider: reconciles the stored states with `plan` (each change receipted),
+/// then rebuilds evidence from each scope's checkpoint and the events stored after it, up to
+/// the store's last event. Blocking.
+fn take_over(
+    store: &dyn Store,
+    plan: Arc<Plan>,
+    force: bool,
+    now: crate::core::clock::Millis,
+) -> anyhow::Result<Engine> {
+    let (stored, stored_guards) = store.states()?;
+    let reconciled = Engine::reconcile(None, plan.clone(), &stored, &stored_guards, force, now)
+        .map_err(|e| anyhow::anyhow!("{e} (start with `serve --force` to remove them)"))?;
+    let mut engine = reconciled.engine;
+    for (i, decision) in &reconciled.decisions {
+        let mut receipt = engine.receipt(*i, decision, now);
+        receipt.previous_config_hash = Some("(stored state)".into());
+        store.commit(
+            &Change::Rollout {
+                name: &plan.rollouts[*i].name,
+                state: &decision.after,
+            },
+            &mut receipt,
+            &|r: &Receipt| crate::core::notice::outbox_for(&plan, r, now),
+        )?;
+        engine.apply(*i, decision);
+        tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, reason = %receipt.reason, changes = ?receipt.changes, "reconfigured on taking over");
+    }
+    for (name, decision) in &reconciled.removed {
+        let mut receipt = engine.removal_receipt(name, decision, now);
+        store.commit(
+            &Change::Rollout {
+                name,
+                state: &decision.after,
+            },
+            &mut receipt,
+            &|_: &Receipt| Vec::new(),
+        )?;
+        tracing::warn!(receipt = %receipt.id, rollout = %name, "rollout removed from the config on taking over");
+    }
+    // Evidence: each scope's checkpoint, then only the events stored after it — up to a
+    // watermark read first, so events committed meanwhile are left for the next pull.
+    let through = store.last_seq()?;
+    let mut replayed = 0usize;
+    let mut restored = 0usize;
+    for (scope, epoch) in engine.scopes() {
+        let mut after = 0;
+        if let Some(cp) = store.checkpoint(&scope)? {
+            let seq = cp.seq;
+            if engine.restore(&scope, cp) {
+                after = seq;
+                restored += 1;
+            }
+        }
+        replayed += store.replay(&scope, epoch, after, through, &mut |stored| {
+            record_stored(&mut engine, &stored);
+        })?;
+    }
+    engine.recorded_seq = through;
+    tracing::info!(store = %store.location(), restored, replayed, "decisions taken over");
+    Ok(engine)
+}
+
+/// A follower's engine: the stored states, and each scope's last checkpoint (so its status
+/// shows the leader's statistics as of the last tick). It records no evidence. Blocking.
+fn follower_engine(
+    store: &dyn Store,
+    plan: Arc<Plan>,
+    now: crate::core::clock::Millis,
+) -> Result<Engine, StoreError> {
+    let (stored, stored_guards) = store.states()?;
+    let mut engine = Engine::new(plan, stored, stored_guards, now);
+    for (scope, _) in engine.scopes() {
+        if let Some(cp) = store.checkpoint(&scope)? {
+            engine.restore(&scope, cp);
+        }
+    }
+    Ok(engine)
+}
+
 /// A batch waiting for the writer thread.
 struct IngestJob {
     items: Vec<BatchItem>,
@@ -472,6 +601,13 @@ fn run_writer(shared: &std::sync::Weak<Shared>, jobs: &std::sync::mpsc::Receiver
         let now = group.iter().map(|j| j.now).max().unwrap_or(0);
         let batches: Vec<&[BatchItem]> = group.iter().map(|j| j.items.as_slice()).collect();
         match shared.store.ingest_groups(&batches, now) {
+            // On a shared store the leader pulls every replica's events from the database
+            // instead (see `pull_events`): recording here too would count them twice.
+            Ok((results, _)) if shared.replica.is_some() => {
+                for (job, fresh) in group.into_iter().zip(results) {
+                    let _ = job.reply.send(Ok(fresh));
+                }
+            }
             Ok((results, last_seq)) => {
                 {
                     let mut engine = shared.engine();
@@ -559,8 +695,15 @@ async fn commit(
     Ok(receipt)
 }
 
-/// One tick: assess every rollout and guard, act on what is due.
+/// One tick: assess every rollout and guard, act on what is due. On a shared store the
+/// leader first pulls the events every replica committed since the last tick.
 async fn tick(shared: &Arc<Shared>) {
+    if let Some(replica) = &shared.replica {
+        if let Err(e) = pull_events(shared, replica).await {
+            tracing::warn!(error = %e, "could not read new events; no decision this tick");
+            return;
+        }
+    }
     let now = shared.clock.now();
     let due = shared.engine().step(now);
     for pending in due {
@@ -574,6 +717,32 @@ async fn tick(shared: &Arc<Shared>) {
         engine.take_checkpoints()
     };
     write_checkpoints(shared, checkpoints).await;
+}
+
+/// The leader's cursor over the shared event table: records, in commit order, every event
+/// any replica committed after the engine's watermark.
+async fn pull_events(shared: &Arc<Shared>, replica: &Arc<Replica>) -> Result<(), InputError> {
+    const PAGE: usize = 20_000;
+    loop {
+        let after = shared.engine().recorded_seq;
+        let store = Arc::clone(&replica.store);
+        let page = tokio::task::spawn_blocking(move || store.events_after(after, PAGE))
+            .await
+            .map_err(|_| InputError::ShuttingDown)??;
+        let full = page.len() == PAGE;
+        {
+            let mut engine = shared.engine();
+            for (seq, stored) in &page {
+                if *seq > engine.recorded_seq {
+                    record_stored(&mut engine, stored);
+                    engine.recorded_seq = *seq;
+                }
+            }
+        }
+        if !full {
+            return Ok(());
+        }
+    }
 }
 
 /// Writes evidence checkpoints off the async threads; on failure the scopes stay dirty.
@@ -647,6 +816,8 @@ fn keep_restart_only(running: &Plan, next: &mut Plan) -> Vec<String> {
         crate::core::clock::human_duration(old.idle_timeout),
         crate::core::clock::human_duration(new.idle_timeout),
     );
+    keep("store", old.store.to_string(), new.store.to_string());
+    new.store.clone_from(&old.store);
     new.listen.clone_from(&old.listen);
     new.data_dir.clone_from(&old.data_dir);
     new.max_body_bytes = old.max_body_bytes;
@@ -757,6 +928,7 @@ pub fn affected_list(
         rollout,
         affected::exposure_epoch(&containment),
         0,
+        u64::MAX,
         &mut |stored| {
             if affected::is_affected(rollout_plan, &stored.event) {
                 let tag = tags.get(&stored.event.event_id);
@@ -813,90 +985,310 @@ async fn first_result(
     }
 }
 
+/// An operator command on a rollout, on the decider: an earlier result for the same
+/// `Idempotency-Key`, else the decision, committed.
+async fn operate_rollout(
+    shared: &Arc<Shared>,
+    rollout: String,
+    actor: &str,
+    command: Command,
+    idempotency_key: Option<String>,
+) -> Result<Receipt, InputError> {
+    if let Some(key) = idempotency_key.clone() {
+        if let Some(receipt) = first_result(shared, &rollout, key, &command).await? {
+            return Ok(receipt);
+        }
+    }
+    // Leaving probation may need the affected list reviewed: count what is not.
+    let unreviewed = match &command {
+        Command::Resume { .. } => unreviewed_affected(shared, &rollout).await?,
+        _ => 0,
+    };
+    let now = shared.clock.now();
+    let pending = {
+        let engine = shared.engine();
+        let i = engine
+            .rollout_index(&rollout)
+            .ok_or(InputError::UnknownRollout(rollout))?;
+        let decision = engine.operate(i, actor, &command, unreviewed, now)?;
+        Pending::Rollout { index: i, decision }
+    };
+    commit(shared, pending, idempotency_key).await
+}
+
+/// An operator's resume of a guarded workflow, on the decider.
+async fn resume_workflow(
+    shared: &Arc<Shared>,
+    workflow: String,
+    actor: &str,
+    reason: &str,
+    ack: bool,
+) -> Result<Receipt, InputError> {
+    let now = shared.clock.now();
+    let pending = {
+        let engine = shared.engine();
+        let i = engine
+            .guard_index(&workflow)
+            .ok_or(InputError::UnknownWorkflow(workflow))?;
+        let decision = engine.resume_guard(i, actor, reason, ack, now)?;
+        Pending::Guard { index: i, decision }
+    };
+    commit(shared, pending, None).await
+}
+
+/// The replica to forward through, when this process does not decide.
+fn follower(shared: &Shared) -> Option<Arc<Replica>> {
+    shared.replica.clone().filter(|r| !r.is_leader())
+}
+
+/// Hands a command to the leader through the database and replies with its answer, off the
+/// controller loop (which must not wait on another replica).
+fn forward(
+    replica: Arc<Replica>,
+    command: Forwarded,
+    reply: oneshot::Sender<Result<Receipt, InputError>>,
+) {
+    tokio::spawn(async move {
+        let answer = tokio::task::spawn_blocking(move || replica.forward(&command)).await;
+        let result = match answer {
+            Ok(Ok(Answer::Receipt(receipt))) => Ok(*receipt),
+            Ok(Ok(Answer::Error(e))) => Err(InputError::Forwarded(e)),
+            Ok(Err(crate::serve::replica::ForwardError::Store(e))) => Err(InputError::Store(e)),
+            Ok(Err(e)) => Err(InputError::NoLeader(e.to_string())),
+            Err(_) => Err(InputError::ShuttingDown),
+        };
+        let _ = reply.send(result);
+    });
+}
+
+fn answer(result: Result<Receipt, InputError>) -> Answer {
+    match result {
+        Ok(receipt) => Answer::Receipt(Box::new(receipt)),
+        Err(e) => Answer::Error(e.reply()),
+    }
+}
+
+/// The leader applies the commands other replicas forwarded, oldest first, and writes each
+/// answer. A command its sender gave up on is refused, not applied. One without an
+/// `Idempotency-Key` gets `forwarded-ID`, so a leader change mid-command cannot apply it twice.
+async fn apply_forwarded(shared: &Arc<Shared>, replica: &Arc<Replica>) {
+    loop {
+        let store = Arc::clone(&replica.store);
+        let Ok(Ok(pending)) = tokio::task::spawn_blocking(move || store.pending_commands(32)).await
+        else {
+            return;
+        };
+        if pending.is_empty() {
+            return;
+        }
+        for (id, age, body) in pending {
+            if !replica.is_leader() {
+                return;
+            }
+            let outcome = match serde_json::from_str::<Forwarded>(&body) {
+                _ if age > COMMAND_EXPIRY_MS => Answer::Error(ForwardedError {
+                    status: 504,
+                    code: "expired".into(),
+                    message: format!(
+                        "the command waited {}s for a leader, longer than {}s; not applied — send it again",
+                        age / 1000,
+                        COMMAND_EXPIRY_MS / 1000
+                    ),
+                    details: Vec::new(),
+                }),
+                Ok(Forwarded::Rollout {
+                    rollout,
+                    actor,
+                    command,
+                    idempotency_key,
+                }) => {
+                    let key = idempotency_key.or_else(|| Some(format!("forwarded-{id}")));
+                    answer(operate_rollout(shared, rollout, &actor, command, key).await)
+                }
+                Ok(Forwarded::ResumeWorkflow {
+                    workflow,
+                    actor,
+                    reason,
+                    ack,
+                }) => answer(resume_workflow(shared, workflow, &actor, &reason, ack).await),
+                Err(e) => Answer::Error(ForwardedError {
+                    status: 400,
+                    code: "bad_request".into(),
+                    message: format!("a forwarded command does not decode: {e}"),
+                    details: Vec::new(),
+                }),
+            };
+            let Ok(text) = serde_json::to_string(&outcome) else {
+                return;
+            };
+            let store = Arc::clone(&replica.store);
+            let written =
+                tokio::task::spawn_blocking(move || store.finish_command(id, &text)).await;
+            if !matches!(written, Ok(Ok(()))) {
+                return;
+            }
+        }
+    }
+}
+
+/// Takes the decisions over after winning the lock under `term`.
+async fn promote(shared: &Arc<Shared>, replica: &Arc<Replica>, term: u64) {
+    let (store, plan) = (Arc::clone(&shared.store), shared.plan.load_full());
+    let (force, now) = (shared.force, shared.clock.now());
+    let taken = tokio::task::spawn_blocking(move || take_over(&*store, plan, force, now)).await;
+    match taken {
+        Ok(Ok(mut engine)) if replica.store.term() == term => {
+            {
+                let mut current = shared.engine();
+                engine.generation = current.generation + 1;
+                *current = engine;
+                shared.publish(&current);
+            }
+            replica.set_leading(true);
+            shared.metrics.leader(&replica.name, true);
+            tracing::info!(replica = %replica.name, term, "this replica decides");
+            apply_forwarded(shared, replica).await;
+            shared.notify_wake.notify_one();
+        }
+        Ok(Ok(_)) => tracing::warn!(term, "the leader lock was lost while taking over"),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "could not take the decisions over; giving the leader lock up");
+            replica.resign();
+        }
+        Err(_) => {}
+    }
+}
+
+/// Follows again: the states as the database has them (the last snapshot stays if it cannot
+/// be read).
+async fn refresh(shared: &Arc<Shared>, replica: &Arc<Replica>) {
+    let (store, plan, now) = (
+        Arc::clone(&shared.store),
+        shared.plan.load_full(),
+        shared.clock.now(),
+    );
+    match tokio::task::spawn_blocking(move || follower_engine(&*store, plan, now)).await {
+        Ok(Ok(mut engine)) if !replica.is_leader() => {
+            let mut current = shared.engine();
+            engine.generation = current.generation + 1;
+            *current = engine;
+            shared.publish(&current);
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not refresh from the database; serving the last snapshot");
+        }
+        Err(_) => {}
+    }
+}
+
+async fn on_wake(shared: &Arc<Shared>, wake: Wake) {
+    let Some(replica) = shared.replica.clone() else {
+        return;
+    };
+    match wake {
+        Wake::Promote(term) => promote(shared, &replica, term).await,
+        Wake::Demote => {
+            replica.set_leading(false);
+            shared.metrics.leader(&replica.name, false);
+            refresh(shared, &replica).await;
+        }
+        Wake::Refresh => {
+            replica.refresh_taken();
+            if !replica.is_leader() {
+                refresh(shared, &replica).await;
+            }
+        }
+        Wake::Commands => {
+            replica.commands_taken();
+            if replica.is_leader() {
+                apply_forwarded(shared, &replica).await;
+            }
+        }
+    }
+}
+
+/// A follower's reload: the new plan, the states as the database has them; the leader's own
+/// reload writes the receipts.
+async fn reload_follower(
+    shared: &Arc<Shared>,
+    replica: &Arc<Replica>,
+) -> Result<Reloaded, InputError> {
+    let mut plan = Plan::load(&shared.config_path)?;
+    let running = shared.plan.load_full();
+    let needs_restart = keep_restart_only(&running, &mut plan);
+    let plan = Arc::new(plan);
+    shared.plan.store(plan.clone());
+    shared.tokens.store(Arc::new(Tokens::from_plan(&plan)));
+    shared.metrics.init_series(&plan);
+    refresh(shared, replica).await;
+    tracing::info!(config = %plan.hash, "config reloaded (following: the leader receipts any change)");
+    Ok(Reloaded {
+        receipts: Vec::new(),
+        needs_restart,
+    })
+}
+
 /// The controller loop: the only place state changes.
 pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Input>) {
     while let Some(input) = inputs.recv().await {
         match input {
-            Input::Tick => tick(&shared).await,
+            Input::Tick if shared.is_leader() => tick(&shared).await,
+            Input::Tick => {}
             Input::Command {
                 rollout,
                 actor,
                 command,
                 idempotency_key,
                 reply,
-            } => {
-                if let Some(key) = idempotency_key.clone() {
-                    match first_result(&shared, &rollout, key, &command).await {
-                        Ok(None) => {}
-                        Ok(Some(receipt)) => {
-                            let _ = reply.send(Ok(receipt));
-                            continue;
-                        }
-                        Err(e) => {
-                            let _ = reply.send(Err(e));
-                            continue;
-                        }
-                    }
+            } => match follower(&shared) {
+                Some(replica) => forward(
+                    replica,
+                    Forwarded::Rollout {
+                        rollout,
+                        actor,
+                        command,
+                        idempotency_key,
+                    },
+                    reply,
+                ),
+                None => {
+                    let result =
+                        operate_rollout(&shared, rollout, &actor, command, idempotency_key).await;
+                    let _ = reply.send(result);
                 }
-                // Leaving probation may need the affected list reviewed: count what is not.
-                let unreviewed = match &command {
-                    Command::Resume { .. } => unreviewed_affected(&shared, &rollout).await,
-                    _ => Ok(0),
-                };
-                let unreviewed = match unreviewed {
-                    Ok(n) => n,
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        continue;
-                    }
-                };
-                let now = shared.clock.now();
-                let decided = {
-                    let engine = shared.engine();
-                    match engine.rollout_index(&rollout) {
-                        None => Err(InputError::UnknownRollout(rollout)),
-                        Some(i) => engine
-                            .operate(i, &actor, &command, unreviewed, now)
-                            .map(|decision| Pending::Rollout { index: i, decision })
-                            .map_err(InputError::from),
-                    }
-                };
-                let result = match decided {
-                    Ok(pending) => commit(&shared, pending, idempotency_key).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-            }
+            },
             Input::ResumeWorkflow {
                 workflow,
                 actor,
                 reason,
                 ack,
                 reply,
-            } => {
-                let now = shared.clock.now();
-                let decided = {
-                    let engine = shared.engine();
-                    match engine.guard_index(&workflow) {
-                        None => Err(InputError::UnknownWorkflow(workflow)),
-                        Some(i) => engine
-                            .resume_guard(i, &actor, &reason, ack, now)
-                            .map(|decision| Pending::Guard { index: i, decision })
-                            .map_err(InputError::from),
-                    }
-                };
-                let result = match decided {
-                    Ok(pending) => commit(&shared, pending, None).await,
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(result);
-            }
+            } => match follower(&shared) {
+                Some(replica) => forward(
+                    replica,
+                    Forwarded::ResumeWorkflow {
+                        workflow,
+                        actor,
+                        reason,
+                        ack,
+                    },
+                    reply,
+                ),
+                None => {
+                    let result = resume_workflow(&shared, workflow, &actor, &reason, ack).await;
+                    let _ = reply.send(result);
+                }
+            },
             Input::Reload {
                 actor,
                 force,
                 reply,
             } => {
-                let result = reload(&shared, &actor, force).await;
+                let result = match follower(&shared) {
+                    Some(replica) => reload_follower(&shared, &replica).await,
+                    None => reload(&shared, &actor, force).await,
+                };
                 if let Err(e) = &result {
                     tracing::warn!(error = %e, "config reload refused; the running config is unchanged");
                 }
@@ -904,9 +1296,15 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                     let _ = reply.send(result);
                 }
             }
+            Input::Wake(wake) => on_wake(&shared, wake).await,
             Input::Shutdown => {
-                let checkpoints = shared.engine().take_checkpoints();
-                write_checkpoints(&shared, checkpoints).await;
+                if shared.is_leader() {
+                    let checkpoints = shared.engine().take_checkpoints();
+                    write_checkpoints(&shared, checkpoints).await;
+                }
+                if let Some(replica) = &shared.replica {
+                    replica.stop();
+                }
                 break;
             }
         }
@@ -937,7 +1335,7 @@ pub async fn run_pruner(shared: Arc<Shared>) {
         let period =
             (plan.server.dedupe_window.min(plan.server.retention) / 24).clamp(1_000, 3_600_000);
         let due = last_prune.is_none_or(|t| now.saturating_sub(t) >= period);
-        if due && shared.store.is_healthy() {
+        if due && shared.store.is_healthy() && shared.is_leader() {
             last_prune = Some(now);
             let dedupe_cutoff = now.saturating_sub(plan.server.dedupe_window);
             let event_cutoff = now.saturating_sub(plan.server.retention);

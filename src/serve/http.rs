@@ -1,6 +1,8 @@
 //! What every HTTP handler shares: the one JSON error shape (`ApiError`), the body extractor
 //! whose rejections use it (`Body`), and authorization from the headers alone (`authorize`).
 
+use std::borrow::Cow;
+
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
@@ -9,15 +11,16 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::core::rollout::Refusal;
 use crate::plan::Role;
-use crate::serve::controller::{InputError, Shared};
+use crate::serve::controller::Shared;
+use crate::serve::failure::InputError;
+use crate::serve::replica::ForwardedError;
 
 /// An API failure.
 #[derive(Debug)]
 pub struct ApiError {
     pub status: StatusCode,
-    pub code: &'static str,
+    pub code: Cow<'static, str>,
     pub message: String,
     pub details: Vec<String>,
 }
@@ -26,15 +29,10 @@ impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
             details: Vec::new(),
         }
-    }
-
-    pub(crate) fn with_details(mut self, details: Vec<String>) -> ApiError {
-        self.details = details;
-        self
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -60,63 +58,29 @@ impl IntoResponse for ApiError {
 
 impl From<InputError> for ApiError {
     fn from(e: InputError) -> ApiError {
-        match e {
-            InputError::UnknownRollout(_) | InputError::UnknownWorkflow(_) => {
-                ApiError::not_found(e.to_string())
-            }
-            InputError::Refused(Refusal::BadRequest(m)) => ApiError::bad_request(m),
-            InputError::Refused(Refusal::Conflict(m)) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", m)
-            }
-            InputError::Refused(Refusal::ReenableProof { missing }) => {
-                let message = Refusal::ReenableProof {
-                    missing: missing.clone(),
-                }
-                .to_string();
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "reenable_proof_missing",
-                    message,
-                )
-                .with_details(missing)
-            }
-            InputError::Refused(Refusal::RemovesContained(names)) => {
-                let message = Refusal::RemovesContained(names.clone()).to_string();
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "removes_contained_rollouts",
-                    message,
-                )
-                .with_details(names)
-            }
-            InputError::Config(c) => {
-                let details = c.problems();
-                ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_config",
-                    "the config file is invalid; the running config is unchanged",
-                )
-                .with_details(details)
-            }
-            InputError::Store(s @ crate::store::StoreError::Unavailable { .. }) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                s.to_string(),
-            ),
-            InputError::Store(s) => ApiError::internal(s.to_string()),
-            InputError::NoContainment(_) => ApiError::not_found(e.to_string()),
-            InputError::KeyReused { .. } => ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                e.to_string(),
-            ),
-            InputError::ShuttingDown => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                e.to_string(),
-            ),
+        ApiError::from(e.reply())
+    }
+}
+
+impl From<ForwardedError> for ApiError {
+    fn from(reply: ForwardedError) -> ApiError {
+        ApiError {
+            status: StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            code: Cow::Owned(reply.code),
+            message: reply.message,
+            details: reply.details,
         }
     }
+}
+
+/// Runs a blocking store call off the async threads (a store's client may not block on them).
+pub async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, InputError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| ApiError::from(InputError::ShuttingDown))?
+        .map_err(ApiError::from)
 }
 
 /// The raw request body, with size-limit and read failures mapped to [`ApiError`].

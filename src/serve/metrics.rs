@@ -34,6 +34,7 @@ pub struct Metrics {
     affected_items: IntGaugeVec,
     samples_to_decide: IntGaugeVec,
     store_healthy: IntGaugeVec,
+    leader: IntGaugeVec,
 }
 
 /// The `outcome` values of `stagegate_notifications_total`.
@@ -79,7 +80,7 @@ impl Metrics {
             store_bytes: gauge(
                 &r,
                 "stagegate_store_bytes",
-                "Size of the store file on disk.",
+                "Size of the store on disk: the embedded file, or stagegate's tables in PostgreSQL.",
                 &[],
             ),
             affected_items: gauge(
@@ -93,6 +94,12 @@ impl Metrics {
                 "stagegate_gate_samples_to_decide",
                 "Candidate samples an inconclusive gate still needs at the effect seen so far (-1: may never pass at this effect).",
                 &["rollout", "segment", "gate"],
+            ),
+            leader: gauge(
+                &r,
+                "stagegate_leader",
+                "1 on the replica that decides (always 1 on an embedded store), 0 on the others.",
+                &["replica"],
             ),
             store_healthy: gauge(
                 &r,
@@ -203,6 +210,13 @@ impl Metrics {
         self.store_healthy
             .with_label_values::<&str>(&[])
             .set(i64::from(healthy));
+    }
+
+    /// Whether this replica decides.
+    pub fn leader(&self, replica: &str, leading: bool) {
+        self.leader
+            .with_label_values(&[replica])
+            .set(i64::from(leading));
     }
 
     /// The affected list's counts by tag, when it is listed or tagged.

@@ -113,7 +113,16 @@ pub async fn run_notifier(shared: Arc<Shared>) {
     loop {
         let now = shared.clock.now();
         let store = Arc::clone(&shared.store);
-        let due = tokio::task::spawn_blocking(move || store.due_notifications(now, 32)).await;
+        // Only the decider delivers (on a shared store its claims are fenced, too).
+        let leading = shared.is_leader();
+        let due = tokio::task::spawn_blocking(move || {
+            if leading {
+                store.due_notifications(now, 32)
+            } else {
+                Ok(Vec::new())
+            }
+        })
+        .await;
         let due = match due {
             Ok(Ok(due)) => due,
             Ok(Err(e)) => {

@@ -515,6 +515,7 @@ impl Store for EmbeddedStore {
         scope: &str,
         epoch: u64,
         after: u64,
+        through: u64,
         f: &mut dyn FnMut(StoredEvent),
     ) -> Result<usize, StoreError> {
         let tx = self.read()?;
@@ -522,7 +523,7 @@ impl Store for EmbeddedStore {
         let mut n = 0;
         let from = after.saturating_add(1);
         for row in events
-            .range((scope, epoch, from)..=(scope, epoch, u64::MAX))
+            .range((scope, epoch, from)..=(scope, epoch, through))
             .map_err(dberr)?
         {
             let (_, value) = row.map_err(dberr)?;

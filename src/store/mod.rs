@@ -1,6 +1,7 @@
 //! Durable state: rollout states, receipts, accepted events and their dedupe keys, evidence
 //! checkpoints and the notification outbox, behind the [`Store`] trait the shell uses. The
-//! embedded backend ([`EmbeddedStore`], redb in `data_dir`) is the default.
+//! embedded backend ([`EmbeddedStore`], redb in `data_dir`) is the default; [`PostgresStore`]
+//! is shared by several replicas, one of which decides.
 //!
 //! What every backend promises: an event batch is durable with its dedupe keys before it is
 //! acknowledged; a decision's state, its receipt and its outbox rows commit together or not at
@@ -21,8 +22,10 @@ use crate::core::receipt::Receipt;
 use crate::core::rollout::RolloutState;
 
 mod embedded;
+pub mod postgres;
 
 pub use embedded::{EmbeddedStore, FILE_NAME};
+pub use postgres::PostgresStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -40,8 +43,20 @@ pub enum StoreError {
         "the store cannot commit ({detail}); nothing in this request was acknowledged or changed. stagegate retries every second and recovers by itself once writes succeed — free space (or fix the file system) under {dir}"
     )]
     Unavailable { dir: PathBuf, detail: String },
+    #[error(
+        "the database at {location} cannot be reached ({detail}); nothing in this request was acknowledged or changed. Every replica keeps serving assignments from its last snapshot; ingestion and decisions resume by themselves once the database answers"
+    )]
+    DatabaseUnavailable { location: String, detail: String },
+    #[error(
+        "this replica no longer decides (its leader term {term} was superseded by term {current}); nothing was written — the current leader decides"
+    )]
+    Fenced { term: u64, current: u64 },
+    #[error("{0}")]
+    Schema(String),
     #[error("store: {0}")]
     Db(#[from] redb::Error),
+    #[error("store: {0}")]
+    Postgres(#[from] ::postgres::Error),
     #[error("store: a record does not decode: {0}")]
     Codec(#[from] serde_json::Error),
 }
@@ -126,13 +141,14 @@ pub trait Store: Send + Sync {
     /// The checkpoint of `scope`, if one was written.
     fn checkpoint(&self, scope: &str) -> Result<Option<Checkpoint>, StoreError>;
 
-    /// Calls `f` with every stored event of `scope`'s `epoch` after sequence number `after`,
-    /// in order; returns how many.
+    /// Calls `f` with every stored event of `scope`'s `epoch` numbered after `after` and up to
+    /// `through`, in order; returns how many.
     fn replay(
         &self,
         scope: &str,
         epoch: u64,
         after: u64,
+        through: u64,
         f: &mut dyn FnMut(StoredEvent),
     ) -> Result<usize, StoreError>;
 

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod pg;
+
 pub const ADMIN: &str = "admin-secret";
 pub const OPERATOR: &str = "operator-secret";
 pub const INGEST: &str = "ingest-secret";
