@@ -705,3 +705,61 @@ fn a_database_migrated_by_a_newer_release_is_refused_and_left_alone() {
     assert_ne!(unset.status.code(), Some(0));
     assert!(stderr.contains("STAGEGATE_DATABASE_URL"), "{stderr}");
 }
+
+#[test]
+fn the_store_section_is_validated_and_the_deploy_config_checks() {
+    let run = |text: &str| {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("stagegate.yaml");
+        std::fs::write(&path, text).expect("write");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .expect("run");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let base = config("");
+    for (store, expected) in [
+        (
+            "{ kind: postgres }",
+            "server.store.url_env: a postgres store needs `url_env`",
+        ),
+        (
+            "{ kind: postgres, url_env: \"not a name\" }",
+            "expected an environment variable name",
+        ),
+        (
+            "{ kind: mysql }",
+            "unknown store kind `mysql`: expected `embedded` (default) or `postgres`",
+        ),
+        (
+            "{ kind: embedded, url_env: X }",
+            "only a `kind: postgres` store has a url_env",
+        ),
+    ] {
+        let (ok, err) =
+            run(&base.replace("tick: 50ms }", &format!("tick: 50ms, store: {store} }}")));
+        assert!(!ok, "{store} was accepted");
+        assert!(err.contains(expected), "{store}: {err}");
+    }
+    let (ok, err) = run(&pg_config(&base));
+    assert!(ok, "{err}");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config", "deploy/replica.yaml"])
+        .output()
+        .expect("run");
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains("store postgres (url from $STAGEGATE_DATABASE_URL)"),
+        "{shown}"
+    );
+}

@@ -548,7 +548,7 @@ fn take_over(
         })?;
     }
     engine.recorded_seq = through;
-    tracing::info!(store = %store.location(), restored, replayed, "decisions taken over");
+    tracing::info!(store = %store.location(), restored, replayed, "store opened");
     Ok(engine)
 }
 

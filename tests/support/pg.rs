@@ -73,6 +73,7 @@ pub struct PgServer {
     /// Whether the wrapper removes the directory when it stops the server (the shared
     /// server is never dropped: its wrapper cleans up when the test process ends).
     cleanup: bool,
+    fsync: Mutex<bool>,
 }
 
 /// One server per test process, shared by its tests (each gets its own database).
@@ -85,6 +86,15 @@ impl PgServer {
     /// initdb and start a server of its own (tests that stop it use one).
     pub fn start() -> PgServer {
         PgServer::create(false)
+    }
+
+    /// Like [`PgServer::start`], with fsync on (benchmarks measure durable commits).
+    pub fn start_durable() -> PgServer {
+        let server = PgServer::create(false);
+        server.stop();
+        *server.fsync.lock().expect("lock") = true;
+        server.resume();
+        server
     }
 
     fn create(cleanup: bool) -> PgServer {
@@ -109,11 +119,12 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
         let server = PgServer {
-            port: super::free_port(),
+            port: free_port(),
             dir,
             running: Mutex::new(None),
             databases: AtomicU64::new(0),
             cleanup,
+            fsync: Mutex::new(false),
         };
         server.resume();
         server
@@ -127,13 +138,18 @@ impl PgServer {
     pub fn resume(&self) {
         let postgres = bin_dir().join("postgres");
         let script = format!(
-            "'{}' -D '{}' -p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync=off \
+            "'{}' -D '{}' -p {} -k '{}' -c listen_addresses=127.0.0.1 -c fsync={} \
              -c max_connections=400 -c log_min_messages=fatal >'{}/server.log' 2>&1 & pid=$!; \
              cat >/dev/null; kill -INT $pid 2>/dev/null; wait $pid{}",
             postgres.display(),
             self.data().display(),
             self.port,
             self.dir.display(),
+            if *self.fsync.lock().expect("lock") {
+                "on"
+            } else {
+                "off"
+            },
             self.dir.display(),
             if self.cleanup {
                 format!("; rm -rf '{}'", self.dir.display())
@@ -204,6 +220,14 @@ impl Drop for PgServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A loopback port nothing listens on (bound, then released).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// A client on the database a URL names.
