@@ -384,6 +384,14 @@ fn killing_the_leader_under_ingestion_loses_nothing_and_another_replica_decides_
     lead.wait_for("every acknowledged event counted exactly once", |s| {
         internal_tasks(s) == distinct.len() as u64
     });
+    // The new leader started from the last checkpoint, not from all history.
+    let log = lead.log();
+    let opened = log
+        .lines()
+        .rfind(|l| l.contains("store opened"))
+        .unwrap_or_default();
+    println!("the new leader's take-over: {opened}");
+    assert!(opened.contains("restored=1"), "{opened}");
     // Evidence beyond it: a bad candidate, rolled back by the new leader.
     let bad = events(
         "bad",
@@ -498,9 +506,22 @@ fn a_leader_whose_session_is_killed_stops_deciding_before_the_next_term_decides(
         assert!(Instant::now() < deadline, "no new term");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let new_leader = wait_leader(&all);
+    // The replica holding the new term leads; the other (which may be the old leader, a
+    // tick late to notice its lost session — its writes were fenced meanwhile) follows.
     let new_term = term_of(&url);
     assert!(new_term > old_term);
+    let holder: String = pg::connect(&url)
+        .query_one("SELECT holder FROM stagegate_leader WHERE id = 1", &[])
+        .expect("holder")
+        .get(0);
+    let new_leader = usize::from(holder == "k2");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while role(&servers[new_leader]).as_deref() != Some("leader")
+        || role(&servers[1 - new_leader]).as_deref() != Some("follower")
+    {
+        assert!(Instant::now() < deadline, "roles never settled");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     // Both processes live; the one not leading says so.
     for s in &servers {
         assert_eq!(s.get("/healthz", None).status, 200);

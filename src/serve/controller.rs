@@ -664,7 +664,13 @@ async fn persist(
     })
     .await
     .map_err(|_| InputError::ShuttingDown)?
-    .map_err(InputError::from)
+    .map_err(|e| {
+        // A newer term exists: this replica lost the lock, whether or not its session knows.
+        if let (StoreError::Fenced { .. }, Some(replica)) = (&e, &shared.replica) {
+            replica.resign();
+        }
+        InputError::from(e)
+    })
     .inspect(|_| shared.notify_wake.notify_one())
 }
 

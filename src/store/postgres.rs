@@ -640,6 +640,8 @@ impl Store for PostgresStore {
                     &[scope, &sql(cp.epoch), &sql(cp.seq), &serde_json::to_string(cp)?],
                 )?;
             }
+            // Followers show the leader's statistics as of this checkpoint.
+            tx.execute("SELECT pg_notify($1, 'evidence')", &[&CHANGES])?;
             Ok(())
         })
     }
