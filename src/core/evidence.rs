@@ -219,6 +219,12 @@ impl Bernoulli {
 /// the hypothesis a gambler bets against, its capital is a nonnegative supermartingale, so by
 /// Ville's inequality it ever reaches `1/α` with probability at most `α` — at every look, from
 /// the first observation, with no minimum sample count.
+///
+/// Each side also keeps gamblers with fixed stakes, one per detector shift; the evidence of a
+/// side is their capital and the adaptive gambler's, averaged with fixed weights
+/// ([`Bet::evidence_above`]). An average of test supermartingales is one, so the guarantee
+/// holds, and a breach near a fixed gambler's shift is caught close to Wald's SPRT for it
+/// instead of paying the adaptive gambler's learning cost.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bet {
     pub limit: f64,
@@ -235,6 +241,13 @@ pub struct Bet {
     /// Observations so far (the detectors' clock).
     #[serde(default)]
     pub n: u64,
+    /// ln of the capital of gamblers with fixed stakes, each tuned to one alternative (the
+    /// detectors' shifts, `SHIFTS_ABOVE` / `SHIFTS_BELOW`): near Wald's SPRT when the breach is
+    /// about that size. Empty in checkpoints written before they existed.
+    #[serde(default)]
+    pub fixed_above: Vec<f64>,
+    #[serde(default)]
+    pub fixed_below: Vec<f64>,
 }
 
 /// Page's CUSUM on the log-wealth of one bet: `S = max(0, S + ln(1 ± λ(x − m)))`, for a shift
@@ -361,6 +374,13 @@ const REFERENCE_ALPHA: f64 = 0.001;
 const SHIFTS_ABOVE: [f64; 3] = [1.5, 2.0, 3.0];
 const SHIFTS_BELOW: [f64; 3] = [0.9375, 0.875, 0.75];
 
+/// How the capital is split between the adaptive gambler and the fixed-stake ones (in
+/// `SHIFTS_*` order). Any split is valid — the average of test supermartingales is one — and
+/// this one favours small breaches, whose oracle sample sizes are the largest: it costs
+/// ln(1/weight) nats against the best single gambler in hindsight.
+const MIX_ADAPTIVE: f64 = 0.1;
+const MIX_FIXED: [f64; 3] = [0.45, 0.2, 0.25];
+
 /// Pseudo-observations at the limit that the running estimates start from: the stakes grow as
 /// evidence accumulates instead of following the first few observations.
 const BET_PRIOR: f64 = 5.0;
@@ -379,7 +399,20 @@ impl Bet {
             above,
             below,
             n: 0,
+            fixed_above: vec![0.0; SHIFTS_ABOVE.len()],
+            fixed_below: vec![0.0; SHIFTS_BELOW.len()],
         }
+    }
+
+    /// ln of the mixed capital betting that the mean is above the limit: the evidence of a
+    /// `max` breach (of compliance with a `min`).
+    pub fn evidence_above(&self) -> f64 {
+        mix(self.log_above, &self.fixed_above)
+    }
+
+    /// ln of the mixed capital betting that the mean is below the limit.
+    pub fn evidence_below(&self) -> f64 {
+        mix(self.log_below, &self.fixed_below)
     }
 
     /// The first detector past `threshold` in the breach direction (`above` for a `max`).
@@ -411,6 +444,16 @@ impl Bet {
         let x = x.clamp(0.0, 1.0);
         self.log_above += (1.0 + up * (x - m)).ln();
         self.log_below += (1.0 - down * (x - m)).ln();
+        for (log, f) in self.fixed_above.iter_mut().zip(SHIFTS_ABOVE) {
+            let p1 = (m * f).min(1.0 - 1e-6);
+            let stake = ((p1 - m) / (m * (1.0 - m))).min(BET_CAP / m);
+            *log += (1.0 + stake * (x - m)).ln();
+        }
+        for (log, f) in self.fixed_below.iter_mut().zip(SHIFTS_BELOW) {
+            let p1 = (m * f).max(1e-6);
+            let stake = ((m - p1) / (m * (1.0 - m))).min(BET_CAP / (1.0 - m));
+            *log += (1.0 - stake * (x - m)).ln();
+        }
         self.n += 1;
         for c in &mut self.above {
             c.update(x, m, 1.0, self.n);
@@ -419,6 +462,21 @@ impl Bet {
             c.update(x, m, -1.0, self.n);
         }
     }
+}
+
+/// ln(w₀·e^adaptive + Σ wᵢ·e^fixedᵢ), computed without overflow; the adaptive gambler alone
+/// when there are no fixed ones (an older checkpoint).
+fn mix(adaptive: f64, fixed: &[f64]) -> f64 {
+    if fixed.len() != MIX_FIXED.len() {
+        return adaptive;
+    }
+    let terms = std::iter::once(MIX_ADAPTIVE.ln() + adaptive)
+        .chain(fixed.iter().zip(MIX_FIXED).map(|(l, w)| w.ln() + l));
+    let top = terms.clone().fold(f64::NEG_INFINITY, f64::max);
+    if !top.is_finite() {
+        return top;
+    }
+    top + terms.map(|t| (t - top).exp()).sum::<f64>().ln()
 }
 
 impl Bernoulli {
@@ -691,4 +749,40 @@ pub struct Checkpoint {
     pub seq: u64,
     pub healthy_read_only: u64,
     pub evidence: Evidence,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gamblers_share_one_unit_of_capital() {
+        // Validity of the mixture rests on its weights summing to one.
+        let total = MIX_ADAPTIVE + MIX_FIXED.iter().sum::<f64>();
+        assert!((total - 1.0).abs() < 1e-12, "{total}");
+        assert_eq!(MIX_FIXED.len(), SHIFTS_ABOVE.len());
+        assert_eq!(MIX_FIXED.len(), SHIFTS_BELOW.len());
+        // Before any observation the mixed capital is exactly the stake.
+        let bet = Bet::new(0.1);
+        assert!(bet.evidence_above().abs() < 1e-12);
+        assert!(bet.evidence_below().abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_checkpoint_from_before_the_fixed_gamblers_decides_by_the_adaptive_one() {
+        let mut old = Bet::new(0.1);
+        old.fixed_above.clear();
+        old.fixed_below.clear();
+        let mut b = Bernoulli {
+            bets: vec![old],
+            ..Bernoulli::default()
+        };
+        for i in 0..50 {
+            b.push(i % 3 == 0);
+        }
+        let bet = &b.bets[0];
+        assert!(bet.fixed_above.is_empty());
+        assert_eq!(bet.evidence_above(), bet.log_above);
+        assert_eq!(bet.evidence_below(), bet.log_below);
+    }
 }

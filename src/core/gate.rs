@@ -317,10 +317,12 @@ fn bet_report(
     limit: Option<f64>,
 ) -> CheckReport {
     let threshold = (1.0 / input.alpha).ln();
+    // A breach is bet on by the mixed gamblers (fast near the oracle for small breaches);
+    // compliance by the adaptive one alone, whose growth matches any healthy level.
     let (breach, comply) = if breach_above {
-        (bet.log_above, bet.log_below)
+        (bet.evidence_above(), bet.log_below)
     } else {
-        (bet.log_below, bet.log_above)
+        (bet.evidence_below(), bet.log_above)
     };
     let change = bet.change(breach_above, change_threshold());
     if let Some(c) = change.filter(|_| breach < threshold) {
