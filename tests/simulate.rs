@@ -284,3 +284,49 @@ fn output_into_a_closed_pipe_ends_quietly() {
     assert_eq!(out.status.code(), Some(0), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn issue_8_setting_meets_its_exposure_targets_over_300_seeds() {
+    // The comparison's setting: one gate (a rate limited at 0.10), 5 tasks/s, 10 % then 50 %,
+    // a 1-minute tick. Seeded runs: the medians are exact for these 300 seeds.
+    let dir = tempfile::tempdir().expect("dir");
+    for name in ["bad-0.15", "bad-0.30"] {
+        std::fs::copy(
+            format!("scenarios/suite/{name}.yaml"),
+            dir.path().join(format!("{name}.yaml")),
+        )
+        .expect("copy scenario");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args([
+            "simulate",
+            "--config",
+            "scenarios/suite/config-one-gate.yaml",
+            "--suite",
+        ])
+        .arg(dir.path())
+        .args(["--runs", "300", "--json"])
+        .output()
+        .expect("run simulate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    for (scenario, target) in [("bad-0.15", 295), ("bad-0.30", 40)] {
+        let row = rows
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["scenario"] == scenario))
+            .expect("a row per scenario");
+        let s = &row["sequential"];
+        let exposed = s["exposed_p50"].as_u64().expect("exposed");
+        println!(
+            "{scenario}: sequential exposed p50 {exposed} (target ≤ {target}), threshold {}; rolled back {}",
+            row["threshold"]["exposed_p50"], s["rolled_back"]
+        );
+        assert_eq!(s["rolled_back"], 1.0, "{row}");
+        assert_eq!(s["false_alarms"], 0.0, "{row}");
+        assert!(exposed <= target, "{scenario}: {exposed} > {target}");
+    }
+}
