@@ -1,5 +1,5 @@
-//! The CLI client: `status`, `pause`, `resume`, `promote`, `rollback`, `receipts` over the HTTP
-//! API. Readable tables by default, the server's JSON with `--json`; a refusal exits non-zero
+//! The CLI client: `status` (once, or `--watch`), `pause`, `resume`, `promote`, `rollback`,
+//! `receipts` and the other verbs over the HTTP API. Readable tables by default, the server's JSON with `--json`; a refusal exits non-zero
 //! with the server's message and details.
 
 use std::fmt::Write;
@@ -30,7 +30,15 @@ pub struct Connection {
 #[derive(Subcommand, Debug)]
 pub enum ClientCmd {
     /// Show every rollout, or one in detail with each gate's verdict per segment.
-    Status { name: Option<String> },
+    Status {
+        name: Option<String>,
+        /// Keep asking, and redraw whenever the answer changes (Ctrl-C ends it).
+        #[arg(long)]
+        watch: bool,
+        /// How often `--watch` asks.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        interval: std::time::Duration,
+    },
     /// Freeze a rollout (always allowed to operators).
     Pause {
         name: String,
@@ -177,6 +185,57 @@ impl Client {
     }
 }
 
+/// `status --watch`: asks every `interval` and prints the status again whenever it changed —
+/// over the previous one on a terminal, below it (after a time line) otherwise. An unreachable
+/// server is reported once per outage and retried. Ends on Ctrl-C or a closed pipe.
+fn watch(
+    client: &Client,
+    json: bool,
+    name: Option<&str>,
+    interval: std::time::Duration,
+) -> anyhow::Result<String> {
+    use std::io::{IsTerminal, Write as _};
+    let terminal = std::io::stdout().is_terminal();
+    let path = name.map_or_else(
+        || "/v1/rollouts".to_string(),
+        |n| format!("/v1/rollouts/{n}"),
+    );
+    let render: fn(&Value) -> String = if name.is_some() {
+        render_rollout
+    } else {
+        render_rollouts
+    };
+    let mut last: Option<String> = None;
+    loop {
+        let shown = match client.get(&path, &[]) {
+            Ok(value) if json => serde_json::to_string_pretty(&value)? + "\n",
+            Ok(value) => render(&value),
+            Err(e) => format!("error: {e:#}\n"),
+        };
+        if last.as_deref() != Some(shown.as_str()) {
+            let stamp = {
+                use stagegate::core::clock::Clock as _;
+                stagegate::core::clock::rfc3339(stagegate::core::clock::SystemClock.now())
+            };
+            let frame = if terminal {
+                format!("\x1b[2J\x1b[H{stamp}\n{shown}")
+            } else {
+                format!("--- {stamp}\n{shown}")
+            };
+            let mut out = std::io::stdout().lock();
+            if out
+                .write_all(frame.as_bytes())
+                .and_then(|()| out.flush())
+                .is_err()
+            {
+                return Ok(String::new());
+            }
+            last = Some(shown);
+        }
+        std::thread::sleep(interval);
+    }
+}
+
 /// Runs one client command; returns what to print.
 pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
     let client = Client::new(conn)?;
@@ -184,8 +243,15 @@ pub fn run(conn: &Connection, cmd: ClientCmd) -> anyhow::Result<String> {
         client.post(&format!("/v1/rollouts/{name}/{verb}"), body)
     };
     let (value, render): (Value, fn(&Value) -> String) = match cmd {
-        ClientCmd::Status { name: None } => (client.get("/v1/rollouts", &[])?, render_rollouts),
-        ClientCmd::Status { name: Some(name) } => (
+        ClientCmd::Status {
+            name,
+            watch: true,
+            interval,
+        } => return watch(&client, conn.json, name.as_deref(), interval),
+        ClientCmd::Status { name: None, .. } => (client.get("/v1/rollouts", &[])?, render_rollouts),
+        ClientCmd::Status {
+            name: Some(name), ..
+        } => (
             client.get(&format!("/v1/rollouts/{name}"), &[])?,
             render_rollout,
         ),

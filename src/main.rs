@@ -97,7 +97,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve { config, force } => serve(&config, force),
-        Cmd::Check { config } => check(&config),
+        Cmd::Check { config } => check(&config, cli.connection.json),
         Cmd::Simulate {
             config,
             scenario,
@@ -147,7 +147,10 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn check(path: &Path) -> anyhow::Result<()> {
+fn check(path: &Path, json: bool) -> anyhow::Result<()> {
+    if json {
+        return check_json(path);
+    }
     let plan = Plan::load(path)?;
     for warning in stagegate::serve::notify::preflight(&plan) {
         eprintln!("warning: {warning}");
@@ -163,6 +166,90 @@ fn check(path: &Path) -> anyhow::Result<()> {
             plan.rollouts.len()
         ) + "\n",
     );
+    Ok(())
+}
+
+/// `check --json`: `{ok, config_hash, warnings, workflows, rollouts}`, or `{ok: false,
+/// problems: [{file, line, column, key, message}]}` and a failing exit, for editors and CI.
+fn check_json(path: &Path) -> anyhow::Result<()> {
+    use serde_json::json;
+    let plan = match Plan::load(path) {
+        Ok(plan) => plan,
+        Err(e) => {
+            let problems: Vec<serde_json::Value> = match &e {
+                stagegate::config::ConfigError::Invalid(problems) => problems
+                    .iter()
+                    .map(|p| json!({"file": p.file, "line": p.line, "column": p.column, "key": p.key, "message": p.message}))
+                    .collect(),
+                other => vec![json!({"file": path.display().to_string(), "message": other.to_string()})],
+            };
+            emit(serde_json::to_string_pretty(&json!({"ok": false, "problems": problems}))? + "\n");
+            anyhow::bail!("{} problem(s) in {}", problems.len(), path.display());
+        }
+    };
+    let mut warnings = stagegate::serve::notify::preflight(&plan);
+    if plan.auth.tokens.is_none() {
+        warnings.push("auth.open is true: every endpoint answers without a token".into());
+    }
+    let rollouts: Vec<serde_json::Value> = plan
+        .rollouts
+        .iter()
+        .map(|r| {
+            let stages: Vec<serde_json::Value> = r
+                .stages
+                .iter()
+                .map(|st| {
+                    let traffic: serde_json::Map<String, serde_json::Value> = r
+                        .segments
+                        .iter()
+                        .zip(&st.weights_bps)
+                        .map(|(seg, bps)| (seg.name.clone(), json!(f64::from(*bps) / 100.0)))
+                        .collect();
+                    json!({
+                        "name": st.name,
+                        "traffic_percent": traffic,
+                        "min_duration": stagegate::core::clock::human_duration(st.min_duration),
+                        "min_samples": st.min_samples,
+                        "approval": if st.manual_approval { "manual" } else { "auto" },
+                    })
+                })
+                .collect();
+            let gates: Vec<serde_json::Value> = r
+                .gates
+                .iter()
+                .map(|g| {
+                    json!({
+                        "name": g.name,
+                        "signal": g.signal.name(),
+                        "stat": g.stat.name(),
+                        "checks": g.checks.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "on_breach": g.on_breach.name(),
+                    })
+                })
+                .collect();
+            json!({
+                "name": r.name,
+                "workflow": r.workflow,
+                "baseline": r.baseline,
+                "candidate": r.candidate,
+                "confidence": r.confidence,
+                "segments": r.segments.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+                "stages": stages,
+                "gates": gates,
+                "owner": r.lane.owner,
+            })
+        })
+        .collect();
+    let out = json!({
+        "ok": true,
+        "config": path.display().to_string(),
+        "config_hash": plan.hash,
+        "store": plan.server.store.to_string(),
+        "warnings": warnings,
+        "workflows": plan.workflows.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
+        "rollouts": rollouts,
+    });
+    emit(serde_json::to_string_pretty(&out)? + "\n");
     Ok(())
 }
 

@@ -272,3 +272,100 @@ fn assign_events_send_reload_and_completions_are_verbs() {
         );
     }
 }
+
+#[test]
+fn status_watch_redraws_when_the_rollout_changes() {
+    use std::io::{BufRead, BufReader};
+    let server = Server::start(&config(""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args([
+            "status",
+            "support-reply-v8",
+            "--watch",
+            "--interval",
+            "50ms",
+        ])
+        .args(["--server", &server.base])
+        .env("STAGEGATE_TOKEN", READER)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("run status --watch");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let wait_for = |needle: &str, seen: &mut Vec<String>| loop {
+        let line = rx
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("no {needle:?} in:\n{}", seen.join("\n")));
+        let found = line.contains(needle);
+        seen.push(line);
+        if found {
+            return;
+        }
+    };
+    wait_for("progressing", &mut seen);
+    let frames_before = seen.iter().filter(|l| l.starts_with("--- ")).count();
+    assert_eq!(
+        frames_before,
+        1,
+        "one frame while nothing changes:\n{}",
+        seen.join("\n")
+    );
+    let r = server.post(
+        "/v1/rollouts/support-reply-v8/pause",
+        Some(OPERATOR),
+        &serde_json::json!({"reason": "watch me"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    wait_for("paused", &mut seen);
+    assert!(
+        seen.iter().filter(|l| l.starts_with("--- ")).count() >= 2,
+        "a new frame after the change:\n{}",
+        seen.join("\n")
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn check_json_gives_the_plan_or_every_located_problem() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config", "config/stagegate.yaml", "--json"])
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(plan["ok"], true);
+    assert_eq!(plan["rollouts"][0]["stages"][1]["name"], "smb-5");
+    assert_eq!(
+        plan["rollouts"][0]["stages"][1]["traffic_percent"]["everyone"],
+        5.0
+    );
+    assert_eq!(plan["rollouts"][0]["gates"][0]["on_breach"], "rollback");
+    let dir = tempfile::tempdir().expect("dir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "auth: { open: true }\nrollouts: [{ name: x, wat: 1 }]\n",
+    )
+    .expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config"])
+        .arg(&bad)
+        .arg("--json")
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["ok"], false);
+    let first = &report["problems"][0];
+    assert_eq!(first["line"], 2, "{report}");
+    assert_eq!(first["key"], "rollouts[0].wat", "{report}");
+}
