@@ -1,6 +1,6 @@
 //! The CLI client: `status` (once, or `--watch`), `pause`, `resume`, `promote`, `rollback`,
-//! `receipts` and the other verbs over the HTTP API. Readable tables by default, the server's JSON with `--json`; a refusal exits non-zero
-//! with the server's message and details.
+//! `receipts` and the other verbs over the HTTP API. Readable tables by default, the server's
+//! JSON with `--json`; a refusal exits non-zero with the server's message and details.
 
 use std::fmt::Write;
 

@@ -300,11 +300,22 @@ fn metrics_carry_every_spec_metric_from_the_start() {
         "stagegate_automatic_rollbacks_total",
         "stagegate_events_total",
         "stagegate_notifications_total",
+        "stagegate_gate_limit",
+        "stagegate_leader",
     ] {
         assert!(
             text.contains(&format!("\n{name}{{")),
             "{name} missing:\n{text}"
         );
+    }
+    // Each check's limit, for dashboards to draw: the test config's latency gate.
+    for series in [
+        r#"stagegate_gate_limit{check="max",gate="latency_ms_p95",rollout="support-reply-v8"} 4000"#,
+        r#"stagegate_gate_limit{check="max_ratio",gate="latency_ms_p95",rollout="support-reply-v8"} 1.25"#,
+        r#"stagegate_gate_limit{check="max_drop",gate="quality_mean",rollout="support-reply-v8"} 0.03"#,
+        r#"stagegate_leader{replica="local"} 1"#,
+    ] {
+        assert!(text.contains(series), "{series} missing:\n{text}");
     }
     // Verdict and signal series appear once a stage exposes the candidate and events arrive.
     server.send_events(&events("m", 10, "v8", internal(), HEALTHY));

@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde_json::Value;
 use support::*;
 
-/// SPEC §5: the metrics dashboards may use.
-const SPEC_METRICS: [&str; 12] = [
+/// SPEC §5 (and §6's `stagegate_gate_limit`): the metrics dashboards may use.
+const SPEC_METRICS: [&str; 13] = [
+    "stagegate_gate_limit",
     "stagegate_rollout_info",
     "stagegate_rollout_state",
     "stagegate_rollout_stage_index",
@@ -236,8 +237,26 @@ fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(ready, "prometheus never scraped stagegate");
+    // The dashboards draw each gate's limits from stagegate_gate_limit, as Prometheus has it.
+    let instant = |query: &str| -> Value {
+        reqwest::blocking::Client::new()
+            .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
+            .query(&[("query", query)])
+            .send()
+            .and_then(|r| r.json())
+            .unwrap_or(Value::Null)
+    };
+    let limit = instant(
+        r#"stagegate_gate_limit{rollout="support-reply-v8", gate="latency_ms_p95", check="max"}"#,
+    );
+    assert_eq!(limit["data"]["result"][0]["value"][1], "4000", "{limit}");
 
     server.drive_quality_rollback("e2e");
+    // A dashboard's relative-limit line: the baseline's value minus the configured drop.
+    let relative = instant(
+        r#"stagegate_signal_value{rollout="support-reply-v8", signal="quality_mean", version="v7"} - on(rollout) group_left() stagegate_gate_limit{rollout="support-reply-v8", gate="quality_mean", check="max_drop"}"#,
+    );
+    assert_eq!(relative["status"], "success", "{relative}");
 
     let mut alert = None;
     for _ in 0..150 {

@@ -35,6 +35,7 @@ pub struct Metrics {
     samples_to_decide: IntGaugeVec,
     store_healthy: IntGaugeVec,
     leader: IntGaugeVec,
+    gate_limit: GaugeVec,
 }
 
 /// The `outcome` values of `stagegate_notifications_total`.
@@ -94,6 +95,12 @@ impl Metrics {
                 "stagegate_gate_samples_to_decide",
                 "Candidate samples an inconclusive gate still needs at the effect seen so far (-1: may never pass at this effect).",
                 &["rollout", "segment", "gate"],
+            ),
+            gate_limit: fgauge(
+                &r,
+                "stagegate_gate_limit",
+                "Each gate check's configured limit, by check kind (max, min: in the signal's unit; max_ratio: a factor on the baseline; max_increase, max_drop: added to or taken from the baseline), for dashboards to draw next to stagegate_signal_value.",
+                &["rollout", "gate", "check"],
             ),
             leader: gauge(
                 &r,
@@ -288,10 +295,16 @@ impl Metrics {
     /// Creates every counter series the config implies at 0, so that `/metrics` shows them before
     /// the first event and `increase()` in alert rules sees the first one.
     pub fn init_series(&self, plan: &crate::plan::Plan) {
+        self.gate_limit.reset();
         for r in &plan.rollouts {
             for gate in &r.gates {
                 self.automatic_rollbacks
                     .with_label_values(&[r.name.as_str(), gate.name.as_str()]);
+                for check in &gate.checks {
+                    self.gate_limit
+                        .with_label_values(&[r.name.as_str(), gate.name.as_str(), check.kind()])
+                        .set(check.threshold());
+                }
             }
             for action in ["expand", "narrow", "read_only", "rollback", "pause"] {
                 self.decisions
