@@ -171,6 +171,12 @@ pub struct AuthPlan {
 pub enum NotifierKind {
     Webhook,
     Slack,
+    /// PagerDuty Events API v2: triggers on automatic containments, resolves on the resume
+    /// out of them.
+    #[serde(rename = "pagerduty")]
+    PagerDuty,
+    /// Microsoft Teams (a Workflows or incoming webhook): an Adaptive Card.
+    Teams,
 }
 
 #[derive(Debug, Clone)]
@@ -179,7 +185,12 @@ pub struct NotifierPlan {
     pub kind: NotifierKind,
     pub url: Option<String>,
     pub url_env: Option<String>,
+    /// PagerDuty's integration key, read from this variable at delivery (never stored).
+    pub routing_key_env: Option<String>,
 }
+
+/// Where PagerDuty's Events API v2 takes events unless a notifier names another URL.
+pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
 /// A named population: every listed attribute must hold one of its values.
 #[derive(Debug, Clone, PartialEq)]

@@ -156,3 +156,89 @@ fn a_notifier_whose_url_variable_is_unset_is_skipped_not_failed() {
         "{metrics}"
     );
 }
+
+#[test]
+fn pagerduty_is_triggered_by_an_automatic_containment_and_resolved_by_the_resume_and_teams_gets_a_card()
+ {
+    let receiver = Receiver::start(0);
+    let port = receiver.port;
+    let config = config("")
+        .replace(
+            "  - { name: hook, kind: webhook, url: \"http://127.0.0.1:9/hook\" }",
+            &format!(
+                "  - {{ name: pd, kind: pagerduty, url: \"http://127.0.0.1:{port}/pd\", routing_key_env: TEST_PD_KEY }}\n  - {{ name: teams, kind: teams, url: \"http://127.0.0.1:{port}/teams\" }}"
+            ),
+        )
+        .replace("notify: [hook]", "notify: [pd, teams]");
+    let server = Server::start_wrapped(&config, &["env", "TEST_PD_KEY=pd-integration-key"]);
+    server.drive_cost_read_only("pd");
+    let got = receiver.wait_for(2);
+    let receipts = server.receipts();
+    let contained = receipts
+        .iter()
+        .find(|r| r["action"] == "read_only")
+        .expect("a read-only receipt");
+
+    let trigger = got
+        .iter()
+        .find(|r| r.path == "/pd")
+        .expect("pagerduty event");
+    let e = &trigger.body;
+    assert_eq!(
+        e["routing_key"], "pd-integration-key",
+        "read from the environment: {e}"
+    );
+    assert_eq!(e["event_action"], "trigger");
+    assert_eq!(e["dedup_key"], "stagegate/support-reply-v8");
+    assert_eq!(e["payload"]["severity"], "error");
+    assert_eq!(e["payload"]["source"], "stagegate/support-reply");
+    assert!(
+        e["payload"]["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("support-reply-v8 read_only")),
+        "{e}"
+    );
+    assert_eq!(
+        e["payload"]["custom_details"]["receipt_id"],
+        contained["id"]
+    );
+    assert_eq!(trigger.header("idempotency-key"), contained["id"].as_str());
+    // The key is a secret: the stored outbox row never had it.
+    let store = std::fs::read(server.dir.path().join("data/stagegate.redb")).unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&store).contains("pd-integration-key"),
+        "the routing key was stored"
+    );
+
+    let card = got.iter().find(|r| r.path == "/teams").expect("teams card");
+    let content = &card.body["attachments"][0];
+    assert_eq!(
+        content["contentType"],
+        "application/vnd.microsoft.card.adaptive"
+    );
+    assert_eq!(content["content"]["type"], "AdaptiveCard");
+    let text = content["content"]["body"].to_string();
+    assert!(
+        text.contains("support-reply-v8 read_only") && text.contains("revenue-ops-lead"),
+        "{text}"
+    );
+
+    // Out of containment through probation: only the last resume resolves the incident.
+    wait_for_cooldown(&server);
+    assert_eq!(resume(&server, true).status, 200);
+    server.send_events(&healthy_read_only("pd-ro", 20));
+    let r = resume(&server, true);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["after"]["state"], "progressing");
+    let got = receiver.wait_for(3);
+    let pd: Vec<_> = got.iter().filter(|g| g.path == "/pd").collect();
+    assert_eq!(
+        pd.len(),
+        2,
+        "a trigger and a resolve, nothing for the probation step"
+    );
+    let resolve = &pd[1].body;
+    assert_eq!(resolve["event_action"], "resolve");
+    assert_eq!(resolve["dedup_key"], "stagegate/support-reply-v8");
+    assert_eq!(pd[1].header("idempotency-key"), r.body["id"].as_str());
+}

@@ -331,35 +331,6 @@ fn assignment_is_sticky_and_growth_is_monotone() {
     assert_eq!(a["rollout"], "support-reply-v8");
 }
 
-/// Waits until the lane's cooldown no longer blocks a resume.
-fn wait_for_cooldown(server: &Server) {
-    server.wait_for("the cooldown's end", |s| {
-        s["reenable"]["missing"]
-            .as_array()
-            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
-    });
-}
-
-/// Resumes the rollout as an operator; returns the response.
-fn resume(server: &Server, ack: bool) -> support::Reply {
-    server.post(
-        "/v1/rollouts/support-reply-v8/resume",
-        Some(OPERATOR),
-        &json!({"reason": "fixed the prompt", "ack": ack}),
-    )
-}
-
-/// Healthy candidate tasks reported in read-only mode.
-fn healthy_read_only(tag: &str, n: u64) -> Vec<Value> {
-    let mut healthy: Vec<Value> = events(tag, n, "v8", internal(), HEALTHY);
-    for e in &mut healthy {
-        e["mode"] = json!("read_only");
-        e["fallback"] = json!(false);
-        e["review"] = json!("approved");
-    }
-    healthy
-}
-
 #[test]
 fn resume_after_automatic_containment_goes_through_probation() {
     let server = Server::start(&config(""));

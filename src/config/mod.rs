@@ -455,4 +455,37 @@ rollouts:
         let errs = parse(text).unwrap_err();
         assert!(errs[0].contains("traffic may only grow"), "{errs:?}");
     }
+
+    #[test]
+    fn pagerduty_needs_a_routing_key_variable_and_defaults_its_url() {
+        let ok = parse("notifiers: [{ name: pd, kind: pagerduty, routing_key_env: PD_KEY }]\n")
+            .expect("valid");
+        assert_eq!(ok.notifiers[0].kind, NotifierKind::PagerDuty);
+        assert_eq!(ok.notifiers[0].url.as_deref(), Some(PAGERDUTY_EVENTS_URL));
+        assert_eq!(ok.notifiers[0].routing_key_env.as_deref(), Some("PD_KEY"));
+        let missing = parse("notifiers: [{ name: pd, kind: pagerduty }]\n").unwrap_err();
+        assert!(
+            missing
+                .iter()
+                .any(|p| p.contains("notifiers[0].routing_key_env: a pagerduty notifier needs")),
+            "{missing:?}"
+        );
+        let stray = parse(
+            "notifiers: [{ name: t, kind: teams, url: \"http://x/\", routing_key_env: K }]\n",
+        )
+        .unwrap_err();
+        assert!(
+            stray
+                .iter()
+                .any(|p| p.contains("only a pagerduty notifier")),
+            "{stray:?}"
+        );
+        let teams_url = parse("notifiers: [{ name: t, kind: teams }]\n").unwrap_err();
+        assert!(
+            teams_url
+                .iter()
+                .any(|p| p.contains("exactly one of `url` and `url_env`")),
+            "{teams_url:?}"
+        );
+    }
 }

@@ -80,6 +80,7 @@ pub(super) struct RawNotifier {
     pub(super) kind: Spanned<String>,
     pub(super) url: Option<String>,
     pub(super) url_env: Option<String>,
+    pub(super) routing_key_env: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -381,17 +381,46 @@ impl Validator {
             let kind = match n.value.kind.value.as_str() {
                 "webhook" => NotifierKind::Webhook,
                 "slack" => NotifierKind::Slack,
+                "pagerduty" => NotifierKind::PagerDuty,
+                "teams" => NotifierKind::Teams,
                 other => {
                     self.report(
                         &n.value.kind,
                         format!("{key}.kind"),
-                        format!("unknown kind `{other}`; expected webhook or slack"),
+                        format!(
+                            "unknown kind `{other}`; expected webhook, slack, pagerduty or teams"
+                        ),
                     );
                     continue;
                 }
             };
-            if n.value.url.is_some() == n.value.url_env.is_some() {
-                self.report(n, key.clone(), "set exactly one of `url` and `url_env`");
+            let (mut url, url_env) = (n.value.url.clone(), n.value.url_env.clone());
+            match kind {
+                NotifierKind::PagerDuty => {
+                    if url.is_some() && url_env.is_some() {
+                        self.report(n, key.clone(), "set at most one of `url` and `url_env` (the default is PagerDuty's Events API v2)");
+                    }
+                    if url.is_none() && url_env.is_none() {
+                        url = Some(PAGERDUTY_EVENTS_URL.to_string());
+                    }
+                    match &n.value.routing_key_env {
+                        Some(var) if is_env_name(var) => {}
+                        Some(_) => self.report(n, format!("{key}.routing_key_env"), "expected an environment variable name"),
+                        None => self.report(n, format!("{key}.routing_key_env"), "a pagerduty notifier needs `routing_key_env`: the variable holding the service's integration key"),
+                    }
+                }
+                _ => {
+                    if url.is_some() == url_env.is_some() {
+                        self.report(n, key.clone(), "set exactly one of `url` and `url_env`");
+                    }
+                    if n.value.routing_key_env.is_some() {
+                        self.report(
+                            n,
+                            format!("{key}.routing_key_env"),
+                            "only a pagerduty notifier has a routing key",
+                        );
+                    }
+                }
             }
             if out.iter().any(|o| o.name == n.value.name) {
                 self.report(
@@ -403,8 +432,9 @@ impl Validator {
             out.push(NotifierPlan {
                 name: n.value.name.clone(),
                 kind,
-                url: n.value.url.clone(),
-                url_env: n.value.url_env.clone(),
+                url,
+                url_env,
+                routing_key_env: n.value.routing_key_env.clone(),
             });
         }
         out

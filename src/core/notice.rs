@@ -1,6 +1,8 @@
 //! What the lane hears about a decision: which receipts notify (`wants_notice`), the outbox
 //! items written with the receipt (`Outbox`, `outbox_for`), and their bodies — the documented
-//! webhook JSON and Slack incoming-webhook text. Pure: delivery is `serve::notify`'s.
+//! webhook JSON, Slack incoming-webhook text, a Teams Adaptive Card, and PagerDuty Events v2
+//! (trigger on automatic containment, resolve on the resume out of it). Pure: delivery is
+//! `serve::notify`'s.
 
 use std::fmt::Write;
 
@@ -24,6 +26,9 @@ pub struct Outbox {
     pub body: String,
     pub attempts: u32,
     pub next_at: Millis,
+    /// PagerDuty: the variable holding the integration key, set into the body at delivery.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routing_key_env: Option<String>,
 }
 
 /// Whether a decision is one the lane hears about.
@@ -39,30 +44,110 @@ pub fn wants_notice(r: &Receipt) -> bool {
     ) || (r.action == Action::Expand && r.after.state == Phase::Promoted)
 }
 
-/// The outbox items for a receipt: one per notifier in its lane.
+/// The outbox items for a receipt: one per notifier in its lane that hears about it.
 pub fn outbox_for(plan: &Plan, r: &Receipt, now: Millis) -> Vec<Outbox> {
-    if !wants_notice(r) {
-        return Vec::new();
-    }
+    let notice = wants_notice(r);
     r.lane
         .notify
         .iter()
         .filter_map(|name| plan.notifier(name))
-        .map(|n| Outbox {
-            notifier: n.name.clone(),
-            kind: n.kind,
-            url: n.url.clone(),
-            url_env: n.url_env.clone(),
-            receipt_id: r.id.clone(),
-            body: match n.kind {
-                NotifierKind::Webhook => webhook_body(r),
-                NotifierKind::Slack => slack_body(r),
-            }
-            .to_string(),
-            attempts: 0,
-            next_at: now,
+        .filter_map(|n| {
+            let body = match n.kind {
+                NotifierKind::Webhook => notice.then(|| webhook_body(r)),
+                NotifierKind::Slack => notice.then(|| slack_body(r)),
+                NotifierKind::Teams => notice.then(|| teams_body(r)),
+                NotifierKind::PagerDuty => pagerduty_body(r),
+            }?;
+            Some(Outbox {
+                notifier: n.name.clone(),
+                kind: n.kind,
+                url: n.url.clone(),
+                url_env: n.url_env.clone(),
+                receipt_id: r.id.clone(),
+                body: body.to_string(),
+                attempts: 0,
+                next_at: now,
+                routing_key_env: n.routing_key_env.clone(),
+            })
         })
         .collect()
+}
+
+/// PagerDuty Events v2: `trigger` on an automatic containment (rollback, read-only, fallback),
+/// `resolve` on the operator's resume out of containment; one incident per rollout
+/// (`dedup_key` `stagegate/ROLLOUT`). Nothing for other decisions. The `routing_key` is added
+/// at delivery.
+pub fn pagerduty_body(r: &Receipt) -> Option<Value> {
+    let dedup_key = format!("stagegate/{}", r.rollout);
+    let automatic = matches!(r.actor, crate::core::rollout::Actor::Controller);
+    let contained = matches!(
+        r.action,
+        Action::Rollback | Action::ReadOnly | Action::Fallback
+    );
+    if automatic && contained {
+        return Some(json!({
+            "event_action": "trigger",
+            "dedup_key": dedup_key,
+            "payload": {
+                "summary": format!("stagegate: {} {} ({})", r.rollout, r.action.name(), r.reason),
+                "source": format!("stagegate/{}", r.workflow),
+                "severity": if r.action == Action::Rollback { "critical" } else { "error" },
+                "component": r.workflow,
+                "group": r.rollout,
+                "class": r.action.name(),
+                "custom_details": webhook_body(r),
+            },
+        }));
+    }
+    let released = matches!(r.after.state, Phase::Progressing | Phase::Promoted);
+    (r.action == Action::Resume && released).then(|| {
+        json!({
+            "event_action": "resolve",
+            "dedup_key": dedup_key,
+            "payload": {
+                "summary": format!("stagegate: {} resumed ({})", r.rollout, r.reason),
+                "source": format!("stagegate/{}", r.workflow),
+                "severity": "info",
+            },
+        })
+    })
+}
+
+/// Microsoft Teams: an Adaptive Card message (what Teams' Workflows webhooks accept).
+pub fn teams_body(r: &Receipt) -> Value {
+    let mut facts = vec![
+        json!({"title": "Change", "value": format!("{} → {}", r.before.state.name(), r.after.state.name())}),
+        json!({"title": "By", "value": r.actor.label()}),
+        json!({"title": "Receipt", "value": r.id}),
+    ];
+    if !r.lane.owner.is_empty() {
+        facts.push(json!({"title": "Owner", "value": r.lane.owner}));
+        facts.push(json!({"title": "Repair", "value": r.lane.repair}));
+    }
+    let evidence: Vec<Value> = evidence_summary(r)
+        .into_iter()
+        .take(5)
+        .map(|line| json!({"type": "TextBlock", "text": format!("- {line}"), "wrap": true}))
+        .collect();
+    let mut body = vec![
+        json!({"type": "TextBlock", "size": "Medium", "weight": "Bolder", "wrap": true,
+               "text": format!("stagegate: {} {}", r.rollout, r.action.name())}),
+        json!({"type": "TextBlock", "text": r.reason, "wrap": true}),
+        json!({"type": "FactSet", "facts": facts}),
+    ];
+    body.extend(evidence);
+    json!({
+        "type": "message",
+        "attachments": [{
+            "contentType": "application/vnd.microsoft.card.adaptive",
+            "content": {
+                "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                "type": "AdaptiveCard",
+                "version": "1.4",
+                "body": body,
+            },
+        }],
+    })
 }
 
 /// One line per failing (or, with none failing, per) verdict: `gate@segment verdict: candidate

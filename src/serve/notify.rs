@@ -1,12 +1,14 @@
-//! Notifications: the lane's notifiers hear about rollbacks, read-only fallbacks, narrows,
-//! promotions and pauses.
+//! Notifications: the lane's notifiers (webhook, Slack, Teams, PagerDuty) hear about
+//! rollbacks, read-only fallbacks, narrows, promotions and pauses; PagerDuty about automatic
+//! containments and the resume out of them.
 //!
 //! A notification is put in the store's outbox in the same transaction as its receipt (the
 //! items and their bodies are `core::notice`'s), so a crash between deciding and sending loses
 //! nothing; [`run_notifier`] delivers due items with
 //! `Idempotency-Key: <receipt id>`, retrying with exponential backoff, and counts each outcome in
 //! `stagegate_notifications_total`. Webhooks get a documented JSON body; Slack gets
-//! incoming-webhook text.
+//! incoming-webhook text; Teams an Adaptive Card; PagerDuty an Events v2 event whose routing
+//! key is read from the environment at delivery.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,15 @@ pub const MAX_ATTEMPTS: u32 = 10;
 pub fn preflight(plan: &Plan) -> Vec<String> {
     let mut warnings = Vec::new();
     for n in &plan.notifiers {
+        if let Some(var) = &n.routing_key_env {
+            if std::env::var(var).map_or(true, |k| k.is_empty()) {
+                warnings.push(format!(
+                    "notifier `{}`: environment variable {var} (the PagerDuty routing key) is unset; its notifications will be skipped (counted as outcome=\"skipped\")",
+                    n.name
+                ));
+                continue;
+            }
+        }
         let url = match (&n.url, &n.url_env) {
             (Some(u), _) => u.clone(),
             (None, Some(var)) => match std::env::var(var) {
@@ -83,11 +94,28 @@ async fn deliver(http: &reqwest::Client, item: &Outbox) -> Result<(), Failure> {
             .ok_or_else(|| Failure::Unconfigured(format!("environment variable {var} is unset")))?,
         (None, None) => return Err(Failure::Unconfigured("no url".into())),
     };
+    let body = match &item.routing_key_env {
+        None => item.body.clone(),
+        // PagerDuty's integration key is a secret: read at delivery, never stored.
+        Some(var) => {
+            let key = std::env::var(var)
+                .ok()
+                .filter(|k| !k.is_empty())
+                .ok_or_else(|| {
+                    Failure::Unconfigured(format!("environment variable {var} is unset"))
+                })?;
+            let mut event: serde_json::Value = serde_json::from_str(&item.body).map_err(|e| {
+                Failure::Unconfigured(format!("the stored event does not decode: {e}"))
+            })?;
+            event["routing_key"] = serde_json::Value::String(key);
+            event.to_string()
+        }
+    };
     let resp = http
         .post(url)
         .header("content-type", "application/json")
         .header("idempotency-key", &item.receipt_id)
-        .body(item.body.clone())
+        .body(body)
         .send()
         .await
         .map_err(|e| Failure::Retry(e.to_string()))?;

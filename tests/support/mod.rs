@@ -618,6 +618,35 @@ impl Receiver {
     }
 }
 
+/// Waits until the lane's cooldown no longer blocks a resume.
+pub fn wait_for_cooldown(server: &Server) {
+    server.wait_for("the cooldown's end", |s| {
+        s["reenable"]["missing"]
+            .as_array()
+            .is_some_and(|m| m.iter().all(|m| !m.to_string().contains("cooldown")))
+    });
+}
+
+/// Resumes the rollout as an operator; returns the response.
+pub fn resume(server: &Server, ack: bool) -> Reply {
+    server.post(
+        "/v1/rollouts/support-reply-v8/resume",
+        Some(OPERATOR),
+        &json!({"reason": "fixed the prompt", "ack": ack}),
+    )
+}
+
+/// Healthy candidate tasks reported in read-only mode.
+pub fn healthy_read_only(tag: &str, n: u64) -> Vec<Value> {
+    let mut healthy: Vec<Value> = events(tag, n, "v8", internal(), HEALTHY);
+    for e in &mut healthy {
+        e["mode"] = json!("read_only");
+        e["fallback"] = json!(false);
+        e["review"] = json!("approved");
+    }
+    healthy
+}
+
 /// A loopback port nothing listens on (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
