@@ -139,6 +139,7 @@ fn parse_raw(file: &str, text: &str) -> Result<RawConfig, Problem> {
             .rsplit_once(" at line ")
             .map(|(m, _)| m.to_string())
             .unwrap_or(message);
+        let message = did_you_mean(&message).unwrap_or(message);
         Problem {
             file: file.to_string(),
             line,
@@ -147,6 +148,26 @@ fn parse_raw(file: &str, text: &str) -> Result<RawConfig, Problem> {
             message,
         }
     })
+}
+
+/// serde's "unknown field `tiemout`, expected one of …" (or variant) with the nearest expected
+/// name suggested first, when one is close enough to be a typo.
+fn did_you_mean(message: &str) -> Option<String> {
+    let (head, expected) = message.split_once(", expected ")?;
+    let unknown = head
+        .strip_prefix("unknown field `")
+        .or_else(|| head.strip_prefix("unknown variant `"))?
+        .strip_suffix('`')?;
+    let names = expected
+        .trim_start_matches("one of ")
+        .split([',', ' '])
+        .map(|n| n.trim_matches(|c| c == '`' || c == ' '))
+        .filter(|n| !n.is_empty() && *n != "or");
+    let (best, distance) = names
+        .map(|n| (n, strsim::levenshtein(unknown, n)))
+        .min_by_key(|(_, d)| *d)?;
+    let close = distance <= (unknown.len() / 3).max(1);
+    close.then(|| format!("{head} — did you mean `{best}`? (expected {expected})"))
 }
 
 /// Replaces the mapping entry whose key starts at `line`:`column` (1-based) with spaces: in a
@@ -486,6 +507,23 @@ rollouts:
                 .iter()
                 .any(|p| p.contains("exactly one of `url` and `url_env`")),
             "{teams_url:?}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_key_gets_the_nearest_one_suggested() {
+        let problems = parse("server: { tick: 5s, retension: 7d }\n").unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("unknown field `retension` — did you mean `retention`?")),
+            "{problems:?}"
+        );
+        // Nothing near enough: no guess.
+        let problems = parse("server: { zzzzzz: 1 }\n").unwrap_err();
+        assert!(
+            problems.iter().all(|p| !p.contains("did you mean")),
+            "{problems:?}"
         );
     }
 }
