@@ -526,4 +526,37 @@ rollouts:
             "{problems:?}"
         );
     }
+
+    #[test]
+    fn a_relative_limit_a_bounded_statistic_cannot_reach_is_refused() {
+        let config = |gate: &str| {
+            format!(
+                "segments: {{ everyone: {{}} }}\nworkflows: {{ w: {{ stable: a, versions: [a, b] }} }}\nrollouts:\n  - {{ name: r, workflow: w, baseline: a, candidate: b, segments: [everyone], stages: [{{ name: s, traffic: {{ everyone: 10 }} }}], gates: [{gate}], lane: {{ owner: o, repair: x }} }}\n"
+            )
+        };
+        let problems = parse(&config(
+            "{ signal: quality, stat: mean, max_drop: 3, on_breach: rollback }",
+        ))
+        .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("max_drop 3 can never be breached")),
+            "{problems:?}"
+        );
+        let problems = parse(&config(
+            "{ signal: fallback, stat: rate, max_increase: 1.5, on_breach: rollback }",
+        ))
+        .unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("max_increase 1.5 can never be breached")),
+            "{problems:?}"
+        );
+        parse(&config(
+            "{ signal: quality, stat: mean, max_drop: 0.03, on_breach: rollback }",
+        ))
+        .expect("a sensible drop is fine");
+    }
 }

@@ -833,6 +833,20 @@ impl Validator {
                     format!("relative threshold {value} must be a non-negative number"),
                 );
             }
+            // On a 0..1 statistic a change of 1 or more can never happen: such a check could
+            // never be breached, which would switch it off without a word.
+            if bounded && matches!(check, Check::MaxIncrease(_) | Check::MaxDrop(_)) && value >= 1.0
+            {
+                self.report(
+                    raw,
+                    key,
+                    format!(
+                        "{} {value} can never be breached: {} moves between 0 and 1; expected a change below 1, e.g. 0.03",
+                        check.kind(),
+                        stat.name()
+                    ),
+                );
+            }
             checks.push(check);
         }
         if let Some(r) = &g.max_ratio {
