@@ -17,15 +17,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::RwLock;
 
 use redb::{
     Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
     TableDefinition,
 };
 
-use super::{BatchItem, Change, Store, StoreError, StoredEvent, StoredStates};
+use super::{BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates};
 use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::evidence::Checkpoint;
@@ -63,8 +62,7 @@ pub struct EmbeddedStore {
     db: RwLock<Option<Database>>,
     path: PathBuf,
     durability: Durability,
-    healthy: AtomicBool,
-    last_failure: Mutex<String>,
+    health: Health,
 }
 
 /// Whether a redb error means the file system refused a write (the store must be reopened).
@@ -116,8 +114,7 @@ impl EmbeddedStore {
             db: RwLock::new(Some(db)),
             path,
             durability: Durability::Immediate,
-            healthy: AtomicBool::new(true),
-            last_failure: Mutex::new(String::new()),
+            health: Health::default(),
         };
         store.create_tables().map_err(|e| StoreError::Unreadable {
             path: store.path.clone(),
@@ -249,10 +246,7 @@ impl EmbeddedStore {
                     StoreError::Unavailable { detail, .. } => detail.clone(),
                     other => other.to_string(),
                 };
-                if let Ok(mut m) = self.last_failure.lock() {
-                    m.clone_from(&detail);
-                }
-                self.healthy.store(false, Ordering::Relaxed);
+                self.health.fail(&detail);
                 tracing::error!(store = %self.path.display(), error = %detail, "the store cannot commit; not ready until a write succeeds again");
                 Err(self.unavailable(detail))
             }
@@ -440,16 +434,11 @@ impl Store for EmbeddedStore {
     }
 
     fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_healthy()
     }
 
     fn failure(&self) -> Option<String> {
-        (!self.is_healthy()).then(|| {
-            self.last_failure
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default()
-        })
+        self.health.failure()
     }
 
     fn recover(&self, now: Millis) -> bool {
@@ -477,7 +466,7 @@ impl Store for EmbeddedStore {
         })();
         match probe {
             Ok(()) => {
-                self.healthy.store(true, Ordering::Relaxed);
+                self.health.recovered();
                 tracing::info!(store = %self.path.display(), "the store commits again; ready");
                 true
             }

@@ -61,6 +61,55 @@ pub enum StoreError {
     Codec(#[from] serde_json::Error),
 }
 
+/// Whether a store's last write succeeded, and why not: what `/readyz` reports. Both backends
+/// keep one; only `fail` and `recovered` change it.
+#[derive(Debug)]
+pub struct Health {
+    healthy: std::sync::atomic::AtomicBool,
+    last_failure: std::sync::Mutex<String>,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            healthy: std::sync::atomic::AtomicBool::new(true),
+            last_failure: std::sync::Mutex::new(String::new()),
+        }
+    }
+}
+
+impl Health {
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Why the store is unhealthy, if it is.
+    pub fn failure(&self) -> Option<String> {
+        (!self.is_healthy()).then(|| {
+            self.last_failure
+                .lock()
+                .map(|m| m.clone())
+                .unwrap_or_default()
+        })
+    }
+
+    /// Records a failure; returns whether the store was healthy until now.
+    pub fn fail(&self, detail: &str) -> bool {
+        if let Ok(mut m) = self.last_failure.lock() {
+            detail.clone_into(&mut m);
+        }
+        self.healthy
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a success; returns whether the store was unhealthy until now.
+    pub fn recovered(&self) -> bool {
+        !self
+            .healthy
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// An accepted event as stored for replay.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StoredEvent {

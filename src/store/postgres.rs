@@ -16,14 +16,13 @@
 
 use std::collections::HashMap;
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{BatchItem, Change, Store, StoreError, StoredEvent, StoredStates};
+use super::{BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates};
 use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::event::TaskEvent;
@@ -64,8 +63,7 @@ pub struct PostgresStore {
     replica: String,
     /// The fencing term this replica decides under; 0 while it does not lead.
     term: AtomicU64,
-    healthy: AtomicBool,
-    last_failure: Mutex<String>,
+    health: Health,
     size: AtomicU64,
 }
 
@@ -143,8 +141,7 @@ impl PostgresStore {
             location,
             replica: replica.to_string(),
             term: AtomicU64::new(0),
-            healthy: AtomicBool::new(true),
-            last_failure: Mutex::new(String::new()),
+            health: Health::default(),
             size: AtomicU64::new(0),
         };
         store.migrate()?;
@@ -253,11 +250,8 @@ impl PostgresStore {
     }
 
     fn mark_unhealthy(&self, detail: String) -> StoreError {
-        if self.healthy.swap(false, Ordering::Relaxed) {
+        if self.health.fail(&detail) {
             tracing::error!(store = %self.location, error = %detail, "the database cannot be reached; serving assignments from the last snapshot, not ready until it answers again");
-        }
-        if let Ok(mut m) = self.last_failure.lock() {
-            m.clone_from(&detail);
         }
         self.unreachable(detail)
     }
@@ -519,21 +513,16 @@ impl Store for PostgresStore {
     }
 
     fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_healthy()
     }
 
     fn failure(&self) -> Option<String> {
-        (!self.is_healthy()).then(|| {
-            self.last_failure
-                .lock()
-                .map(|m| m.clone())
-                .unwrap_or_default()
-        })
+        self.health.failure()
     }
 
     fn recover(&self, _now: Millis) -> bool {
         let ok = self.with(|c| Ok(c.simple_query("SELECT 1")?)).is_ok();
-        if ok && !self.healthy.swap(true, Ordering::Relaxed) {
+        if ok && self.health.recovered() {
             tracing::info!(store = %self.location, "the database answers again; ready");
         }
         if ok {
