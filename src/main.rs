@@ -40,6 +40,13 @@ enum Cmd {
     Check {
         #[arg(long)]
         config: PathBuf,
+        /// Also run every metrics-source query once against the live source, for every
+        /// segment and both arms, and print what each returned (fails if any did not answer).
+        #[arg(long)]
+        probe: bool,
+        /// With --probe: the window the queries count over.
+        #[arg(long, default_value = "1h", requires = "probe")]
+        window: String,
     },
     #[command(flatten)]
     Client(cli::ClientCmd),
@@ -97,7 +104,17 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Serve { config, force } => serve(&config, force),
-        Cmd::Check { config } => check(&config, cli.connection.json),
+        Cmd::Check {
+            config,
+            probe: false,
+            ..
+        } => check(&config, cli.connection.json),
+        Cmd::Check {
+            config,
+            probe: true,
+            window,
+        } => check(&config, cli.connection.json)
+            .and_then(|()| probe(&config, &window, cli.connection.json)),
         Cmd::Simulate {
             config,
             scenario,
@@ -152,7 +169,10 @@ fn check(path: &Path, json: bool) -> anyhow::Result<()> {
         return check_json(path);
     }
     let plan = Plan::load(path)?;
-    for warning in stagegate::serve::notify::preflight(&plan) {
+    for warning in stagegate::serve::notify::preflight(&plan)
+        .into_iter()
+        .chain(stagegate::config::source_warnings(&plan))
+    {
         eprintln!("warning: {warning}");
     }
     if plan.auth.tokens.is_none() {
@@ -188,6 +208,7 @@ fn check_json(path: &Path) -> anyhow::Result<()> {
         }
     };
     let mut warnings = stagegate::serve::notify::preflight(&plan);
+    warnings.extend(stagegate::config::source_warnings(&plan));
     if plan.auth.tokens.is_none() {
         warnings.push("auth.open is true: every endpoint answers without a token".into());
     }
@@ -250,6 +271,112 @@ fn check_json(path: &Path) -> anyhow::Result<()> {
         "rollouts": rollouts,
     });
     emit(serde_json::to_string_pretty(&out)? + "\n");
+    Ok(())
+}
+
+/// `check --probe`: every source query once, per rollout, signal, segment and arm.
+fn probe(path: &Path, window: &str, json: bool) -> anyhow::Result<()> {
+    use stagegate::core::clock::Clock;
+    use stagegate::core::source::{Reading, probe_jobs, reading};
+    let plan = Plan::load(path)?;
+    let window = stagegate::core::clock::parse_duration(window)
+        .map_err(|e| anyhow::anyhow!("--window: {e}"))?;
+    anyhow::ensure!(window >= 1_000, "--window must be at least 1s");
+    let now = stagegate::core::clock::SystemClock.now();
+    let jobs: Vec<_> = plan
+        .rollouts
+        .iter()
+        .flat_map(|r| probe_jobs(r, window / 1000, now))
+        .collect();
+    if jobs.is_empty() {
+        emit("probe: no signal comes from a metrics source\n".into());
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let client = stagegate::serve::prometheus::client();
+    let answers = runtime.block_on(stagegate::serve::prometheus::run_jobs(&client, &plan, jobs));
+    let mut failed = 0;
+    let mut rows = Vec::new();
+    let mut text = format!(
+        "\nprobe over the last {}:\n",
+        stagegate::core::clock::human_duration(window)
+    );
+    for answer in &answers {
+        let job = &answer.job;
+        let unit = plan
+            .rollout(&job.rollout)
+            .and_then(|r| r.source_of(&job.signal))
+            .map_or(1.0, |s| s.unit);
+        let arm = match job.arm {
+            stagegate::core::evidence::Arm::Baseline => "baseline",
+            stagegate::core::evidence::Arm::Candidate => "candidate",
+        };
+        let outcome = reading(answer, unit);
+        let summary = match &outcome {
+            Ok(Reading::Counts { hits, total }) => format!(
+                "events {hits:.0} of total {total:.0} (rate {:.4})",
+                if *total > 0.0 { hits / total } else { 0.0 }
+            ),
+            Ok(Reading::Buckets(pairs)) => {
+                match stagegate::core::buckets::Buckets::from_pairs(pairs.clone(), 0.0) {
+                    Ok(b) => format!(
+                        "{} tasks in {} buckets (p50 ≈ {}, p95 ≈ {})",
+                        b.n(),
+                        b.bounds.len(),
+                        b.quantile(0.5).map_or("-".into(), |v| format!("{v:.1}")),
+                        b.quantile(0.95).map_or("-".into(), |v| format!("{v:.1}"))
+                    ),
+                    Err(e) => {
+                        failed += 1;
+                        format!("error: {e}")
+                    }
+                }
+            }
+            Ok(Reading::Sums { count, sum, .. }) => format!(
+                "count {count:.0}, mean {:.4}",
+                if *count > 0.0 { sum / count } else { 0.0 }
+            ),
+            Err(f) => {
+                failed += 1;
+                format!("error ({}): {}", f.kind.name(), f.message)
+            }
+        };
+        text.push_str(&format!(
+            "  {} {} {} {arm} ({}): {summary}\n",
+            job.rollout,
+            job.signal.name(),
+            job.segment_name,
+            job.version
+        ));
+        if outcome.is_err() {
+            for q in &job.queries {
+                text.push_str(&format!("      {}: {}\n", q.key, q.promql));
+            }
+        }
+        rows.push(serde_json::json!({
+            "rollout": job.rollout,
+            "signal": job.signal.name(),
+            "segment": job.segment_name,
+            "arm": arm,
+            "version": job.version,
+            "source": job.source,
+            "queries": job.queries.iter().map(|q| serde_json::json!({"key": q.key, "promql": q.promql})).collect::<Vec<_>>(),
+            "ok": outcome.is_ok(),
+            "result": summary,
+        }));
+    }
+    if json {
+        emit(serde_json::to_string_pretty(&serde_json::json!({"probe": rows}))? + "\n");
+    } else {
+        emit(text);
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} probes got no usable answer",
+        answers.len()
+    );
     Ok(())
 }
 
@@ -401,6 +528,7 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
         let controller = tokio::spawn(run_controller(shared.clone(), inputs));
         tokio::spawn(run_ticker(shared.clone()));
         tokio::spawn(run_pruner(shared.clone()));
+        tokio::spawn(stagegate::serve::prometheus::run_sources(shared.clone()));
         tokio::spawn(stagegate::serve::notify::run_notifier(shared.clone()));
         tokio::spawn(reload_on_sighup(shared.clone()));
         tracing::info!(%addr, "listening");

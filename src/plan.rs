@@ -21,6 +21,8 @@ pub struct Plan {
     pub server: ServerPlan,
     pub auth: AuthPlan,
     pub notifiers: Vec<NotifierPlan>,
+    /// Metrics backends gates may take evidence from instead of pushed events.
+    pub sources: Vec<SourcePlan>,
     /// Plausible value ranges per signal; an event outside its signal's range is rejected.
     pub ranges: SignalRanges,
     pub workflows: Vec<WorkflowPlan>,
@@ -192,6 +194,152 @@ pub struct NotifierPlan {
 /// Where PagerDuty's Events API v2 takes events unless a notifier names another URL.
 pub const PAGERDUTY_EVENTS_URL: &str = "https://events.pagerduty.com/v2/enqueue";
 
+/// A metrics backend (`sources.NAME`): only Prometheus's HTTP query API so far.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourcePlan {
+    pub name: String,
+    pub url: SourceUrl,
+    /// Each query's deadline; a query past it is a source error (its gates inconclusive).
+    pub timeout: Millis,
+}
+
+/// A source's base URL, written in the config or read from the environment when used.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceUrl {
+    Literal(String),
+    Env(String),
+}
+
+/// Where one signal's evidence comes from when a metrics source, not `/v1/events`, has it
+/// (`signals.SIGNAL.source`). Each query is a PromQL instant-vector selector with templates
+/// (`{{version}}`, `{{segment}}`, `{{rollout}}`, `{{workflow}}`); stagegate wraps it in
+/// `increase(…[since the epoch began])` and sums the series.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalSource {
+    pub signal: Signal,
+    pub source: String,
+    pub query: SourceQuery,
+    /// Multiplies the source's values (`1000` turns seconds into `latency_ms`).
+    pub unit: f64,
+    /// The label value `{{segment}}` stands for, per segment (default: the segment's name).
+    pub segment_labels: BTreeMap<String, String>,
+    /// The label value `{{version}}` stands for, per version (default: the version's name).
+    pub version_labels: BTreeMap<String, String>,
+}
+
+/// The shape of a signal's evidence at a source.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SourceQuery {
+    /// A rate: counters of hits (`events`) out of trials (`total`).
+    Counts { events: String, total: String },
+    /// A quantile: a histogram's `_bucket` counters (`le` label).
+    Histogram { buckets: String },
+    /// A mean: `_sum` and `_count` counters, with a `sum_squares` counter or a declared
+    /// per-task `variance` bound for relative checks.
+    Sums {
+        sum: String,
+        count: String,
+        sum_squares: Option<String>,
+        variance: Option<f64>,
+    },
+}
+
+impl SourceQuery {
+    /// `(key, selector)` of each query, in a fixed order.
+    pub fn selectors(&self) -> Vec<(&'static str, &str)> {
+        match self {
+            SourceQuery::Counts { events, total } => vec![("events", events), ("total", total)],
+            SourceQuery::Histogram { buckets } => vec![("histogram", buckets)],
+            SourceQuery::Sums {
+                sum,
+                count,
+                sum_squares,
+                ..
+            } => {
+                let mut v = vec![("sum", sum.as_str()), ("count", count.as_str())];
+                if let Some(sq) = sum_squares {
+                    v.push(("sum_squares", sq));
+                }
+                v
+            }
+        }
+    }
+}
+
+impl SignalSource {
+    /// The policy term: what the evidence means, so a change restarts it.
+    pub fn describe(&self) -> String {
+        let queries: Vec<String> = self
+            .query
+            .selectors()
+            .iter()
+            .map(|(k, q)| format!("{k} {q}"))
+            .collect();
+        let mut out = format!(
+            "{}: {}; unit {}",
+            self.source,
+            queries.join(", "),
+            self.unit
+        );
+        if let SourceQuery::Sums {
+            variance: Some(v), ..
+        } = &self.query
+        {
+            out.push_str(&format!("; variance {v}"));
+        }
+        for (what, map) in [
+            ("segment", &self.segment_labels),
+            ("version", &self.version_labels),
+        ] {
+            if !map.is_empty() {
+                let pairs: Vec<String> = map.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                out.push_str(&format!("; {what} labels {}", pairs.join(", ")));
+            }
+        }
+        out
+    }
+}
+
+/// The names a query may use as `{{name}}`.
+pub const TEMPLATE_VARS: [&str; 4] = ["version", "segment", "rollout", "workflow"];
+
+/// Longest query template, in bytes.
+const MAX_TEMPLATE: usize = 4096;
+
+/// Checks a query template: its `{{…}}` names are known and it tells the versions apart.
+pub fn check_template(text: &str) -> Result<(), String> {
+    if text.trim().is_empty() || text.len() > MAX_TEMPLATE {
+        return Err(format!(
+            "expected a PromQL selector of 1 to {MAX_TEMPLATE} bytes, e.g. gateway_requests_total{{model=\"{{{{version}}}}\"}}"
+        ));
+    }
+    let mut rest = text;
+    let mut has_version = false;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            return Err("a `{{` without its `}}`".into());
+        };
+        let name = after[..end].trim();
+        if !TEMPLATE_VARS.contains(&name) {
+            return Err(format!(
+                "unknown template `{{{{{name}}}}}`; expected one of {}",
+                TEMPLATE_VARS
+                    .iter()
+                    .map(|v| format!("{{{{{v}}}}}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        has_version |= name == "version";
+        rest = &after[end + 2..];
+    }
+    if !has_version {
+        return Err("the query must tell the baseline and the candidate apart: put `{{version}}` in a label matcher, e.g. {model=\"{{version}}\"}".into());
+    }
+    Ok(())
+}
+
 /// A named population: every listed attribute must hold one of its values.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Segment {
@@ -261,9 +409,16 @@ pub struct RolloutPlan {
     pub bake: Millis,
     pub gates: Vec<GateSpec>,
     pub lane: LanePlan,
+    /// The metrics sources of the signals its gates read (the others come from pushed events).
+    pub sourced: Vec<SignalSource>,
 }
 
 impl RolloutPlan {
+    /// Where `signal`'s evidence comes from, when a metrics source has it.
+    pub fn source_of(&self, signal: &Signal) -> Option<&SignalSource> {
+        self.sourced.iter().find(|s| &s.signal == signal)
+    }
+
     /// Whether the gate named `gate` is observe-only.
     pub fn observes(&self, gate: &str) -> bool {
         self.gates.iter().any(|g| g.name == gate && g.observe)
@@ -357,6 +512,12 @@ impl RolloutPlan {
                 },
             );
         }
+        for sourced in &self.sourced {
+            t.insert(
+                format!("sources.{}", sourced.signal.name()),
+                sourced.describe(),
+            );
+        }
         let lane = &self.lane;
         t.insert("lane.owner".into(), lane.owner.clone());
         t.insert(
@@ -380,12 +541,13 @@ impl RolloutPlan {
 
 /// Whether a change to the policy term `key` changes what the evidence means — the arms, the
 /// segments, a gate, the confidence, or the stages' traffic — so the current epoch's evidence
-/// must be dropped. Durations, sample minimums, approval, `max_narrows` and lane text keep it.
+/// must be dropped (a signal's metrics source included). Durations, sample minimums, approval, `max_narrows` and lane text keep it.
 pub fn term_resets_evidence(key: &str) -> bool {
     matches!(
         key,
         "workflow" | "baseline" | "candidate" | "segments" | "confidence" | "stages"
     ) || key.starts_with("gates.")
+        || key.starts_with("sources.")
         || (key.starts_with("stages.") && key.ends_with(".traffic"))
 }
 

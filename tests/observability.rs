@@ -5,10 +5,11 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use support::prom::{Proc, Prometheus, e2e_available, wait_http};
 use support::*;
 
 /// SPEC §5 (and §6's `stagegate_gate_limit`): the metrics dashboards may use.
@@ -86,7 +87,12 @@ fn dashboard_exprs() -> Vec<(String, String)> {
 
 #[test]
 fn dashboards_and_rules_use_only_exported_metrics() {
-    let server = Server::start(&config(""));
+    // A declared source, so its (zero) error series exist.
+    let server = Server::start(&config("").replacen(
+        "\nsegments:\n",
+        "\nsources:\n  gateway: { kind: prometheus, url: \"http://127.0.0.1:9\" }\nsegments:\n",
+        1,
+    ));
     server.send_events(&events("o", 20, "v8", internal(), HEALTHY));
     server.wait_for("samples", |s| s["candidate_samples"] == 20);
     server.assign("a", internal());
@@ -115,69 +121,21 @@ fn dashboards_and_rules_use_only_exported_metrics() {
     }
 }
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn have(binary: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {binary}")])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
-fn wait_http(url: &str) {
-    let client = reqwest::blocking::Client::new();
-    for _ in 0..300 {
-        if client
-            .get(url)
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{url} never became ready");
-}
-
 #[test]
 fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
-    if !(have("prometheus") && have("prometheus-alertmanager")) {
-        assert!(
-            std::env::var_os("STAGEGATE_E2E").is_none(),
-            "STAGEGATE_E2E is set but prometheus or prometheus-alertmanager is missing"
-        );
-        eprintln!(
-            "skipped: prometheus and prometheus-alertmanager are not installed (./scripts/test installs them)"
-        );
+    if !e2e_available(&["prometheus", "prometheus-alertmanager"]) {
         return;
     }
     let receiver = Receiver::start(0);
     let server = Server::start(&config(""));
     let dir = server.dir.path().to_path_buf();
-    let (am_port, prom_port) = (free_port(), free_port());
+    let am_port = free_port();
     let target = server.base.trim_start_matches("http://").to_string();
     std::fs::write(
         dir.join("alertmanager.yml"),
         format!(
             "route:\n  receiver: hook\n  group_by: [alertname, rollout]\n  group_wait: 1s\n  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: hook\n    webhook_configs:\n      - url: http://127.0.0.1:{}/alert\n",
             receiver.port
-        ),
-    )
-    .expect("write");
-    let rules = std::fs::canonicalize("config/alerts.yaml").expect("rules path");
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\nscrape_configs:\n  - job_name: stagegate\n    static_configs:\n      - targets: [\"{target}\"]\n",
-            rules.display()
         ),
     )
     .expect("write");
@@ -196,56 +154,21 @@ fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
             .spawn()
             .expect("alertmanager"),
     );
-    let _prom = Proc(
-        Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(log("prom.out"))
-            .stderr(log("prom.err"))
-            .spawn()
-            .expect("prometheus"),
+    let rules = std::fs::canonicalize("config/alerts.yaml").expect("rules path");
+    let prom = Prometheus::start(
+        &dir,
+        "prom",
+        &format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\nscrape_configs:\n  - job_name: stagegate\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            rules.display()
+        ),
     );
     wait_http(&format!("http://127.0.0.1:{am_port}/-/ready"));
-    wait_http(&format!("http://127.0.0.1:{prom_port}/-/ready"));
-    // Target discovery is throttled to 5 s: wait until Prometheus has scraped the zero-valued
-    // counters twice, or a rollback would be the series' first sample and increase() sees none.
-    let scraped = || {
-        let url = format!(
-            "http://127.0.0.1:{prom_port}/api/v1/query?query=count_over_time(stagegate_rollout_info[1m])"
-        );
-        let v: Value = reqwest::blocking::get(url)
-            .and_then(|r| r.json())
-            .unwrap_or(Value::Null);
-        v["data"]["result"][0]["value"][1]
-            .as_str()
-            .and_then(|n| n.parse::<u32>().ok())
-            .unwrap_or(0)
-    };
-    let mut ready = false;
-    for _ in 0..300 {
-        if scraped() >= 2 {
-            ready = true;
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(ready, "prometheus never scraped stagegate");
+    // The zero-valued counters must be scraped twice, or a rollback would be the series'
+    // first sample and increase() sees none.
+    prom.wait_scraped("stagegate_rollout_info");
     // The dashboards draw each gate's limits from stagegate_gate_limit, as Prometheus has it.
-    let instant = |query: &str| -> Value {
-        reqwest::blocking::Client::new()
-            .get(format!("http://127.0.0.1:{prom_port}/api/v1/query"))
-            .query(&[("query", query)])
-            .send()
-            .and_then(|r| r.json())
-            .unwrap_or(Value::Null)
-    };
+    let instant = |query: &str| prom.query(query);
     let limit = instant(
         r#"stagegate_gate_limit{rollout="support-reply-v8", gate="latency_ms_p95", check="max"}"#,
     );
@@ -275,7 +198,7 @@ fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
             let text = std::fs::read_to_string(dir.join(name)).unwrap_or_default();
             text.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
         };
-        let api = |path: &str| reqwest::blocking::get(format!("http://127.0.0.1:{prom_port}{path}")).and_then(|r| r.text()).unwrap_or_default();
+        let api = |path: &str| prom.api(path);
         panic!(
             "no rollback alert reached the webhook\nrollbacks: {}\nevents: {}\nprometheus alerts: {}\ntargets: {}\nprometheus log:\n{}\nalertmanager log:\n{}",
             api("/api/v1/query?query=stagegate_automatic_rollbacks_total"),

@@ -14,7 +14,7 @@ mod raw;
 mod render;
 mod validate;
 
-pub use render::render_plan;
+pub use render::{render_plan, source_warnings};
 
 use raw::RawConfig;
 use validate::Validator;
@@ -163,11 +163,20 @@ fn did_you_mean(message: &str) -> Option<String> {
         .split([',', ' '])
         .map(|n| n.trim_matches(|c| c == '`' || c == ' '))
         .filter(|n| !n.is_empty() && *n != "or");
+    let names: Vec<&str> = names.collect();
+    let best = suggest(unknown, &names)?;
+    Some(format!(
+        "{head} — did you mean `{best}`? (expected {expected})"
+    ))
+}
+
+/// The name in `names` nearest to `unknown`, when it is close enough to be a typo.
+pub(super) fn suggest<'a>(unknown: &str, names: &[&'a str]) -> Option<&'a str> {
     let (best, distance) = names
-        .map(|n| (n, strsim::levenshtein(unknown, n)))
+        .iter()
+        .map(|n| (*n, strsim::levenshtein(unknown, n)))
         .min_by_key(|(_, d)| *d)?;
-    let close = distance <= (unknown.len() / 3).max(1);
-    close.then(|| format!("{head} — did you mean `{best}`? (expected {expected})"))
+    (distance <= (unknown.len() / 3).max(1)).then_some(best)
 }
 
 /// Replaces the mapping entry whose key starts at `line`:`column` (1-based) with spaces: in a
@@ -370,6 +379,88 @@ mod tests {
         assert!(!term_resets_evidence("stages.internal.min_duration"));
         assert!(!term_resets_evidence("lane.repair"));
         assert!(term_resets_evidence("stages.internal.traffic"));
+    }
+
+    const GATEWAY: &str = include_str!("../../config/examples/litellm-gateway.yaml");
+
+    #[test]
+    fn the_gateway_example_takes_three_signals_from_prometheus() {
+        let plan = parse(GATEWAY).expect("the example validates");
+        assert_eq!(plan.sources.len(), 1);
+        assert_eq!(plan.sources[0].url, SourceUrl::Env("PROMETHEUS_URL".into()));
+        let r = &plan.rollouts[0];
+        let sourced: Vec<&str> = r.sourced.iter().map(|s| s.signal.name()).collect();
+        assert_eq!(sourced, ["fallback", "latency_ms", "cost_usd"]);
+        assert!(
+            r.source_of(&Signal::Quality).is_none(),
+            "quality stays pushed"
+        );
+        assert!(r.policy_terms().contains_key("sources.latency_ms"));
+        assert!(term_resets_evidence("sources.latency_ms"));
+    }
+
+    #[test]
+    fn source_mistakes_are_named_where_they_are() {
+        let cases: [(&str, &str, &str); 8] = [
+            (
+                "source: gateway\n    events",
+                "source: gatewy\n    events",
+                "unknown source `gatewy`; did you mean `gateway`?",
+            ),
+            (
+                "team=\"{{segment}}\"}'\n    total",
+                "team=\"{{segmnt}}\"}'\n    total",
+                "unknown template `{{segmnt}}`",
+            ),
+            (
+                "'litellm_requests_metric_total{model=\"{{version}}\",team=\"{{segment}}\"}'\n    version_labels: { v7: support-reply-v7, v8: support-reply-v8 }\n    segment_labels: { internal: support-ops, everyone: default }\n  # Quantiles",
+                "'litellm_requests_metric_total{team=\"{{segment}}\"}'\n    version_labels: { v7: support-reply-v7, v8: support-reply-v8 }\n    segment_labels: { internal: support-ops, everyone: default }\n  # Quantiles",
+                "put `{{version}}` in a label matcher",
+            ),
+            (
+                "{ signal: latency_ms, stat: p95,",
+                "{ signal: latency_ms, stat: mean,",
+                "comes from a histogram: gate a quantile",
+            ),
+            (
+                "    variance: 0.0004\n",
+                "",
+                "a relative check on `cost_usd` needs its spread",
+            ),
+            (
+                "    unit: 1000\n",
+                "    unit: -1\n",
+                "expected a positive factor",
+            ),
+            (
+                "url_env: PROMETHEUS_URL",
+                "url: prometheus:9090",
+                "expected an http:// or https:// URL",
+            ),
+            (
+                "segment_labels: { internal: support-ops, everyone: default }\n  # Mean",
+                "segment_labels: { internl: support-ops, everyone: default }\n  # Mean",
+                "unknown segment `internl`",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            assert!(GATEWAY.contains(from), "the example lacks {from:?}");
+            let errs = parse(&GATEWAY.replacen(from, to, 1)).expect_err(expected);
+            assert!(
+                errs.iter().any(|e| e.contains(expected)),
+                "{expected:?} not in {errs:#?}"
+            );
+        }
+        // A histogram query for a rate signal, and events/total for a numeric one.
+        let swapped = GATEWAY.replacen("  fallback:\n    source", "  review:\n    source", 1);
+        let errs =
+            parse(&swapped.replacen("  latency_ms:\n    source", "  fallback:\n    source", 1))
+                .expect_err("shapes");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("`fallback` takes `events` and `total`")),
+            "{errs:#?}"
+        );
     }
 
     #[test]

@@ -16,6 +16,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) notifiers: Vec<Spanned<RawNotifier>>,
     #[serde(default)]
+    pub(super) sources: BTreeMap<String, Spanned<RawSource>>,
+    #[serde(default)]
     pub(super) signals: BTreeMap<String, Spanned<RawSignal>>,
     #[serde(default)]
     pub(super) segments: BTreeMap<String, Spanned<RawSegment>>,
@@ -63,6 +65,29 @@ pub(super) struct RawAuth {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawSignal {
     pub(super) range: Option<Spanned<[f64; 2]>>,
+    /// A metrics source's name: this signal's evidence comes from its queries.
+    pub(super) source: Option<Spanned<String>>,
+    pub(super) events: Option<Spanned<String>>,
+    pub(super) total: Option<Spanned<String>>,
+    pub(super) histogram: Option<Spanned<String>>,
+    pub(super) sum: Option<Spanned<String>>,
+    pub(super) count: Option<Spanned<String>>,
+    pub(super) sum_squares: Option<Spanned<String>>,
+    pub(super) variance: Option<Spanned<f64>>,
+    pub(super) unit: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) segment_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub(super) version_labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSource {
+    pub(super) kind: Spanned<String>,
+    pub(super) url: Option<Spanned<String>>,
+    pub(super) url_env: Option<Spanned<String>>,
+    pub(super) timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -115,6 +115,14 @@ pub fn render_plan(plan: &Plan) -> String {
                 }
             );
         }
+        for src in &r.sourced {
+            let _ = writeln!(
+                out,
+                "  evidence for {} from source {}",
+                src.signal.name(),
+                src.describe()
+            );
+        }
         let re = &r.lane.reenable;
         let _ = writeln!(
             out,
@@ -131,6 +139,42 @@ pub fn render_plan(plan: &Plan) -> String {
             crate::core::clock::human_duration(re.cooldown),
             re.healthy_read_only_samples
         );
+    }
+    out
+}
+
+/// What `check` warns about sources: checks that can work but poorly, or queries that cannot
+/// tell segments apart.
+pub fn source_warnings(plan: &Plan) -> Vec<String> {
+    let mut out = Vec::new();
+    for r in &plan.rollouts {
+        for src in &r.sourced {
+            let name = src.signal.name();
+            if let SourceQuery::Sums {
+                sum_squares: None,
+                variance: None,
+                ..
+            } = &src.query
+            {
+                let (lo, hi) = plan.ranges.range(&src.signal);
+                out.push(format!(
+                    "rollout {}: `{name}` has neither `sum_squares` nor `variance`: only absolute mean checks apply, with the worst-case variance of its range {lo}..{hi} (wide intervals: add one for sharper verdicts)",
+                    r.name
+                ));
+            }
+            if r.segments.len() > 1
+                && src
+                    .query
+                    .selectors()
+                    .iter()
+                    .any(|(_, q)| !q.contains("{{segment}}") && !q.contains("{{ segment }}"))
+            {
+                out.push(format!(
+                    "rollout {}: a query of `{name}` has no `{{{{segment}}}}`: every segment reads the same series",
+                    r.name
+                ));
+            }
+        }
     }
     out
 }

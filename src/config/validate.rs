@@ -67,6 +67,13 @@ impl Validator {
         let auth = self.auth(raw.auth);
         let notifiers = self.notifiers(&raw.notifiers);
         let ranges = self.signal_ranges(&raw.signals);
+        let sources = self.sources(&raw.sources);
+        let versions: BTreeSet<&str> = raw
+            .workflows
+            .values()
+            .flat_map(|w| w.value.versions.iter().map(String::as_str))
+            .collect();
+        let signal_sources = self.signal_sources(&raw.signals, &sources, &raw.segments, &versions);
         let segments: BTreeMap<String, Segment> = raw
             .segments
             .iter()
@@ -110,11 +117,21 @@ impl Validator {
                     "another rollout already targets this workflow; one rollout per workflow at a time",
                 );
             }
-            if let Some(plan) = self.rollout(&key, rollout, &segments, &workflows, &notifiers) {
+            if let Some(mut plan) = self.rollout(&key, rollout, &segments, &workflows, &notifiers) {
+                plan.sourced = self.sourced(&key, rollout, &plan.gates, &signal_sources);
                 rollouts.push(plan);
             }
         }
         for (name, w) in &raw.workflows {
+            for (i, g) in w.value.guards.iter().enumerate() {
+                if signal_sources.contains_key(&g.value.signal.value) {
+                    self.report(
+                        &g.value.signal,
+                        format!("workflows.{name}.guards[{i}].signal"),
+                        format!("`{}` comes from a metrics source; a guard reads pushed events only (a source's queries are per rollout arm)", g.value.signal.value),
+                    );
+                }
+            }
             if !w.value.guards.is_empty() && rollouts.iter().any(|r| &r.workflow == name) {
                 self.report(
                     w,
@@ -129,10 +146,279 @@ impl Validator {
             server,
             auth,
             notifiers,
+            sources,
             ranges,
             workflows,
             rollouts,
         }
+    }
+
+    /// `sources:` — each a Prometheus with a URL (or the variable holding one) and a timeout.
+    fn sources(&mut self, raw: &BTreeMap<String, Spanned<RawSource>>) -> Vec<SourcePlan> {
+        let mut out = Vec::new();
+        for (name, spec) in raw {
+            let key = format!("sources.{name}");
+            self.name(spec, &key, name);
+            let r = &spec.value;
+            if r.kind.value != "prometheus" {
+                self.report(
+                    &r.kind,
+                    format!("{key}.kind"),
+                    format!(
+                        "unknown source kind `{}`; expected `prometheus`",
+                        r.kind.value
+                    ),
+                );
+                continue;
+            }
+            let url = match (&r.url, &r.url_env) {
+                (Some(u), None) => {
+                    if !(u.value.starts_with("http://") || u.value.starts_with("https://")) {
+                        self.report(
+                            u,
+                            format!("{key}.url"),
+                            "expected an http:// or https:// URL, e.g. http://127.0.0.1:9090",
+                        );
+                        continue;
+                    }
+                    SourceUrl::Literal(u.value.trim_end_matches('/').to_string())
+                }
+                (None, Some(e)) if is_env_name(&e.value) => SourceUrl::Env(e.value.clone()),
+                (None, Some(e)) => {
+                    self.report(
+                        e,
+                        format!("{key}.url_env"),
+                        "expected an environment variable name such as PROMETHEUS_URL",
+                    );
+                    continue;
+                }
+                _ => {
+                    self.report(spec, key.clone(), "set exactly one of `url` and `url_env`");
+                    continue;
+                }
+            };
+            let timeout = self.duration(&r.timeout, &format!("{key}.timeout"), 5_000);
+            if let Some(t) = r
+                .timeout
+                .as_ref()
+                .filter(|_| !(100..=60_000).contains(&timeout))
+            {
+                self.report(t, format!("{key}.timeout"), "expected 100ms to 60s");
+                continue;
+            }
+            out.push(SourcePlan {
+                name: name.clone(),
+                url,
+                timeout,
+            });
+        }
+        out
+    }
+
+    /// `signals.NAME.source` and its queries: one shape that fits the signal, known templates,
+    /// label maps over declared segments and versions.
+    fn signal_sources(
+        &mut self,
+        raw: &BTreeMap<String, Spanned<RawSignal>>,
+        sources: &[SourcePlan],
+        segments: &BTreeMap<String, Spanned<RawSegment>>,
+        versions: &BTreeSet<&str>,
+    ) -> BTreeMap<String, SignalSource> {
+        let mut out = BTreeMap::new();
+        for (name, spec) in raw {
+            let key = format!("signals.{name}");
+            let r = &spec.value;
+            let queries = [
+                ("events", &r.events),
+                ("total", &r.total),
+                ("histogram", &r.histogram),
+                ("sum", &r.sum),
+                ("count", &r.count),
+                ("sum_squares", &r.sum_squares),
+            ];
+            let Some(source) = &r.source else {
+                for (field, q) in &queries {
+                    if let Some(q) = q {
+                        self.report(
+                            q,
+                            format!("{key}.{field}"),
+                            "a query needs `source`: the metrics source it runs against",
+                        );
+                    }
+                }
+                continue;
+            };
+            let Some(signal) = Signal::parse(name) else {
+                continue; // reported with the ranges
+            };
+            if !sources.iter().any(|s| s.name == source.value) {
+                let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+                self.report(
+                    source,
+                    format!("{key}.source"),
+                    format!(
+                        "unknown source `{}`{}",
+                        source.value,
+                        super::suggest(&source.value, &names)
+                            .map(|s| format!("; did you mean `{s}`?"))
+                            .unwrap_or_else(|| "; declare it under `sources:`".into())
+                    ),
+                );
+                continue;
+            }
+            let mut ok = true;
+            for (field, q) in &queries {
+                if let Some(q) = q {
+                    if let Err(e) = check_template(&q.value) {
+                        self.report(q, format!("{key}.{field}"), e);
+                        ok = false;
+                    }
+                }
+            }
+            let text = |q: &Option<Spanned<String>>| q.as_ref().map(|q| q.value.clone());
+            let query = match ((&r.events, &r.total), &r.histogram, (&r.sum, &r.count)) {
+                ((Some(events), Some(total)), None, (None, None)) if r.sum_squares.is_none() => {
+                    SourceQuery::Counts {
+                        events: events.value.clone(),
+                        total: total.value.clone(),
+                    }
+                }
+                ((None, None), Some(h), (None, None)) if r.sum_squares.is_none() => {
+                    SourceQuery::Histogram {
+                        buckets: h.value.clone(),
+                    }
+                }
+                ((None, None), None, (Some(sum), Some(count))) => SourceQuery::Sums {
+                    sum: sum.value.clone(),
+                    count: count.value.clone(),
+                    sum_squares: text(&r.sum_squares),
+                    variance: r.variance.as_ref().map(|v| v.value),
+                },
+                _ => {
+                    self.report(spec, key.clone(), "give one shape of query: `events` and `total` (a rate), `histogram` (quantiles), or `sum` and `count` (a mean, with `sum_squares` or `variance` for relative checks)");
+                    continue;
+                }
+            };
+            let shape_fits = match &query {
+                SourceQuery::Counts { .. } => signal.is_rate(),
+                _ => !signal.is_rate(),
+            };
+            if !shape_fits {
+                let expected = if signal.is_rate() {
+                    "`events` and `total` (a rate signal counts hits out of tasks)"
+                } else {
+                    "`histogram`, or `sum` and `count` (`events`/`total` feed the rate signals fallback and review)"
+                };
+                self.report(spec, key.clone(), format!("`{name}` takes {expected}"));
+                continue;
+            }
+            if let Some(v) = &r.variance {
+                if !matches!(query, SourceQuery::Sums { .. }) {
+                    self.report(
+                        v,
+                        format!("{key}.variance"),
+                        "only a `sum`/`count` signal has a variance bound",
+                    );
+                    ok = false;
+                } else if !(v.value.is_finite() && v.value > 0.0) {
+                    self.report(v, format!("{key}.variance"), "expected a positive number: an upper bound on one task's variance, in the signal's unit squared");
+                    ok = false;
+                }
+            }
+            let unit = match &r.unit {
+                None => 1.0,
+                Some(u) if u.value.is_finite() && u.value > 0.0 && u.value <= 1e9 => u.value,
+                Some(u) => {
+                    self.report(
+                        u,
+                        format!("{key}.unit"),
+                        "expected a positive factor such as 1000 (seconds → milliseconds)",
+                    );
+                    ok = false;
+                    1.0
+                }
+            };
+            for seg in r.segment_labels.keys() {
+                if !segments.contains_key(seg) {
+                    self.report(
+                        spec,
+                        format!("{key}.segment_labels.{seg}"),
+                        format!("unknown segment `{seg}`; declare it under `segments:`"),
+                    );
+                    ok = false;
+                }
+            }
+            for version in r.version_labels.keys() {
+                if !versions.contains(version.as_str()) {
+                    self.report(
+                        spec,
+                        format!("{key}.version_labels.{version}"),
+                        format!("unknown version `{version}`; no workflow declares it"),
+                    );
+                    ok = false;
+                }
+            }
+            if ok {
+                out.insert(
+                    name.clone(),
+                    SignalSource {
+                        signal,
+                        source: source.value.clone(),
+                        query,
+                        unit,
+                        segment_labels: r.segment_labels.clone(),
+                        version_labels: r.version_labels.clone(),
+                    },
+                );
+            }
+        }
+        out
+    }
+
+    /// The sources of the signals a rollout's gates read, where the gates' stats fit them.
+    fn sourced(
+        &mut self,
+        key: &str,
+        raw: &Spanned<RawRollout>,
+        gates: &[GateSpec],
+        signal_sources: &BTreeMap<String, SignalSource>,
+    ) -> Vec<SignalSource> {
+        let mut out: Vec<SignalSource> = Vec::new();
+        for (i, gate) in gates.iter().enumerate() {
+            let Some(src) = signal_sources.get(gate.signal.name()) else {
+                continue;
+            };
+            let at = &raw.value.gates[i];
+            let gkey = format!("{key}.gates[{i}]");
+            match &src.query {
+                SourceQuery::Histogram { .. } if !matches!(gate.stat, Stat::Quantile(_)) => {
+                    self.report(&at.value.stat, format!("{gkey}.stat"), format!("`{}` comes from a histogram: gate a quantile (p50..p99), or give `sum` and `count` for a mean", gate.signal.name()));
+                    continue;
+                }
+                SourceQuery::Sums {
+                    sum_squares,
+                    variance,
+                    ..
+                } => {
+                    if gate.stat != Stat::Mean {
+                        self.report(&at.value.stat, format!("{gkey}.stat"), format!("`{}` comes from `sum` and `count`: only its mean can be gated (a quantile needs `histogram`)", gate.signal.name()));
+                        continue;
+                    }
+                    if sum_squares.is_none()
+                        && variance.is_none()
+                        && gate.checks.iter().any(Check::is_relative)
+                    {
+                        self.report(at, gkey.clone(), format!("a relative check on `{}` needs its spread: add `sum_squares` (a counter of squared values) or `variance` (an upper bound per task) to `signals.{}`; without either only `min`/`max` apply", gate.signal.name(), gate.signal.name()));
+                        continue;
+                    }
+                }
+                _ => {}
+            }
+            if !out.iter().any(|s| s.signal == src.signal) {
+                out.push(src.clone());
+            }
+        }
+        out
     }
 
     fn signal_ranges(&mut self, raw: &BTreeMap<String, Spanned<RawSignal>>) -> SignalRanges {
@@ -565,6 +851,7 @@ impl Validator {
             bake: self.duration(&r.bake, &format!("{key}.bake"), DEFAULT_BAKE),
             gates,
             lane,
+            sourced: Vec::new(),
         })
     }
 

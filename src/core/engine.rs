@@ -13,16 +13,19 @@ use serde::{Deserialize, Serialize};
 use crate::core::assign::{RolloutRoute, Routing, WorkflowRoute};
 use crate::core::clock::{Millis, human_duration, rfc3339};
 use crate::core::event::{Mode, Review, TaskEvent};
-use crate::core::evidence::{Arm, Checkpoint, Evidence, Tracked};
+use crate::core::evidence::{Arm, ArmEvidence, Checkpoint, Evidence, SourcedAs, Tracked};
 use crate::core::gate::{GateInput, GateVerdict, Verdict, evaluate};
 use crate::core::receipt::{Receipt, StateView};
 use crate::core::rollout::{
     Actor, Assessment, Command, Decision, Phase, Proof, Refusal, RolloutState, assess,
     missing_proof, operate, verdicts,
 };
+use crate::core::source::{self, SourceAnswer, SourceFault, SourceJob};
 use crate::plan::Action;
 use crate::plan::{Check, Signal, Stat};
-use crate::plan::{Plan, RolloutPlan, WorkflowPlan, policy_diff, term_resets_evidence};
+use crate::plan::{
+    Plan, RolloutPlan, SignalSource, WorkflowPlan, policy_diff, term_resets_evidence,
+};
 
 /// The sample count guards' sequential tests are tuned for.
 const GUARD_DESIGN_SAMPLES: f64 = 500.0;
@@ -103,8 +106,9 @@ pub struct Engine {
 }
 
 /// The signals a rollout (or guard) keeps statistics for: every built-in one, plus custom
-/// signals its gates name; histograms only where a gate asks for a quantile.
-fn tracked(gates: &[crate::plan::GateSpec]) -> Vec<Tracked> {
+/// signals its gates name; histograms only where a gate asks for a quantile. A signal a metrics
+/// source has is kept in the shape its queries give (`sourced`).
+fn tracked(gates: &[crate::plan::GateSpec], sourced: &[SignalSource]) -> Vec<Tracked> {
     let mut signals = vec![
         Signal::Quality,
         Signal::LatencyMs,
@@ -158,12 +162,29 @@ fn tracked(gates: &[crate::plan::GateSpec]) -> Vec<Tracked> {
                     }
                 }
             }
-            Tracked {
-                signal,
-                histogram,
-                limits,
-                relative,
-                quantile_limits,
+            let shape = sourced
+                .iter()
+                .find(|s| s.signal == signal)
+                .map(|s| SourcedAs::of(&s.query));
+            match shape {
+                // Per-task pushes (a shuffled expansion of each count): every test applies.
+                None | Some(SourcedAs::Counts) => Tracked {
+                    signal,
+                    histogram,
+                    limits,
+                    relative,
+                    quantile_limits,
+                    sourced: shape,
+                },
+                // Aggregates only: the confidence sequences on them, no per-task tests.
+                Some(shape) => Tracked {
+                    signal,
+                    histogram: false,
+                    limits: Vec::new(),
+                    relative: Vec::new(),
+                    quantile_limits: Vec::new(),
+                    sourced: Some(shape),
+                },
             }
         })
         .collect()
@@ -187,7 +208,11 @@ impl Engine {
                         .unwrap_or_else(|| RolloutState::initial(now)),
                     r.stages.len(),
                 ),
-                evidence: Evidence::new(tracked(&r.gates), r.segments.len(), r.design_samples()),
+                evidence: Evidence::new(
+                    tracked(&r.gates, &r.sourced),
+                    r.segments.len(),
+                    r.design_samples(),
+                ),
                 healthy_read_only: 0,
                 dirty: true,
             })
@@ -203,7 +228,7 @@ impl Engine {
                     since: now,
                     epoch: 1,
                 }),
-                evidence: Evidence::new(tracked(&w.guards), 1, GUARD_DESIGN_SAMPLES),
+                evidence: Evidence::new(tracked(&w.guards, &[]), 1, GUARD_DESIGN_SAMPLES),
                 dirty: true,
             })
             .collect();
@@ -436,6 +461,63 @@ impl Engine {
             }
             Route::Untracked => {}
         }
+    }
+
+    /// The metrics-source queries every rollout's current epoch needs at `now`.
+    pub fn source_jobs(&self, now: Millis) -> Vec<SourceJob> {
+        self.plan
+            .rollouts
+            .iter()
+            .zip(&self.rollouts)
+            .flat_map(|(plan, rt)| source::jobs(plan, &rt.state, now))
+            .collect()
+    }
+
+    /// One round of source answers: each answered rollout's faults are replaced by this
+    /// round's, readings are added to the current epochs (answers for an older epoch are
+    /// dropped). Returns every fault, with its source, for the error counters.
+    pub fn absorb_answers(&mut self, answers: &[SourceAnswer]) -> Vec<(String, SourceFault)> {
+        let mut faults = Vec::new();
+        let mut cleared = Vec::new();
+        for answer in answers {
+            let job = &answer.job;
+            let Some(r) = self.rollout_index(&job.rollout) else {
+                continue;
+            };
+            let plan = &self.plan.rollouts[r];
+            let Some(src) = plan.source_of(&job.signal) else {
+                continue;
+            };
+            let range = self.plan.ranges.range(&job.signal);
+            let rt = &mut self.rollouts[r];
+            if rt.state.epoch != job.epoch {
+                continue;
+            }
+            if !cleared.contains(&r) {
+                rt.evidence.faults.clear();
+                cleared.push(r);
+            }
+            let outcome = source::reading(answer, src.unit)
+                .and_then(|reading| source::absorb(&mut rt.evidence, job, src, &reading, range));
+            match outcome {
+                Ok(()) => rt.dirty = true,
+                Err(fault) => {
+                    let arm = match job.arm {
+                        Arm::Baseline => "baseline",
+                        Arm::Candidate => "candidate",
+                    };
+                    rt.evidence.faults.insert(
+                        (job.segment, job.signal.name().to_string()),
+                        format!(
+                            "source `{}` ({arm} {}): {}",
+                            job.source, job.version, fault.message
+                        ),
+                    );
+                    faults.push((job.source.clone(), fault));
+                }
+            }
+        }
+        faults
     }
 
     /// Assesses one rollout at `now`.
@@ -722,8 +804,14 @@ impl Engine {
                 .enumerate()
                 .map(|(i, s)| SegmentSamples {
                     segment: s.name.clone(),
-                    baseline_tasks: rt.evidence.arm(i, Arm::Baseline).map_or(0, |a| a.tasks),
-                    candidate_tasks: rt.evidence.arm(i, Arm::Candidate).map_or(0, |a| a.tasks),
+                    baseline_tasks: rt
+                        .evidence
+                        .arm(i, Arm::Baseline)
+                        .map_or(0, ArmEvidence::task_count),
+                    candidate_tasks: rt
+                        .evidence
+                        .arm(i, Arm::Candidate)
+                        .map_or(0, ArmEvidence::task_count),
                 })
                 .collect(),
             holding: holding(plan, rt, &assessment.verdicts, now),
@@ -833,7 +921,7 @@ impl Engine {
             after.policy = terms;
             if before.dormant {
                 after.dormant = false;
-                after.epoch += 1;
+                after.new_epoch(now);
                 let stage = after.stage_name(r).unwrap_or("none");
                 let mut changes = vec![format!(
                     "re-added to the config; resumes its stored state: {}, stage {stage}",
@@ -851,7 +939,7 @@ impl Engine {
                 ));
             } else if before.policy.is_empty() {
                 // A state stored before policies were recorded: its policy is unknown.
-                after.epoch += 1;
+                after.new_epoch(now);
                 decisions.push((
                     i,
                     reconfigure(
@@ -864,7 +952,7 @@ impl Engine {
             } else if !diff.is_empty() {
                 let resets = diff.iter().any(|(key, _)| term_resets_evidence(key));
                 if resets {
-                    after.epoch += 1;
+                    after.new_epoch(now);
                 }
                 let reason = if resets {
                     "the config changed this rollout's policy; evidence restarts (a new epoch)"
@@ -1189,7 +1277,7 @@ fn holding(
                 .iter()
                 .position(|s| s.name == v.segment)
                 .and_then(|i| rt.evidence.arm(i, Arm::Candidate))
-                .map_or(0, |a| a.tasks);
+                .map_or(0, ArmEvidence::task_count);
             let per_ms = segment_tasks as f64 / elapsed;
             let eta = v
                 .samples_to_decide

@@ -5,11 +5,15 @@
 //! the rollout's stage or mode changes, so stages are never pooled (pooling across a ramp is the
 //! Simpson's-paradox trap in the statistics notes).
 
+use std::collections::BTreeMap;
+
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
+use crate::core::buckets::Buckets;
 use crate::core::event::TaskEvent;
-use crate::plan::{Check, Signal, Stat};
+use crate::core::stats::Interval;
+use crate::plan::{Check, Signal, SourceQuery, Stat};
 
 /// Histogram values are stored as `value × SCALE` (micro-units), two significant digits.
 const SCALE: f64 = 1_000_000.0;
@@ -147,6 +151,14 @@ impl Moments {
             // Auto-resizing histograms accept any u64; a failure only loses quantile precision.
             let _ = h.record((x.max(0.0) * SCALE).round() as u64);
         }
+    }
+
+    /// Replaces the running statistics with a source's totals: `n` tasks with this `mean` and
+    /// per-task `variance` (no per-task tests run on a summary).
+    pub fn set_summary(&mut self, n: u64, mean: f64, variance: f64) {
+        self.n = n;
+        self.mean = mean;
+        self.m2 = variance * n.saturating_sub(1) as f64;
     }
 
     /// Whether the statistics can still be computed.
@@ -494,6 +506,8 @@ impl Bernoulli {
 pub enum Accum {
     Numeric(Moments),
     Rate(Bernoulli),
+    /// A metrics source's histogram: quantiles only, bounded by bucket edges.
+    Buckets(Buckets),
 }
 
 impl Accum {
@@ -501,6 +515,7 @@ impl Accum {
         match self {
             Accum::Numeric(m) => m.n,
             Accum::Rate(b) => b.n,
+            Accum::Buckets(b) => b.n(),
         }
     }
 
@@ -508,7 +523,7 @@ impl Accum {
     pub fn is_finite(&self) -> bool {
         match self {
             Accum::Numeric(m) => m.is_finite(),
-            Accum::Rate(_) => true,
+            Accum::Rate(_) | Accum::Buckets(_) => true,
         }
     }
 
@@ -520,7 +535,7 @@ impl Accum {
                     && (e.threshold - threshold).abs() < 1e-12
                     && e.below == below
             }),
-            Accum::Rate(_) => None,
+            Accum::Rate(_) | Accum::Buckets(_) => None,
         }
     }
 
@@ -529,14 +544,16 @@ impl Accum {
         let watches = match self {
             Accum::Numeric(m) => &m.watches,
             Accum::Rate(b) => &b.watches,
+            Accum::Buckets(_) => return None,
         };
         watches.iter().find(|w| &w.check == check)
     }
 
-    fn watches_mut(&mut self) -> &mut Vec<Watch> {
+    fn watches_mut(&mut self) -> Option<&mut Vec<Watch>> {
         match self {
-            Accum::Numeric(m) => &mut m.watches,
-            Accum::Rate(b) => &mut b.watches,
+            Accum::Numeric(m) => Some(&mut m.watches),
+            Accum::Rate(b) => Some(&mut b.watches),
+            Accum::Buckets(_) => None,
         }
     }
 
@@ -548,6 +565,7 @@ impl Accum {
                 let p = b.rate();
                 (p, p * (1.0 - p), b.n)
             }
+            Accum::Buckets(_) => (0.0, 0.0, 0),
         }
     }
 
@@ -556,6 +574,7 @@ impl Accum {
         let bets = match self {
             Accum::Numeric(m) => &m.bets,
             Accum::Rate(b) => &b.bets,
+            Accum::Buckets(_) => return None,
         };
         bets.iter()
             .find(|b| (b.limit - limit.clamp(1e-6, 1.0 - 1e-6)).abs() < 1e-12)
@@ -568,7 +587,24 @@ impl Accum {
             (Accum::Numeric(m), Stat::Mean) => Some(m.mean),
             (Accum::Numeric(m), Stat::Quantile(p)) => m.quantile(p),
             (Accum::Rate(b), _) => Some(b.rate()),
-            (Accum::Numeric(_), _) => None,
+            (Accum::Buckets(b), Stat::Quantile(p)) => b.quantile(p),
+            (Accum::Numeric(_) | Accum::Buckets(_), _) => None,
+        }
+    }
+
+    /// Always-valid bounds on the `p`-quantile (`None`: this accumulator keeps no quantiles).
+    pub fn quantile_bounds(&self, p: f64, design: f64, alpha: f64) -> Option<Interval> {
+        match self {
+            Accum::Numeric(m) => {
+                m.hist.as_ref()?;
+                let (lo, hi) = crate::core::stats::quantile_ranks(m.n, p, design, alpha);
+                Some(Interval {
+                    lower: lo.and_then(|r| m.at_rank(r)).unwrap_or(f64::NEG_INFINITY),
+                    upper: hi.and_then(|r| m.at_rank(r)).unwrap_or(f64::INFINITY),
+                })
+            }
+            Accum::Buckets(b) => Some(b.quantile_bounds(p, design, alpha)),
+            Accum::Rate(_) => None,
         }
     }
 
@@ -576,6 +612,30 @@ impl Accum {
         match self {
             Accum::Numeric(m) => m.push(x),
             Accum::Rate(b) => b.push(x >= 0.5),
+            // Fed by a source's totals only.
+            Accum::Buckets(_) => {}
+        }
+    }
+}
+
+/// How a signal that a metrics source has is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourcedAs {
+    /// Hits out of tasks, expanded into per-task pushes.
+    Counts,
+    /// Cumulative bucket counts.
+    Buckets,
+    /// Count, mean and variance totals.
+    Sums,
+}
+
+impl SourcedAs {
+    pub fn of(query: &SourceQuery) -> SourcedAs {
+        match query {
+            SourceQuery::Counts { .. } => SourcedAs::Counts,
+            SourceQuery::Histogram { .. } => SourcedAs::Buckets,
+            SourceQuery::Sums { .. } => SourcedAs::Sums,
         }
     }
 }
@@ -595,13 +655,27 @@ pub struct Tracked {
     /// Absolute limits on quantiles of this signal: `(quantile, threshold, below)`.
     #[serde(default)]
     pub quantile_limits: Vec<(f64, f64, bool)>,
+    /// Fed by a metrics source rather than pushed events (pushed values are ignored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sourced: Option<SourcedAs>,
 }
 
 /// Evidence for one arm (baseline or candidate) in one segment.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ArmEvidence {
+    /// Pushed events recorded.
     pub tasks: u64,
+    /// The most tasks any metrics source counted for this arm (its requests).
+    #[serde(default)]
+    pub sourced_tasks: u64,
     pub signals: Vec<Accum>,
+}
+
+impl ArmEvidence {
+    /// Tasks seen, pushed or counted by a source.
+    pub fn task_count(&self) -> u64 {
+        self.tasks.max(self.sourced_tasks)
+    }
 }
 
 impl ArmEvidence {
@@ -617,6 +691,12 @@ impl ArmEvidence {
                     .map(|&(q, l, below)| Exceedance::new(q, l, below))
                     .collect();
                 let exceedance_hits = vec![0; exceedances.len()];
+                if t.sourced == Some(SourcedAs::Buckets) {
+                    return Accum::Buckets(Buckets::default());
+                }
+                if t.sourced == Some(SourcedAs::Sums) {
+                    return Accum::Numeric(Moments::default());
+                }
                 match (t.signal.is_rate(), t.histogram) {
                     (true, _) => Accum::Rate(Bernoulli {
                         bets,
@@ -640,7 +720,11 @@ impl ArmEvidence {
                 }
             })
             .collect();
-        ArmEvidence { tasks: 0, signals }
+        ArmEvidence {
+            tasks: 0,
+            sourced_tasks: 0,
+            signals,
+        }
     }
 }
 
@@ -661,6 +745,10 @@ pub struct Evidence {
     /// The sample count the sequential tests are tuned for, fixed when the epoch starts:
     /// retuning after seeing data would void the always-valid guarantee.
     pub design_samples: f64,
+    /// Why a metrics source gave no usable answer in its latest round, by `(segment, signal)`:
+    /// those gates cannot pass. Not stored: the next round sets them again.
+    #[serde(skip)]
+    pub faults: BTreeMap<(usize, String), String>,
 }
 
 impl Evidence {
@@ -672,6 +760,7 @@ impl Evidence {
             tracked,
             cells,
             design_samples,
+            faults: BTreeMap::new(),
         }
     }
 
@@ -692,51 +781,62 @@ impl Evidence {
         let Some(cell) = self.cells.get_mut(segment) else {
             return;
         };
-        let [baseline, candidate] = cell;
-        let evidence = if arm == Arm::Candidate {
-            &mut *candidate
-        } else {
-            &mut *baseline
-        };
-        evidence.tasks += 1;
-        for (i, t) in self.tracked.iter().enumerate() {
-            let Some(x) = event.observation(&t.signal) else {
+        cell[arm as usize].tasks += 1;
+        for i in 0..self.tracked.len() {
+            if self.tracked[i].sourced.is_some() {
                 continue;
-            };
-            if arm == Arm::Candidate && !t.relative.is_empty() {
-                let (mean, var, n) = baseline.signals[i].reference();
-                if n >= REFERENCE_SAMPLES {
-                    let slack = crate::core::stats::mean_halfwidth(
-                        var,
-                        n as f64,
-                        self.design_samples.max(1.0),
-                        REFERENCE_ALPHA,
-                    );
-                    for w in candidate.signals[i].watches_mut() {
-                        let limit = match w.check {
-                            Check::MaxIncrease(inc) => mean + slack + inc,
-                            Check::MaxRatio(r) => r * (mean + slack),
-                            Check::MaxDrop(d) => mean - slack - d,
-                            Check::Max(m) | Check::Min(m) => m,
-                        };
-                        w.update(x, limit);
-                    }
+            }
+            if let Some(x) = event.observation(&self.tracked[i].signal) {
+                self.observe(segment, arm, i, x);
+            }
+        }
+    }
+
+    /// One task's value `x` of tracked signal `i`: the candidate's change detectors first
+    /// (against the limit the baseline implies now), then the accumulator.
+    pub fn observe(&mut self, segment: usize, arm: Arm, i: usize, x: f64) {
+        let Some(cell) = self.cells.get_mut(segment) else {
+            return;
+        };
+        let [baseline, candidate] = cell;
+        if arm == Arm::Candidate && !self.tracked[i].relative.is_empty() {
+            let (mean, var, n) = baseline.signals[i].reference();
+            if n >= REFERENCE_SAMPLES {
+                let slack = crate::core::stats::mean_halfwidth(
+                    var,
+                    n as f64,
+                    self.design_samples.max(1.0),
+                    REFERENCE_ALPHA,
+                );
+                for w in candidate.signals[i].watches_mut().into_iter().flatten() {
+                    let limit = match w.check {
+                        Check::MaxIncrease(inc) => mean + slack + inc,
+                        Check::MaxRatio(r) => r * (mean + slack),
+                        Check::MaxDrop(d) => mean - slack - d,
+                        Check::Max(m) | Check::Min(m) => m,
+                    };
+                    w.update(x, limit);
                 }
             }
-            let evidence = if arm == Arm::Candidate {
-                &mut *candidate
-            } else {
-                &mut *baseline
-            };
-            evidence.signals[i].push(x);
         }
+        let evidence = if arm == Arm::Candidate {
+            candidate
+        } else {
+            baseline
+        };
+        evidence.signals[i].push(x);
+    }
+
+    /// The accumulators of one arm in one segment, to replace with a source's totals.
+    pub fn arm_mut(&mut self, segment: usize, arm: Arm) -> Option<&mut ArmEvidence> {
+        self.cells.get_mut(segment).map(|c| &mut c[arm as usize])
     }
 
     /// Candidate tasks across every segment.
     pub fn candidate_tasks(&self) -> u64 {
         self.cells
             .iter()
-            .map(|c| c[Arm::Candidate as usize].tasks)
+            .map(|c| c[Arm::Candidate as usize].task_count())
             .sum()
     }
 }

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::core::evidence::{Accum, Bernoulli, Moments};
-use crate::core::stats::{Interval, mean_halfwidth, quantile_ranks};
+use crate::core::stats::{Interval, mean_halfwidth};
 use crate::plan::{Check, GateSpec, Signal, Stat};
 
 /// No verdict other than `inconclusive` below this many samples in an arm: plug-in variances
@@ -104,6 +104,21 @@ pub struct GateVerdict {
     /// An observe-only gate (`mode: observe`): shown and exported, never acts.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub observe: bool,
+    /// Why the signal's metrics source gave no usable answer this round: the verdict cannot
+    /// be `pass` until it does (a `fail` already shown by earlier evidence stands).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_error: Option<String>,
+}
+
+impl GateVerdict {
+    /// Marks the verdict as resting on a source that failed: never a `pass`.
+    pub fn source_failed(&mut self, reason: &str) {
+        if self.verdict == Verdict::Pass {
+            self.verdict = Verdict::Inconclusive;
+            self.samples_to_decide = None;
+        }
+        self.source_error = Some(reason.to_string());
+    }
 }
 
 /// What a gate looks at in one segment.
@@ -138,6 +153,7 @@ pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVe
         samples: a.map_or(0, Accum::samples),
     };
     GateVerdict {
+        source_error: None,
         observe: gate.observe,
         gate: gate.name.clone(),
         segment: segment.to_string(),
@@ -219,10 +235,9 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
             .exceedance(q, check.threshold(), check.breach_is_below())
         {
             let mut r = bet_report(check, &e.bet, true, input, limit);
-            let shown = match input.candidate {
-                Accum::Numeric(c) if c.n > 0 => Some(quantile_margin(check, q, c, None, input)),
-                _ => None,
-            };
+            let shown = (input.candidate.samples() > 0)
+                .then(|| quantile_margin(check, q, input.candidate, None, input))
+                .flatten();
             r.margin_lower = shown.map(|m| m.lower).filter(|v| v.is_finite());
             r.margin_upper = shown.map(|m| m.upper).filter(|v| v.is_finite());
             r.note = r.note.map(|n| {
@@ -255,12 +270,13 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         return report(limit, None, Verdict::Fail, Some(NOT_COMPUTABLE.into()));
     }
     let margin = match (gate.stat, input.candidate, baseline) {
-        (Stat::Quantile(p), Accum::Numeric(c), b) => {
-            let b = match b {
-                Some(Accum::Numeric(b)) => Some(b),
-                _ => None,
-            };
-            quantile_margin(check, p, c, b, input)
+        (Stat::Quantile(p), c, b) => match quantile_margin(check, p, c, b, input) {
+            Some(m) => m,
+            None => return report(limit, None, Verdict::Fail, Some(NOT_COMPUTABLE.into())),
+        },
+        (_, Accum::Buckets(_), _) => {
+            let note = "a histogram source gives quantiles only; this statistic cannot be computed";
+            return report(limit, None, Verdict::Fail, Some(note.into()));
         }
         (_, Accum::Numeric(c), b) => {
             let b = match b {
@@ -449,35 +465,29 @@ fn rate_margin(
     )
 }
 
-/// Order-statistic confidence bounds on one arm's `p`-quantile.
-fn quantile_bounds(m: &Moments, p: f64, design: f64, alpha: f64) -> Interval {
-    let (lo, hi) = quantile_ranks(m.n, p, design, alpha);
-    Interval {
-        lower: lo.and_then(|r| m.at_rank(r)).unwrap_or(f64::NEG_INFINITY),
-        upper: hi.and_then(|r| m.at_rank(r)).unwrap_or(f64::INFINITY),
-    }
-}
-
+/// The breach margin of a check on the `p`-quantile from each arm's order-statistic bounds;
+/// `None` when an arm keeps no quantiles.
 fn quantile_margin(
     check: &Check,
     p: f64,
-    c: &Moments,
-    b: Option<&Moments>,
+    c: &Accum,
+    b: Option<&Accum>,
     input: &GateInput<'_>,
-) -> Interval {
+) -> Option<Interval> {
     // Each arm's bound at α/2 when two arms are involved, so the pair holds at α.
     let alpha = if b.is_some() {
         input.alpha / 2.0
     } else {
         input.alpha
     };
-    let qc = quantile_bounds(c, p, input.design_samples, alpha);
-    let qb = b
-        .map(|b| quantile_bounds(b, p, input.design_samples, alpha))
-        .unwrap_or(Interval {
+    let qc = c.quantile_bounds(p, input.design_samples, alpha)?;
+    let qb = match b {
+        Some(b) => b.quantile_bounds(p, input.design_samples, alpha)?,
+        None => Interval {
             lower: 0.0,
             upper: 0.0,
-        });
+        },
+    };
     let (_, r, sign) = linear(check, 0.0, None);
     let offset = match *check {
         Check::Max(m) | Check::Min(m) => m,
@@ -494,14 +504,14 @@ fn quantile_margin(
         (-high, -low)
     };
     debug_assert!(check.breach_is_below() == (sign < 0.0));
-    Interval {
+    Some(Interval {
         lower: if lower.is_nan() {
             f64::NEG_INFINITY
         } else {
             lower
         },
         upper: if upper.is_nan() { f64::INFINITY } else { upper },
-    }
+    })
 }
 
 #[cfg(test)]
@@ -543,6 +553,7 @@ mod tests {
                 limits: Vec::new(),
                 relative: Vec::new(),
                 quantile_limits: Vec::new(),
+                sourced: None,
             },
             Tracked {
                 signal: Signal::LatencyMs,
@@ -550,6 +561,7 @@ mod tests {
                 limits: Vec::new(),
                 relative: Vec::new(),
                 quantile_limits: Vec::new(),
+                sourced: None,
             },
         ];
         let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -668,6 +680,7 @@ mod tests {
                 limits: Vec::new(),
                 relative: Vec::new(),
                 quantile_limits: Vec::new(),
+                sourced: None,
             }];
             let mut ev = Evidence::new(tracked, 1, 100.0);
             let mut alarm = false;
@@ -711,6 +724,7 @@ mod tests {
                     limits: Vec::new(),
                     relative: Vec::new(),
                     quantile_limits: Vec::new(),
+                    sourced: None,
                 },
                 Tracked {
                     signal: Signal::Fallback,
@@ -718,6 +732,7 @@ mod tests {
                     limits: Vec::new(),
                     relative: Vec::new(),
                     quantile_limits: Vec::new(),
+                    sourced: None,
                 },
             ];
             let mut ev = Evidence::new(tracked, 1, 100.0);
@@ -1112,6 +1127,7 @@ mod tests {
             limits: Vec::new(),
             relative: vec![check],
             quantile_limits: Vec::new(),
+            sourced: None,
         }];
         let mut ev = Evidence::new(tracked, 1, 500.0);
         let mut rng = crate::core::stats::tests_rng(seed);
@@ -1196,6 +1212,7 @@ mod tests {
             limits: Vec::new(),
             relative: Vec::new(),
             quantile_limits: vec![(0.95, 4000.0, false)],
+            sourced: None,
         }];
         let mut ev = Evidence::new(tracked, 1, 500.0);
         let mut rng = crate::core::stats::tests_rng(seed);

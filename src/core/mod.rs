@@ -5,6 +5,7 @@
 
 pub mod affected;
 pub mod assign;
+pub mod buckets;
 pub mod clock;
 pub mod engine;
 pub mod event;
@@ -13,5 +14,6 @@ pub mod gate;
 pub mod notice;
 pub mod receipt;
 pub mod rollout;
+pub mod source;
 pub mod stats;
 pub mod threshold;

@@ -113,6 +113,14 @@ pub struct RolloutState {
     /// keep full mode).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub read_only_segments: BTreeSet<String>,
+    /// When the current epoch began: what a metrics source's queries count from. `0` in
+    /// states stored before it was recorded (then `stage_started` stands in).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub epoch_started: Millis,
+}
+
+fn is_zero(v: &Millis) -> bool {
+    *v == 0
 }
 
 impl RolloutState {
@@ -122,6 +130,7 @@ impl RolloutState {
             stage: Some(0),
             stage_started: now,
             epoch: 1,
+            epoch_started: now,
             narrows: 0,
             read_only: false,
             reenable: None,
@@ -186,7 +195,22 @@ impl RolloutState {
         self.read_only_segments.clear();
         self.stage = stage;
         self.stage_started = now;
+        self.new_epoch(now);
+    }
+
+    /// Restarts the evidence window at `now`.
+    pub fn new_epoch(&mut self, now: Millis) {
         self.epoch += 1;
+        self.epoch_started = now;
+    }
+
+    /// When the current evidence window began.
+    pub fn epoch_start(&self) -> Millis {
+        if self.epoch_started == 0 {
+            self.stage_started
+        } else {
+            self.epoch_started
+        }
     }
 }
 
@@ -265,7 +289,11 @@ pub fn verdicts(plan: &RolloutPlan, state: &RolloutState, evidence: &Evidence) -
                 alpha,
                 design_samples: design,
             };
-            out.push(evaluate(gate, &segment.name, &input));
+            let mut verdict = evaluate(gate, &segment.name, &input);
+            if let Some(reason) = evidence.faults.get(&(s, gate.signal.name().to_string())) {
+                verdict.source_failed(reason);
+            }
+            out.push(verdict);
         }
     }
     out
@@ -538,7 +566,7 @@ fn containment(
                     after.segment_stages.insert(failing.segment.clone(), h - 1);
                     after.narrows += 1;
                     after.phase = Phase::Narrowed;
-                    after.epoch += 1;
+                    after.new_epoch(now);
                     reason.push_str(&format!(
                         "; segment {} back to stage {}, the others keep theirs",
                         failing.segment,
@@ -618,7 +646,7 @@ fn expansion(
             let mut after = state.clone();
             after.segment_stages.remove(&by.segment);
             after.narrowed_by = None;
-            after.epoch += 1;
+            after.new_epoch(now);
             if after.segment_stages.is_empty() {
                 after.phase = Phase::Progressing;
             }
@@ -724,14 +752,14 @@ fn contain(
             after.phase = Phase::ReadOnly;
             after.read_only = true;
             after.reenable = due;
-            after.epoch += 1;
+            after.new_epoch(now);
         }
         Action::Fallback => {
             after.phase = Phase::Fallback;
             after.fallback = fallback.map(|f| f.version.clone());
             after.read_only = fallback.is_some_and(|f| f.read_only);
             after.reenable = due;
-            after.epoch += 1;
+            after.new_epoch(now);
         }
         Action::Rollback => {
             after.phase = Phase::RolledBack;

@@ -162,6 +162,8 @@ pub enum Input {
     },
     /// The replica threads' news: promotion, demotion, a refresh, forwarded commands.
     Wake(Wake),
+    /// One round of metrics-source answers (`serve::prometheus::run_sources`).
+    SourceRound(Vec<crate::core::source::SourceAnswer>),
     Shutdown,
 }
 
@@ -1303,6 +1305,8 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
                 }
             }
             Input::Wake(wake) => on_wake(&shared, wake).await,
+            Input::SourceRound(answers) if shared.is_leader() => source_round(&shared, &answers),
+            Input::SourceRound(_) => {}
             Input::Shutdown => {
                 if shared.is_leader() {
                     let checkpoints = shared.engine().take_checkpoints();
@@ -1315,6 +1319,30 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
             }
         }
     }
+}
+
+/// Records a round of source answers as evidence; counts its queries and faults.
+fn source_round(shared: &Shared, answers: &[crate::core::source::SourceAnswer]) {
+    let faults = shared.engine().absorb_answers(answers);
+    let mut queries: Vec<(&str, u64)> = Vec::new();
+    for a in answers {
+        let n = a.job.queries.len() as u64;
+        match queries.iter_mut().find(|(s, _)| *s == a.job.source) {
+            Some((_, count)) => *count += n,
+            None => queries.push((a.job.source.as_str(), n)),
+        }
+    }
+    for (source, _) in &queries {
+        let mine: Vec<_> = faults.iter().filter(|(s, _)| s == source).collect();
+        if let Some((_, first)) = mine.first() {
+            tracing::warn!(source = %source, answers = mine.len(), reason = first.kind.name(), error = %first.message, "metrics source answers unusable; their gates stay inconclusive");
+        }
+    }
+    let faults: Vec<(String, &str)> = faults
+        .iter()
+        .map(|(source, f)| (source.clone(), f.kind.name()))
+        .collect();
+    shared.metrics.source_round(&queries, &faults);
 }
 
 /// Sends a tick every `server.tick`.

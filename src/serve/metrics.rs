@@ -36,6 +36,8 @@ pub struct Metrics {
     store_healthy: IntGaugeVec,
     leader: IntGaugeVec,
     gate_limit: GaugeVec,
+    source_queries: IntCounterVec,
+    source_errors: IntCounterVec,
 }
 
 /// The `outcome` values of `stagegate_notifications_total`.
@@ -101,6 +103,18 @@ impl Metrics {
                 "stagegate_gate_limit",
                 "Each gate check's configured limit, by check kind (max, min: in the signal's unit; max_ratio: a factor on the baseline; max_increase, max_drop: added to or taken from the baseline), for dashboards to draw next to stagegate_signal_value.",
                 &["rollout", "gate", "check"],
+            ),
+            source_queries: counter(
+                &r,
+                "stagegate_source_queries_total",
+                "Queries sent to a metrics source (one per query of each signal, arm and segment, every tick).",
+                &["source"],
+            ),
+            source_errors: counter(
+                &r,
+                "stagegate_source_errors_total",
+                "Source answers that could not be evidence, by reason (unreachable, query, no_series, invalid); their gates are inconclusive until an answer is usable.",
+                &["source", "reason"],
             ),
             leader: gauge(
                 &r,
@@ -260,6 +274,18 @@ impl Metrics {
         }
     }
 
+    /// Counts one round's queries and faults of each metrics source.
+    pub fn source_round(&self, queries: &[(&str, u64)], faults: &[(String, &str)]) {
+        for (source, n) in queries {
+            self.source_queries.with_label_values(&[source]).inc_by(*n);
+        }
+        for (source, reason) in faults {
+            self.source_errors
+                .with_label_values(&[source.as_str(), reason])
+                .inc();
+        }
+    }
+
     pub fn notification(&self, notifier: &str, outcome: &str) {
         self.notifications
             .with_label_values(&[notifier, outcome])
@@ -296,6 +322,14 @@ impl Metrics {
     /// the first event and `increase()` in alert rules sees the first one.
     pub fn init_series(&self, plan: &crate::plan::Plan) {
         self.gate_limit.reset();
+        for source in &plan.sources {
+            self.source_queries
+                .with_label_values(&[source.name.as_str()]);
+            for reason in crate::core::source::FaultKind::ALL {
+                self.source_errors
+                    .with_label_values(&[source.name.as_str(), reason.name()]);
+            }
+        }
         for r in &plan.rollouts {
             for gate in &r.gates {
                 self.automatic_rollbacks

@@ -12,4 +12,5 @@ pub mod listener;
 pub mod metrics;
 pub mod notify;
 pub mod ofrep;
+pub mod prometheus;
 pub mod replica;

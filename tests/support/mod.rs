@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod pg;
+pub mod prom;
 
 pub const ADMIN: &str = "admin-secret";
 pub const OPERATOR: &str = "operator-secret";
