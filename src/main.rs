@@ -50,6 +50,8 @@ enum Cmd {
     },
     #[command(flatten)]
     Client(cli::ClientCmd),
+    /// Print the config file's JSON Schema (for editors: see docs/configuration.md).
+    Schema,
     /// Print a shell completion script (`stagegate completions bash > /etc/bash_completion.d/stagegate`).
     Completions { shell: clap_complete::Shell },
     /// Run the real decision code against synthetic traffic on a virtual clock.
@@ -143,6 +145,9 @@ fn main() -> std::process::ExitCode {
             json,
         } => replay(&config, &events, json),
         Cmd::Client(cmd) => cli::run(&cli.connection, cmd).map(emit),
+        Cmd::Schema => serde_json::to_string_pretty(&stagegate::config::config_schema())
+            .map(|text| emit(text + "\n"))
+            .map_err(Into::into),
         Cmd::Completions { shell } => {
             let mut script = Vec::new();
             clap_complete::generate(
@@ -171,7 +176,7 @@ fn check(path: &Path, json: bool) -> anyhow::Result<()> {
     let plan = Plan::load(path)?;
     for warning in stagegate::serve::notify::preflight(&plan)
         .into_iter()
-        .chain(stagegate::config::source_warnings(&plan))
+        .chain(stagegate::config::check_warnings(&plan))
     {
         eprintln!("warning: {warning}");
     }
@@ -208,7 +213,7 @@ fn check_json(path: &Path) -> anyhow::Result<()> {
         }
     };
     let mut warnings = stagegate::serve::notify::preflight(&plan);
-    warnings.extend(stagegate::config::source_warnings(&plan));
+    warnings.extend(stagegate::config::check_warnings(&plan));
     if plan.auth.tokens.is_none() {
         warnings.push("auth.open is true: every endpoint answers without a token".into());
     }

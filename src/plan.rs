@@ -345,6 +345,8 @@ pub fn check_template(text: &str) -> Result<(), String> {
 pub struct Segment {
     pub name: String,
     pub matches: Vec<(String, Vec<String>)>,
+    /// Expected tasks per hour, declared for `check` (never used to decide).
+    pub tasks_per_hour: Option<f64>,
 }
 
 impl Segment {

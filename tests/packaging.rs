@@ -50,6 +50,7 @@ fn the_kubernetes_manifests_fit_together_and_carry_a_valid_config() {
         "Service",
         "PersistentVolumeClaim",
         "ServiceMonitor",
+        "PrometheusRule",
     ] {
         assert!(m.contains_key(kind), "no {kind} manifest");
     }
@@ -120,6 +121,12 @@ fn the_kubernetes_manifests_fit_together_and_carry_a_valid_config() {
     );
     assert_eq!(monitor["endpoints"][0]["port"], "http");
     assert_eq!(monitor["endpoints"][0]["path"], "/metrics");
+
+    // The PrometheusRule carries exactly the rules `promtool` tests in config/alerts.yaml.
+    let rules: Value =
+        serde_saphyr::from_str(&std::fs::read_to_string("config/alerts.yaml").expect("alerts"))
+            .expect("yaml");
+    assert_eq!(m["PrometheusRule"]["spec"]["groups"], rules["groups"]);
 }
 
 #[test]

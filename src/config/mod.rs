@@ -14,7 +14,7 @@ mod raw;
 mod render;
 mod validate;
 
-pub use render::{render_plan, source_warnings};
+pub use render::{check_warnings, render_plan};
 
 use raw::RawConfig;
 use validate::Validator;
@@ -59,6 +59,31 @@ impl ConfigError {
             ConfigError::Invalid(problems) => problems.iter().map(ToString::to_string).collect(),
         }
     }
+}
+
+/// The JSON Schema of the config file (draft 2020-12), from the same types serde reads:
+/// what `stagegate schema` prints, for editors (yaml-language-server) and CI.
+pub fn config_schema() -> serde_json::Value {
+    // The raw types' names are internal: `#/$defs/RawRollout` reads `#/$defs/Rollout`.
+    let text = serde_json::to_string(&schemars::schema_for!(RawConfig))
+        .unwrap_or_default()
+        .replace("\"#/$defs/Raw", "\"#/$defs/");
+    let mut schema: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    if let Some(defs) = schema.get_mut("$defs").and_then(|d| d.as_object_mut()) {
+        let renamed: serde_json::Map<String, serde_json::Value> = std::mem::take(defs)
+            .into_iter()
+            .map(|(k, v)| (k.strip_prefix("Raw").unwrap_or(&k).to_string(), v))
+            .collect();
+        *defs = renamed;
+    }
+    if let Some(map) = schema.as_object_mut() {
+        map.insert("title".into(), "stagegate configuration".into());
+        map.insert(
+            "description".into(),
+            "A stagegate config file: server, auth, notifiers, sources, signals, segments, workflows and rollouts. Reference: docs/configuration.md.".into(),
+        );
+    }
+    schema
 }
 
 fn render_problems(problems: &[Problem]) -> String {

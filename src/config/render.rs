@@ -143,11 +143,46 @@ pub fn render_plan(plan: &Plan) -> String {
     out
 }
 
-/// What `check` warns about sources: checks that can work but poorly, or queries that cannot
-/// tell segments apart.
-pub fn source_warnings(plan: &Plan) -> Vec<String> {
+/// What `check` warns about (besides notifiers): stages whose `min_samples` the declared
+/// traffic cannot bring within `min_duration`, checks that work but poorly on a source, and
+/// queries that cannot tell segments apart.
+pub fn check_warnings(plan: &Plan) -> Vec<String> {
     let mut out = Vec::new();
     for r in &plan.rollouts {
+        let declared: Vec<f64> = r.segments.iter().filter_map(|s| s.tasks_per_hour).collect();
+        if declared.len() == r.segments.len() {
+            for st in r
+                .stages
+                .iter()
+                .filter(|st| st.min_samples > 0 && st.min_duration > 0)
+            {
+                let per_hour: f64 = r
+                    .segments
+                    .iter()
+                    .zip(&st.weights_bps)
+                    .map(|(seg, w)| seg.tasks_per_hour.unwrap_or(0.0) * f64::from(*w) / 10_000.0)
+                    .sum();
+                let hours = st.min_duration as f64 / 3_600_000.0;
+                let reached = per_hour * hours;
+                if reached < st.min_samples as f64 {
+                    let needs = if per_hour > 0.0 {
+                        crate::core::clock::human_duration(
+                            (st.min_samples as f64 / per_hour * 3_600_000.0).ceil() as u64,
+                        )
+                    } else {
+                        "forever".into()
+                    };
+                    out.push(format!(
+                        "rollout {} stage {}: min_samples {} is not reached in min_duration {} at the declared traffic ({:.0} candidate tasks/h); it will take about {needs}",
+                        r.name,
+                        st.name,
+                        st.min_samples,
+                        crate::core::clock::human_duration(st.min_duration),
+                        per_hour
+                    ));
+                }
+            }
+        }
         for src in &r.sourced {
             let name = src.signal.name();
             if let SourceQuery::Sums {

@@ -89,6 +89,7 @@ impl Validator {
                     Segment {
                         name: name.clone(),
                         matches,
+                        tasks_per_hour: seg.value.tasks_per_hour,
                     },
                 )
             })
@@ -99,6 +100,17 @@ impl Validator {
         let mut seen_names = BTreeSet::new();
         for (name, seg) in &raw.segments {
             self.name(seg, &format!("segments.{name}"), name);
+            if let Some(rate) = seg.value.tasks_per_hour {
+                if !(rate.is_finite() && rate > 0.0) {
+                    self.report(
+                        seg,
+                        format!("segments.{name}.tasks_per_hour"),
+                        format!(
+                            "{rate} is not a rate; expected a positive number of tasks per hour"
+                        ),
+                    );
+                }
+            }
         }
         for (i, rollout) in raw.rollouts.iter().enumerate() {
             let key = format!("rollouts[{i}]");
