@@ -287,6 +287,96 @@ fn check_reports_every_problem_with_location_and_exits_nonzero() {
     );
 }
 
+fn check_output(text: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, text).expect("write");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .expect("run");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Issue 13: errors as good as a compiler's — the line with a caret, the nearest name, plain
+/// words, the right line for a missing field, per-signal ranges; warnings that do not fail.
+#[test]
+fn check_errors_show_the_line_suggest_the_name_and_warn_about_unreachable_samples() {
+    let text = config("")
+        .replace("workflow: support-reply\n", "workflow: suport-reply\n")
+        .replace("on_breach: rollback }", "on_breach: rollbak }")
+        .replace("max: 0.05, max_ratio: 1.5", "max: 5000, max_ratio: 1.5");
+    let (ok, _, err) = check_output(&text);
+    assert!(!ok);
+    for needle in [
+        "rollouts[0].workflow: unknown workflow `suport-reply`; did you mean `support-reply`?",
+        "    workflow: suport-reply\n",
+        "unknown action `rollbak`; did you mean `rollback`?",
+        "threshold 5000 lies outside `cost_usd`'s plausible range 0..1000",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in\n{err}");
+    }
+    // The caret sits under the value.
+    let lines: Vec<&str> = err.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.ends_with("workflow: suport-reply"))
+        .expect("snippet line");
+    let bar = lines[at].find("| ").expect("bar") + 2;
+    let value = lines[at][bar..].find("suport").expect("value") + bar;
+    assert_eq!(lines[at + 1].find('^'), Some(value), "{err}");
+
+    // No jargon; a missing field is reported on its mapping's first line, not where it ends.
+    let (_, _, err) = check_output(&config("").replace("max_body_bytes", "x").replace(
+        "server: { listen: 127.0.0.1:0,",
+        "server: { max_body_bytes: lots, listen: 127.0.0.1:0,",
+    ));
+    assert!(
+        err.contains("server.max_body_bytes: expected a whole number"),
+        "{err}"
+    );
+    assert!(!err.contains("u64"), "{err}");
+    let (_, _, err) = check_output(&config("").replace("    candidate: v8\n", ""));
+    let rollout_line = config("")
+        .lines()
+        .position(|l| l.contains("- name: support-reply-v8"))
+        .expect("line")
+        + 1;
+    assert!(
+        err.contains(&format!(
+            ":{rollout_line}:5: rollouts[0]: missing `candidate`"
+        )),
+        "{err}"
+    );
+
+    // Warnings do not fail the check: min_samples the declared traffic cannot bring in time.
+    let text = config("")
+        .replace("everyone:   {}", "everyone:   { tasks_per_hour: 100 }")
+        .replace(
+            "internal:   { match: { team: [support-ops, revops] } }",
+            "internal:   { match: { team: [support-ops, revops] }, tasks_per_hour: 50 }",
+        )
+        .replace(
+            "enterprise: { match: { tier: [enterprise] } }",
+            "enterprise: { match: { tier: [enterprise] }, tasks_per_hour: 20 }",
+        )
+        .replace(
+            "traffic: { internal: 100 }, min_samples: 200",
+            "traffic: { internal: 100 }, min_duration: 2h, min_samples: 200",
+        );
+    let (ok, _, err) = check_output(&text);
+    assert!(ok, "{err}");
+    assert!(
+        err.contains("warning: rollout support-reply-v8 stage internal: min_samples 200 is not reached in min_duration 2h at the declared traffic (50 candidate tasks/h); it will take about 4h"),
+        "{err}"
+    );
+}
+
 #[test]
 fn metrics_carry_every_spec_metric_from_the_start() {
     let server = Server::start(&config(""));

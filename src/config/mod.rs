@@ -10,6 +10,7 @@ use std::path::Path;
 
 use crate::plan::Plan;
 
+mod locate;
 mod raw;
 mod render;
 mod validate;
@@ -27,6 +28,8 @@ pub struct Problem {
     pub column: u64,
     pub key: String,
     pub message: String,
+    /// The source line it is on, shown under the message with a caret at the column.
+    pub snippet: Option<String>,
 }
 
 impl fmt::Display for Problem {
@@ -35,7 +38,18 @@ impl fmt::Display for Problem {
             f,
             "{}:{}:{}: {}: {}",
             self.file, self.line, self.column, self.key, self.message
-        )
+        )?;
+        if let Some(line) = &self.snippet {
+            let number = self.line.to_string();
+            let pad = " ".repeat(number.len());
+            let caret = " ".repeat(
+                line.chars()
+                    .take(self.column.saturating_sub(1) as usize)
+                    .count(),
+            );
+            write!(f, "\n {number} | {line}\n {pad} | {caret}^")?;
+        }
+        Ok(())
     }
 }
 
@@ -127,17 +141,71 @@ impl Plan {
             }
         };
         let Some(raw) = raw else {
-            return Err(ConfigError::Invalid(problems));
+            return Err(ConfigError::Invalid(with_snippets(problems, text)));
         };
-        let mut v = Validator { file, problems };
+        let mut v = Validator {
+            file,
+            problems,
+            ranges: None,
+        };
         let plan = v.plan(path, text, raw);
         if v.problems.is_empty() {
             Ok(plan)
         } else {
             v.problems.sort_by_key(|p| (p.line, p.column));
-            Err(ConfigError::Invalid(v.problems))
+            v.problems
+                .dedup_by(|a, b| a.key == b.key && a.message == b.message);
+            Err(ConfigError::Invalid(with_snippets(v.problems, text)))
         }
     }
+}
+
+/// Each problem with its source line.
+fn with_snippets(mut problems: Vec<Problem>, text: &str) -> Vec<Problem> {
+    let lines: Vec<&str> = text.lines().collect();
+    for p in &mut problems {
+        p.snippet = (p.line as usize)
+            .checked_sub(1)
+            .and_then(|i| lines.get(i))
+            .filter(|l| !l.trim().is_empty() && l.len() <= 400)
+            .map(|l| l.to_string());
+    }
+    problems
+}
+
+/// serde's and the YAML parser's words in plain ones: "invalid u64" is "expected a whole number".
+fn plain_words(message: &str) -> String {
+    let replaced = [
+        ("invalid u64", "expected a whole number, 0 or more"),
+        ("invalid u32", "expected a whole number, 0 or more"),
+        ("invalid i64", "expected a whole number"),
+        ("invalid f64", "expected a number"),
+        ("invalid bool", "expected true or false"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected f64", "expected a number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list ([a, b] or one `- item` per line)",
+        ),
+        (
+            "expected a map",
+            "expected a mapping (`key: value` lines or { key: value })",
+        ),
+        ("expected struct ", "expected a mapping: "),
+    ];
+    let mut out = message.to_string();
+    for (from, to) in replaced {
+        out = out.replace(from, to);
+    }
+    if let Some(field) = out
+        .strip_prefix("missing field `")
+        .and_then(|m| m.strip_suffix('`'))
+    {
+        out = format!("missing `{field}`, which is required here");
+    }
+    out
 }
 
 /// Deserializes the raw model; the first structural problem comes back located, with its key path.
@@ -155,8 +223,15 @@ fn parse_raw(file: &str, text: &str) -> Result<RawConfig, Problem> {
             .location()
             .map(|l| (l.line(), l.column()))
             .unwrap_or((0, 0));
+        // `Spanned` values show up as a `.value` step: drop exactly that step (not the
+        // `.value` in `.value_env`).
         let key = key_path
-            .map(|k| k.replace(".value", ""))
+            .map(|k| {
+                k.split('.')
+                    .filter(|step| *step != "value")
+                    .collect::<Vec<_>>()
+                    .join(".")
+            })
             .filter(|k| !k.is_empty() && k != ".")
             .unwrap_or_else(|| "(document)".into());
         let message = e.without_snippet().to_string();
@@ -164,13 +239,20 @@ fn parse_raw(file: &str, text: &str) -> Result<RawConfig, Problem> {
             .rsplit_once(" at line ")
             .map(|(m, _)| m.to_string())
             .unwrap_or(message);
-        let message = did_you_mean(&message).unwrap_or(message);
+        // A missing field is noticed where its mapping ends: point at the mapping instead.
+        let (line, column) = if message.starts_with("missing field") {
+            locate::locate(text, &key).unwrap_or((line, column))
+        } else {
+            (line, column)
+        };
+        let message = did_you_mean(&message).unwrap_or_else(|| plain_words(&message));
         Problem {
             file: file.to_string(),
             line,
             column,
             key,
             message,
+            snippet: None,
         }
     })
 }

@@ -12,10 +12,22 @@ use super::raw::*;
 use crate::core::clock::{Millis, parse_duration};
 use crate::plan::*;
 
+/// "unknown WHAT `name`", with the nearest of `known` suggested when it is close enough to be
+/// a typo, else `hint`.
+fn unknown<'a>(what: &str, name: &str, known: impl Iterator<Item = &'a str>, hint: &str) -> String {
+    let known: Vec<&str> = known.collect();
+    match super::suggest(name, &known) {
+        Some(best) => format!("unknown {what} `{name}`; did you mean `{best}`?"),
+        None => format!("unknown {what} `{name}`; {hint}"),
+    }
+}
+
 /// Collects every semantic problem while building the plan.
 pub(super) struct Validator {
     pub(super) file: String,
     pub(super) problems: Vec<Problem>,
+    /// The signals' plausible ranges, once read: limits outside them are refused.
+    pub(super) ranges: Option<SignalRanges>,
 }
 
 impl Validator {
@@ -26,6 +38,7 @@ impl Validator {
             column: at.referenced.column(),
             key: key.into(),
             message: message.into(),
+            snippet: None,
         });
     }
 
@@ -67,6 +80,7 @@ impl Validator {
         let auth = self.auth(raw.auth);
         let notifiers = self.notifiers(&raw.notifiers);
         let ranges = self.signal_ranges(&raw.signals);
+        self.ranges = Some(ranges.clone());
         let sources = self.sources(&raw.sources);
         let versions: BTreeSet<&str> = raw
             .workflows
@@ -621,6 +635,7 @@ impl Validator {
                           (`auth: { tokens: [{ name: platform, role: admin, token_env: STAGEGATE_ADMIN_TOKEN }] }`), \
                           or say `auth: { open: true }` for an unauthenticated development server"
                     .into(),
+                snippet: None,
             });
             return AuthPlan::default();
         };
@@ -874,9 +889,11 @@ impl Validator {
             None => self.report(
                 &r.workflow,
                 format!("{key}.workflow"),
-                format!(
-                    "unknown workflow `{}`; declare it under `workflows:`",
-                    r.workflow.value
+                unknown(
+                    "workflow",
+                    &r.workflow.value,
+                    workflows.iter().map(|w| w.name.as_str()),
+                    "declare it under `workflows:`",
                 ),
             ),
             Some(w) => {
@@ -922,9 +939,11 @@ impl Validator {
                 None => self.report(
                     s,
                     format!("{key}.segments[{i}]"),
-                    format!(
-                        "unknown segment `{}`; declare it under `segments:`",
-                        s.value
+                    unknown(
+                        "segment",
+                        &s.value,
+                        segments.keys().map(String::as_str),
+                        "declare it under `segments:`",
                     ),
                 ),
             }
@@ -997,6 +1016,7 @@ impl Validator {
                                 f64::from(*before) / 100.0,
                                 prev.name
                             ),
+                            snippet: None,
                         });
                     }
                 }
@@ -1043,9 +1063,11 @@ impl Validator {
                 self.report(
                     n,
                     format!("{key}.lane.notify[{i}]"),
-                    format!(
-                        "unknown notifier `{}`; declare it under `notifiers:`",
-                        n.value
+                    unknown(
+                        "notifier",
+                        &n.value,
+                        notifiers.iter().map(|x| x.name.as_str()),
+                        "declare it under `notifiers:`",
                     ),
                 );
             }
@@ -1106,6 +1128,20 @@ impl Validator {
                         ),
                     );
                 }
+                if let (false, Some(ranges)) = (bounded, &self.ranges) {
+                    let (lo, hi) = ranges.range(&signal);
+                    if v.is_finite() && !(lo..=hi).contains(&v) {
+                        self.report(
+                            raw,
+                            key,
+                            format!(
+                                "threshold {v} lies outside `{}`'s plausible range {lo}..{hi}: it could never decide (set `signals.{}.range` if values beyond it are real)",
+                                signal.name(),
+                                signal.name()
+                            ),
+                        );
+                    }
+                }
                 checks.push(make(v));
             }
         }
@@ -1145,6 +1181,22 @@ impl Validator {
                         stat.name()
                     ),
                 );
+            }
+            if let (false, Some(ranges), Check::MaxIncrease(_) | Check::MaxDrop(_)) =
+                (bounded, &self.ranges, check)
+            {
+                let (lo, hi) = ranges.range(&signal);
+                if value >= hi - lo {
+                    self.report(
+                        raw,
+                        key,
+                        format!(
+                            "{} {value} can never be breached: `{}` moves within {lo}..{hi}",
+                            check.kind(),
+                            signal.name()
+                        ),
+                    );
+                }
             }
             checks.push(check);
         }
@@ -1192,7 +1244,12 @@ impl Validator {
                         self.report(
                             a,
                             format!("{key}.on_breach"),
-                            format!("unknown action `{name}`; {EXPECTED}"),
+                            unknown(
+                                "action",
+                                name,
+                                ["hold", "narrow", "read_only", "rollback", "pause"].into_iter(),
+                                EXPECTED,
+                            ),
                         );
                         Action::Hold
                     }
