@@ -12,8 +12,11 @@ use serde_json::Value;
 use support::prom::{Proc, Prometheus, e2e_available, wait_http};
 use support::*;
 
-/// SPEC §5 (and §6's `stagegate_gate_limit`): the metrics dashboards may use.
-const SPEC_METRICS: [&str; 13] = [
+/// The documented metrics dashboards may use (docs/metrics.md).
+const SPEC_METRICS: [&str; 16] = [
+    "stagegate_rollout_stage",
+    "stagegate_rollout_stage_age_seconds",
+    "stagegate_source_errors_total",
     "stagegate_gate_limit",
     "stagegate_rollout_info",
     "stagegate_rollout_state",
@@ -59,6 +62,9 @@ fn dashboard_exprs() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("dashboards").expect("dashboards/") {
         let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
         let json: Value = serde_json::from_str(&std::fs::read_to_string(&path).expect("read"))
             .expect("dashboard is JSON");
         assert!(
@@ -69,7 +75,7 @@ fn dashboard_exprs() -> Vec<(String, String)> {
         let panels = json["panels"].as_array().expect("panels");
         assert!(!panels.is_empty());
         for p in panels {
-            for t in p["targets"].as_array().expect("targets") {
+            for t in p["targets"].as_array().into_iter().flatten() {
                 out.push((
                     path.display().to_string(),
                     t["expr"].as_str().expect("expr").to_string(),
@@ -83,6 +89,150 @@ fn dashboard_exprs() -> Vec<(String, String)> {
         }
     }
     out
+}
+
+/// Grafana's dashboard model (schemaVersion 39), checked structurally: the fields Grafana
+/// requires, panels on its 24-column grid without overlap, unique ids and refIds, value
+/// mappings of a kind it knows, every `$variable` defined, repeats over multi-value variables,
+/// and verdicts that show `fail` in red.
+#[test]
+fn dashboards_follow_grafanas_dashboard_model() {
+    for entry in std::fs::read_dir("dashboards").expect("dashboards/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let name = path.display().to_string();
+        let d: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("JSON");
+        assert!(d["title"].is_string() && d["uid"].is_string(), "{name}");
+        assert!(
+            d["schemaVersion"].as_u64().is_some_and(|v| v >= 36),
+            "{name}"
+        );
+        assert!(
+            d["time"]["from"].is_string() && d["time"]["to"].is_string(),
+            "{name}"
+        );
+        let vars = d["templating"]["list"].as_array().expect("templating.list");
+        let mut defined: BTreeSet<String> = BTreeSet::new();
+        for v in vars {
+            let var = v["name"].as_str().expect("variable name");
+            let kind = v["type"].as_str().expect("variable type");
+            assert!(
+                ["query", "datasource", "custom", "constant", "interval"].contains(&kind),
+                "{name}: {var}"
+            );
+            if kind == "query" {
+                assert!(
+                    v["definition"].is_string() && v["datasource"]["uid"].is_string(),
+                    "{name}: {var}"
+                );
+            }
+            defined.insert(var.to_string());
+        }
+        for var in ["job", "instance", "rollout"] {
+            assert!(defined.contains(var), "{name}: no ${var} variable");
+        }
+        let panels = d["panels"].as_array().expect("panels");
+        let mut ids = BTreeSet::new();
+        let mut cells = BTreeSet::new();
+        for p in panels {
+            let title = p["title"].as_str().expect("panel title");
+            assert!(
+                ids.insert(p["id"].as_u64().expect("panel id")),
+                "{name}: duplicate id"
+            );
+            let kind = p["type"].as_str().expect("panel type");
+            assert!(
+                ["stat", "table", "timeseries", "state-timeline", "text", "row"].contains(&kind),
+                "{name}: {kind}"
+            );
+            let g = &p["gridPos"];
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| g[k].as_u64().expect("gridPos"));
+            assert!(
+                w >= 1 && h >= 1 && x + w <= 24,
+                "{name}: {title} off the grid"
+            );
+            for cx in x..x + w {
+                for cy in y..y + h {
+                    assert!(
+                        cells.insert((cx, cy)),
+                        "{name}: {title} overlaps another panel"
+                    );
+                }
+            }
+            if kind == "row" {
+                assert!(
+                    p["panels"].is_array() && p["collapsed"].is_boolean(),
+                    "{name}: {title}"
+                );
+                if let Some(repeat) = p["repeat"].as_str() {
+                    let v = vars
+                        .iter()
+                        .find(|v| v["name"] == repeat)
+                        .expect("repeat variable");
+                    assert_eq!(
+                        v["multi"], true,
+                        "{name}: repeat over a single-value variable"
+                    );
+                }
+                continue;
+            }
+            assert!(p["fieldConfig"]["defaults"].is_object(), "{name}: {title}");
+            assert!(p["fieldConfig"]["overrides"].is_array(), "{name}: {title}");
+            let mut refs = BTreeSet::new();
+            for t in p["targets"].as_array().expect("targets") {
+                assert!(
+                    refs.insert(t["refId"].as_str().expect("refId").to_string()),
+                    "{name}: {title}"
+                );
+                assert!(
+                    t["expr"].is_string() && t["datasource"]["uid"].is_string(),
+                    "{name}: {title}"
+                );
+            }
+            for m in p["fieldConfig"]["defaults"]["mappings"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                assert!(
+                    ["value", "range", "regex", "special"]
+                        .contains(&m["type"].as_str().unwrap_or("")),
+                    "{name}: {title}"
+                );
+                assert!(m["options"].is_object(), "{name}: {title}");
+            }
+            if let Some(repeat) = p["repeat"].as_str() {
+                let v = vars
+                    .iter()
+                    .find(|v| v["name"] == repeat)
+                    .expect("repeat variable");
+                assert_eq!(
+                    v["multi"], true,
+                    "{name}: repeat over a single-value variable"
+                );
+            }
+            let text = p.to_string();
+            for piece in text.split('$').skip(1) {
+                let var: String = piece
+                    .trim_start_matches('{')
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                assert!(
+                    var.starts_with("__") || defined.contains(&var),
+                    "{name}: {title} uses undefined ${var}"
+                );
+            }
+            if text.contains("stagegate_gate_verdict") {
+                let fail = &p["fieldConfig"]["defaults"]["mappings"][0]["options"]["-1"];
+                assert_eq!(fail["text"], "fail", "{name}: {title}");
+                assert_eq!(fail["color"], "red", "{name}: {title}");
+            }
+        }
+    }
 }
 
 #[test]

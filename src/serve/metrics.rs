@@ -18,6 +18,7 @@ pub struct Metrics {
     rollout_info: IntGaugeVec,
     rollout_state: IntGaugeVec,
     stage_index: IntGaugeVec,
+    stage: IntGaugeVec,
     stage_age: IntGaugeVec,
     stage_expected: IntGaugeVec,
     weight: GaugeVec,
@@ -145,6 +146,12 @@ impl Metrics {
                 "stagegate_rollout_stage_index",
                 "Current stage index (-1: candidate has no traffic).",
                 &["rollout"],
+            ),
+            stage: gauge(
+                &r,
+                "stagegate_rollout_stage",
+                "1, labelled with the current stage's name (`none` while the candidate has no traffic): one series per rollout, for dashboards that show stage names.",
+                &["rollout", "stage"],
             ),
             stage_age: gauge(
                 &r,
@@ -379,6 +386,7 @@ impl Metrics {
         }
         self.weight.reset();
         self.signal_value.reset();
+        self.stage.reset();
         for (i, plan) in engine.plan.rollouts.iter().enumerate() {
             let rt = &engine.rollouts[i];
             let r = plan.name.as_str();
@@ -393,6 +401,9 @@ impl Metrics {
             self.stage_index
                 .with_label_values(&[r])
                 .set(rt.state.stage.map_or(-1, |s| s as i64));
+            self.stage
+                .with_label_values(&[r, rt.state.stage_name(plan).unwrap_or("none")])
+                .set(1);
             self.stage_age
                 .with_label_values(&[r])
                 .set((now.saturating_sub(rt.state.stage_started) / 1000) as i64);
