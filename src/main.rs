@@ -108,15 +108,13 @@ fn main() -> std::process::ExitCode {
         Cmd::Serve { config, force } => serve(&config, force),
         Cmd::Check {
             config,
-            probe: false,
-            ..
-        } => check(&config, cli.connection.json),
-        Cmd::Check {
-            config,
-            probe: true,
+            probe,
             window,
-        } => check(&config, cli.connection.json)
-            .and_then(|()| probe(&config, &window, cli.connection.json)),
+        } => check(
+            &config,
+            cli.connection.json,
+            probe.then_some(window.as_str()),
+        ),
         Cmd::Simulate {
             config,
             scenario,
@@ -169,10 +167,40 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn check(path: &Path, json: bool) -> anyhow::Result<()> {
+/// `check`: the plan (text or JSON), and with `--probe` what every source query returns, in
+/// one output.
+fn check(path: &Path, json: bool, probe_window: Option<&str>) -> anyhow::Result<()> {
+    let probed = |window| probe(path, window);
     if json {
-        return check_json(path);
+        let mut out = check_json(path)?;
+        if let Some(window) = probe_window {
+            let (rows, _, failed) = probed(window)?;
+            let total = rows.len();
+            out["probe"] = serde_json::Value::Array(rows);
+            emit(serde_json::to_string_pretty(&out)? + "\n");
+            anyhow::ensure!(
+                failed == 0,
+                "{failed} of {total} probes got no usable answer"
+            );
+        } else {
+            emit(serde_json::to_string_pretty(&out)? + "\n");
+        }
+        return Ok(());
     }
+    check_text(path)?;
+    if let Some(window) = probe_window {
+        let (rows, text, failed) = probed(window)?;
+        emit(text);
+        anyhow::ensure!(
+            failed == 0,
+            "{failed} of {} probes got no usable answer",
+            rows.len()
+        );
+    }
+    Ok(())
+}
+
+fn check_text(path: &Path) -> anyhow::Result<()> {
     let plan = Plan::load(path)?;
     for warning in stagegate::serve::notify::preflight(&plan)
         .into_iter()
@@ -196,7 +224,7 @@ fn check(path: &Path, json: bool) -> anyhow::Result<()> {
 
 /// `check --json`: `{ok, config_hash, warnings, workflows, rollouts}`, or `{ok: false,
 /// problems: [{file, line, column, key, message}]}` and a failing exit, for editors and CI.
-fn check_json(path: &Path) -> anyhow::Result<()> {
+fn check_json(path: &Path) -> anyhow::Result<serde_json::Value> {
     use serde_json::json;
     let plan = match Plan::load(path) {
         Ok(plan) => plan,
@@ -275,12 +303,12 @@ fn check_json(path: &Path) -> anyhow::Result<()> {
         "workflows": plan.workflows.iter().map(|w| w.name.clone()).collect::<Vec<_>>(),
         "rollouts": rollouts,
     });
-    emit(serde_json::to_string_pretty(&out)? + "\n");
-    Ok(())
+    Ok(out)
 }
 
-/// `check --probe`: every source query once, per rollout, signal, segment and arm.
-fn probe(path: &Path, window: &str, json: bool) -> anyhow::Result<()> {
+/// `check --probe`: every source query once, per rollout, signal, segment and arm; the rows
+/// (JSON), the text, and how many got no usable answer.
+fn probe(path: &Path, window: &str) -> anyhow::Result<(Vec<serde_json::Value>, String, usize)> {
     use stagegate::core::clock::Clock;
     use stagegate::core::source::{Reading, probe_jobs, reading};
     let plan = Plan::load(path)?;
@@ -294,8 +322,11 @@ fn probe(path: &Path, window: &str, json: bool) -> anyhow::Result<()> {
         .flat_map(|r| probe_jobs(r, window / 1000, now))
         .collect();
     if jobs.is_empty() {
-        emit("probe: no signal comes from a metrics source\n".into());
-        return Ok(());
+        return Ok((
+            Vec::new(),
+            "probe: no signal comes from a metrics source\n".into(),
+            0,
+        ));
     }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -372,17 +403,7 @@ fn probe(path: &Path, window: &str, json: bool) -> anyhow::Result<()> {
             "result": summary,
         }));
     }
-    if json {
-        emit(serde_json::to_string_pretty(&serde_json::json!({"probe": rows}))? + "\n");
-    } else {
-        emit(text);
-    }
-    anyhow::ensure!(
-        failed == 0,
-        "{failed} of {} probes got no usable answer",
-        answers.len()
-    );
-    Ok(())
+    Ok((rows, text, failed))
 }
 
 fn simulate(

@@ -145,7 +145,15 @@ fn dashboards_follow_grafanas_dashboard_model() {
             );
             let kind = p["type"].as_str().expect("panel type");
             assert!(
-                ["stat", "table", "timeseries", "state-timeline", "text", "row"].contains(&kind),
+                [
+                    "stat",
+                    "table",
+                    "timeseries",
+                    "state-timeline",
+                    "text",
+                    "row"
+                ]
+                .contains(&kind),
                 "{name}: {kind}"
             );
             let g = &p["gridPos"];

@@ -336,6 +336,16 @@ fn gates_decide_on_prometheus_data_and_a_silent_source_is_never_a_pass() {
         "{out}"
     );
     assert_eq!(out.matches(" buckets (p50").count(), 4, "{out}");
+    let probe = std::process::Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args(["check", "--json", "--probe", "--window", "5m", "--config"])
+        .arg(&config_path)
+        .output()
+        .expect("run check --json --probe");
+    let doc: Value = serde_json::from_slice(&probe.stdout).expect("one JSON document");
+    assert_eq!(doc["ok"], true, "{doc}");
+    let rows = doc["probe"].as_array().expect("probe rows");
+    assert_eq!(rows.len(), 16, "{doc}");
+    assert!(rows.iter().all(|r| r["ok"] == true), "{doc}");
 
     let server = Server::start(&source_config(&source.url()));
     let target = server.addr().to_string();
