@@ -19,7 +19,7 @@ use serde_json::json;
 use crate::core::rollout::Command;
 use crate::plan::Role;
 use crate::serve::controller::{IngestError, Input, Shared};
-use crate::serve::http::{ApiError, Body, Caller, authorize, blocking};
+use crate::serve::http::{ApiError, Body, Caller, MAX_REASON_BYTES, authorize, blocking};
 
 type AppState = State<Arc<Shared>>;
 
@@ -137,6 +137,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(read_routes)
         .merge(operator_routes)
         .merge(admin_routes)
+        .merge(crate::serve::ui::router())
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
@@ -198,7 +199,7 @@ async fn json_errors(response: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return response;
     }
@@ -316,10 +317,6 @@ async fn get_rollout(
         .ok_or_else(|| ApiError::not_found(format!("no rollout named `{name}`")))?;
     Ok(Json(engine.status(i, now)).into_response())
 }
-
-/// Longest accepted operator `reason`, in bytes: receipts carry it, and pages of receipts must
-/// stay small.
-pub const MAX_REASON_BYTES: usize = 2_000;
 
 fn check_reason(reason: &str) -> Result<(), ApiError> {
     if reason.len() > MAX_REASON_BYTES {

@@ -134,6 +134,8 @@ pub struct Shared {
     pub replica: Option<Arc<Replica>>,
     /// `serve --force`: a take-over may remove contained rollouts the config dropped.
     force: bool,
+    /// The operator's window: sessions and chart history.
+    pub ui: crate::serve::ui::state::Ui,
 }
 
 /// Every way a state change can start.
@@ -292,6 +294,7 @@ impl Shared {
             notify_wake: tokio::sync::Notify::new(),
             replica,
             force,
+            ui: crate::serve::ui::state::Ui::default(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -722,6 +725,7 @@ async fn tick(shared: &Arc<Shared>) {
     let checkpoints = {
         let mut engine = shared.engine();
         shared.metrics.observe(&engine, now);
+        shared.ui.history.record(&engine, now);
         engine.take_checkpoints()
     };
     write_checkpoints(shared, checkpoints).await;

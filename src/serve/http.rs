@@ -16,6 +16,10 @@ use crate::serve::controller::Shared;
 use crate::serve::failure::InputError;
 use crate::serve::replica::ForwardedError;
 
+/// Longest accepted operator `reason`, in bytes: receipts carry it, and pages of receipts must
+/// stay small.
+pub const MAX_REASON_BYTES: usize = 2_000;
+
 /// An API failure.
 #[derive(Debug)]
 pub struct ApiError {

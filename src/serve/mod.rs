@@ -14,3 +14,4 @@ pub mod notify;
 pub mod ofrep;
 pub mod prometheus;
 pub mod replica;
+pub mod ui;
