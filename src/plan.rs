@@ -579,6 +579,15 @@ pub fn policy_diff(
 }
 
 impl Plan {
+    /// The plan with every signal read from events, metrics sources set aside: what the
+    /// offline runs (`simulate`, `replay`) decide with, since their tasks carry every value.
+    pub fn without_sources(mut self) -> Plan {
+        for r in &mut self.rollouts {
+            r.sourced.clear();
+        }
+        self
+    }
+
     pub fn workflow(&self, name: &str) -> Option<&WorkflowPlan> {
         self.workflows.iter().find(|w| w.name == name)
     }

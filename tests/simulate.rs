@@ -330,3 +330,31 @@ fn issue_8_setting_meets_its_exposure_targets_over_300_seeds() {
         assert!(exposed <= target, "{scenario}: {exposed} > {target}");
     }
 }
+
+/// A config whose signals come from Prometheus simulates on the same decision code: the
+/// synthetic tasks carry every signal, so the sourced ones are read from them.
+#[test]
+fn a_config_with_metrics_sources_simulates_from_the_tasks() {
+    let out = Command::new(env!("CARGO_BIN_EXE_stagegate"))
+        .args([
+            "simulate",
+            "--config",
+            "config/examples/litellm-gateway.yaml",
+            "--scenario",
+            "scenarios/quality-regression.yaml",
+        ])
+        .env("PROMETHEUS_URL", "http://127.0.0.1:9")
+        .output()
+        .expect("run simulate");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("expand"), "the healthy hours expand:\n{text}");
+    assert!(
+        text.contains("rollback") && text.contains("quality_mean"),
+        "{text}"
+    );
+}

@@ -76,7 +76,7 @@ pub fn replay(plan: Plan, mut events: Vec<TaskEvent>) -> Result<Replay, ReplayEr
         .and_then(|e| e.ts)
         .ok_or(ReplayError::Empty)?;
     let tick = plan.server.tick.max(1);
-    let plan = Arc::new(plan);
+    let plan = Arc::new(plan.without_sources());
     let mut engine = Engine::new(plan.clone(), Default::default(), Default::default(), start);
     let mut out = Replay {
         events: 0,

@@ -507,7 +507,7 @@ pub fn run(
         }
         incidents.push((at, i));
     }
-    let plan = Arc::new(plan);
+    let plan = Arc::new(plan.without_sources());
     let rollout_name = scenario
         .rollout
         .clone()
