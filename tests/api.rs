@@ -473,3 +473,42 @@ fn a_retried_operator_action_with_the_same_idempotency_key_returns_the_first_res
     let r = pause(&server, &"k".repeat(300));
     assert_eq!(r.status, 400, "{}", r.text);
 }
+
+/// Metrics are updated incrementally (issue 14): a rollout's series follow its shape — after a
+/// rollback the stage series names `none`, the old stage's is gone, and no verdict series
+/// remain for segments that no longer see the candidate.
+#[test]
+fn metric_series_follow_a_rollouts_stage_and_exposure() {
+    let server = Server::start(&config(""));
+    server.send_events(&events("m", 150, "v8", internal(), HEALTHY));
+    server.wait_for("samples", |s| s["candidate_samples"] == 150);
+    let wait_metrics = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
+        for _ in 0..200 {
+            let text = server.get("/metrics", None).text;
+            if pred(&text) {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        panic!("{what}: {}", server.get("/metrics", None).text);
+    };
+    wait_metrics("stage internal and verdicts", &|t| {
+        t.contains(r#"stagegate_rollout_stage{rollout="support-reply-v8",stage="internal"} 1"#)
+            && t.contains(r#"stagegate_gate_verdict{gate="quality_mean",rollout="support-reply-v8",segment="internal"}"#)
+    });
+    server.drive_quality_rollback("m2");
+    let text = wait_metrics("stage none after the rollback", &|t| {
+        t.contains(r#"stagegate_rollout_stage{rollout="support-reply-v8",stage="none"} 1"#)
+    });
+    assert!(!text.contains(r#"stage="internal"} 1"#), "{text}");
+    assert!(
+        !text.contains("stagegate_gate_verdict{"),
+        "no segment sees the candidate:\n{text}"
+    );
+    assert!(
+        text.contains(
+            r#"stagegate_rollout_state{rollout="support-reply-v8",state="rolled_back"} 1"#
+        ),
+        "{text}"
+    );
+}

@@ -1166,17 +1166,27 @@ pub enum StateChange {
 impl Engine {
     /// Every automatic decision due at `now`: rollouts first, then guarded workflows.
     pub fn step(&self, now: Millis) -> Vec<Pending> {
-        let rollouts = (0..self.rollouts.len()).filter_map(|index| {
-            self.assess(index, now)
-                .decision
-                .map(|decision| Pending::Rollout { index, decision })
-        });
-        let guards = (0..self.guards.len()).filter_map(|index| {
+        self.step_with_verdicts(now).0
+    }
+
+    /// [`Engine::step`], also returning every rollout's verdicts (by rollout index) so the
+    /// tick computes each once and reuses it for metrics.
+    pub fn step_with_verdicts(&self, now: Millis) -> (Vec<Pending>, Vec<Vec<GateVerdict>>) {
+        let mut verdicts = Vec::with_capacity(self.rollouts.len());
+        let mut pending = Vec::new();
+        for index in 0..self.rollouts.len() {
+            let a = self.assess(index, now);
+            if let Some(decision) = a.decision {
+                pending.push(Pending::Rollout { index, decision });
+            }
+            verdicts.push(a.verdicts);
+        }
+        pending.extend((0..self.guards.len()).filter_map(|index| {
             self.assess_guard(index, now)
                 .1
                 .map(|decision| Pending::Guard { index, decision })
-        });
-        rollouts.chain(guards).collect()
+        }));
+        (pending, verdicts)
     }
 
     /// The receipt a pending decision is persisted with (its id is set by the store).

@@ -716,18 +716,40 @@ async fn tick(shared: &Arc<Shared>) {
         }
     }
     let now = shared.clock.now();
-    let due = shared.engine().step(now);
+    // The tick's CPU work runs with this worker handed over to blocking: requests scheduled
+    // on it move to the others instead of waiting behind the evaluation.
+    let (due, mut verdicts) =
+        tokio::task::block_in_place(|| shared.engine().step_with_verdicts(now));
     for pending in due {
+        let decided = match &pending {
+            Pending::Rollout { index, .. } => Some(*index),
+            Pending::Guard { .. } => None,
+        };
         if let Err(e) = commit(shared, pending, None).await {
             tracing::error!(error = %e, "could not persist a decision; it will be retried next tick");
         }
+        // A decision changes what the gates look at: its rollout's verdicts are computed again.
+        if let Some(i) = decided {
+            let engine = shared.engine();
+            if let (Some(plan), Some(rt), Some(slot)) = (
+                engine.plan.rollouts.get(i),
+                engine.rollouts.get(i),
+                verdicts.get_mut(i),
+            ) {
+                *slot = crate::core::rollout::verdicts(plan, &rt.state, &rt.evidence);
+            }
+        }
     }
-    let checkpoints = {
+    let checkpoints = tokio::task::block_in_place(|| {
         let mut engine = shared.engine();
-        shared.metrics.observe(&engine, now);
+        if verdicts.len() == engine.rollouts.len() {
+            shared.metrics.observe_with(&engine, now, &verdicts);
+        } else {
+            shared.metrics.observe(&engine, now);
+        }
         shared.ui.history.record(&engine, now);
         engine.take_checkpoints()
-    };
+    });
     write_checkpoints(shared, checkpoints).await;
 }
 

@@ -5,11 +5,13 @@
 //! text — so the number of series stays bounded.
 
 use prometheus::{
-    Encoder, GaugeVec, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::core::engine::Engine;
 use crate::core::evidence::Arm;
+use crate::core::gate::GateVerdict;
 use crate::core::receipt::Receipt;
 use crate::core::rollout::Phase;
 
@@ -39,6 +41,8 @@ pub struct Metrics {
     gate_limit: GaugeVec,
     source_queries: IntCounterVec,
     source_errors: IntCounterVec,
+    /// Each rollout's resolved gauge handles, by name ([`Metrics::observe_with`]).
+    series: std::sync::Mutex<std::collections::HashMap<String, RolloutSeries>>,
 }
 
 /// The `outcome` values of `stagegate_notifications_total`.
@@ -105,6 +109,7 @@ impl Metrics {
                 "Each gate check's configured limit, by check kind (max, min: in the signal's unit; max_ratio: a factor on the baseline; max_increase, max_drop: added to or taken from the baseline), for dashboards to draw next to stagegate_signal_value.",
                 &["rollout", "gate", "check"],
             ),
+            series: std::sync::Mutex::new(std::collections::HashMap::new()),
             source_queries: counter(
                 &r,
                 "stagegate_source_queries_total",
@@ -369,92 +374,61 @@ impl Metrics {
         }
     }
 
-    /// Sets every gauge from the engine's current state.
+    /// Sets every gauge from the engine's current state, computing each rollout's verdicts.
     pub fn observe(&self, engine: &Engine, now: u64) {
-        for g in [
-            &self.rollout_info,
-            &self.rollout_state,
-            &self.stage_index,
-            &self.stage_age,
-            &self.stage_expected,
-            &self.gate_verdict,
-            &self.samples_to_decide,
-            &self.signal_samples,
-            &self.workflow_read_only,
-        ] {
-            g.reset();
-        }
-        self.weight.reset();
-        self.signal_value.reset();
-        self.stage.reset();
+        let verdicts: Vec<Vec<GateVerdict>> = engine
+            .plan
+            .rollouts
+            .iter()
+            .zip(&engine.rollouts)
+            .map(|(plan, rt)| crate::core::rollout::verdicts(plan, &rt.state, &rt.evidence))
+            .collect();
+        self.observe_with(engine, now, &verdicts);
+    }
+
+    /// Sets every gauge from the engine's state and the verdicts the tick already computed
+    /// (`verdicts[i]` for rollout `i`). Incremental: a rollout's series are resolved once per
+    /// shape (plan generation, stage, traffic) and only their values are set on later ticks;
+    /// a rollout whose shape changed, or that left the config, has its old series removed.
+    pub fn observe_with(&self, engine: &Engine, now: u64, verdicts: &[Vec<GateVerdict>]) {
+        let Ok(mut cache) = self.series.lock() else {
+            return;
+        };
+        cache.retain(|name, series| {
+            let keep = engine.rollout_index(name).is_some();
+            if !keep {
+                series.remove(self);
+            }
+            keep
+        });
         for (i, plan) in engine.plan.rollouts.iter().enumerate() {
             let rt = &engine.rollouts[i];
-            let r = plan.name.as_str();
-            self.rollout_info
-                .with_label_values(&[r, &plan.workflow, &plan.baseline, &plan.candidate])
-                .set(1);
-            for phase in Phase::ALL {
-                self.rollout_state
-                    .with_label_values(&[r, phase.name()])
-                    .set(i64::from(phase == rt.state.phase));
-            }
-            self.stage_index
-                .with_label_values(&[r])
-                .set(rt.state.stage.map_or(-1, |s| s as i64));
-            self.stage
-                .with_label_values(&[r, rt.state.stage_name(plan).unwrap_or("none")])
-                .set(1);
-            self.stage_age
-                .with_label_values(&[r])
-                .set((now.saturating_sub(rt.state.stage_started) / 1000) as i64);
-            let expected = rt
-                .state
-                .stage
-                .and_then(|s| plan.stages.get(s))
-                .map_or(0, |s| s.min_duration / 1000);
-            self.stage_expected
-                .with_label_values(&[r])
-                .set(expected as i64);
-            for (s, seg) in plan.segments.iter().enumerate() {
-                self.weight
-                    .with_label_values(&[r, &seg.name])
-                    .set(f64::from(rt.state.weight_bps(plan, s)) / 100.0);
-                for (arm, version) in [
-                    (Arm::Baseline, &plan.baseline),
-                    (Arm::Candidate, &plan.candidate),
-                ] {
-                    let Some(cell) = rt.evidence.arm(s, arm) else {
-                        continue;
-                    };
-                    for gate in &plan.gates {
-                        let Some(idx) = rt.evidence.signal_index(&gate.signal) else {
-                            continue;
-                        };
-                        let acc = &cell.signals[idx];
-                        let labels = [r, seg.name.as_str(), version.as_str(), gate.name.as_str()];
-                        self.signal_samples
-                            .with_label_values(&labels)
-                            .set(acc.samples() as i64);
-                        if let Some(v) = acc.value(gate.stat) {
-                            self.signal_value.with_label_values(&labels).set(v);
-                        }
+            let shape = Shape {
+                generation: engine.generation,
+                stage: rt.state.stage,
+                weights: (0..plan.segments.len())
+                    .map(|s| rt.state.weight_bps(plan, s))
+                    .collect(),
+            };
+            let series = match cache.get_mut(&plan.name) {
+                Some(series) if series.shape == shape => series,
+                _ => {
+                    if let Some(old) = cache.remove(&plan.name) {
+                        old.remove(self);
                     }
+                    let fresh = RolloutSeries::resolve(self, plan, rt, shape);
+                    cache.entry(plan.name.clone()).or_insert(fresh)
                 }
-            }
-            for v in crate::core::rollout::verdicts(plan, &rt.state, &rt.evidence) {
-                self.gate_verdict
-                    .with_label_values(&[r, &v.segment, &v.gate])
-                    .set(v.verdict.gauge());
-                if v.verdict == crate::core::gate::Verdict::Inconclusive {
-                    self.samples_to_decide
-                        .with_label_values(&[r, &v.segment, &v.gate])
-                        .set(
-                            v.samples_to_decide
-                                .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX)),
-                        );
-                }
-            }
+            };
+            series.set(
+                self,
+                plan,
+                rt,
+                now,
+                verdicts.get(i).map_or(&[][..], Vec::as_slice),
+            );
         }
+        self.workflow_read_only.reset();
         for w in &engine.plan.workflows {
             let read_only = engine
                 .guard_index(&w.name)
@@ -462,6 +436,221 @@ impl Metrics {
             self.workflow_read_only
                 .with_label_values(&[&w.name])
                 .set(i64::from(read_only));
+        }
+    }
+}
+
+/// What a rollout's set of series depends on: when it changes, they are resolved again.
+#[derive(Debug, Clone, PartialEq)]
+struct Shape {
+    generation: u64,
+    stage: Option<usize>,
+    weights: Vec<u16>,
+}
+
+/// One signal series pair of an arm: samples always, the value while there is one.
+struct SignalSeries {
+    labels: [String; 4],
+    samples: IntGauge,
+    value: Option<Gauge>,
+}
+
+/// A gate × segment verdict series, and its samples-to-decide while inconclusive.
+struct VerdictSeries {
+    labels: [String; 3],
+    verdict: IntGauge,
+    to_decide: Option<IntGauge>,
+}
+
+/// A rollout's resolved gauge handles (setting one is a store, not a label lookup).
+struct RolloutSeries {
+    shape: Shape,
+    name: String,
+    info_labels: [String; 4],
+    info: IntGauge,
+    states: Vec<(Phase, IntGauge)>,
+    stage_label: String,
+    stage_index: IntGauge,
+    stage: IntGauge,
+    stage_age: IntGauge,
+    stage_expected: IntGauge,
+    weights: Vec<(String, Gauge)>,
+    /// Per segment × arm × gate, in that order.
+    signals: Vec<SignalSeries>,
+    verdicts: Vec<VerdictSeries>,
+}
+
+impl RolloutSeries {
+    fn resolve(
+        m: &Metrics,
+        plan: &crate::plan::RolloutPlan,
+        rt: &crate::core::engine::Runtime,
+        shape: Shape,
+    ) -> RolloutSeries {
+        let r = plan.name.as_str();
+        let info_labels = [
+            plan.name.clone(),
+            plan.workflow.clone(),
+            plan.baseline.clone(),
+            plan.candidate.clone(),
+        ];
+        let stage_label = rt.state.stage_name(plan).unwrap_or("none").to_string();
+        let mut signals = Vec::new();
+        for seg in &plan.segments {
+            for version in [&plan.baseline, &plan.candidate] {
+                for gate in &plan.gates {
+                    let labels = [
+                        plan.name.clone(),
+                        seg.name.clone(),
+                        version.clone(),
+                        gate.name.clone(),
+                    ];
+                    signals.push(SignalSeries {
+                        samples: m.signal_samples.with_label_values(&labels),
+                        labels,
+                        value: None,
+                    });
+                }
+            }
+        }
+        RolloutSeries {
+            info: m.rollout_info.with_label_values(&info_labels),
+            info_labels,
+            states: Phase::ALL
+                .iter()
+                .map(|p| (*p, m.rollout_state.with_label_values(&[r, p.name()])))
+                .collect(),
+            stage: m.stage.with_label_values(&[r, &stage_label]),
+            stage_label,
+            stage_index: m.stage_index.with_label_values(&[r]),
+            stage_age: m.stage_age.with_label_values(&[r]),
+            stage_expected: m.stage_expected.with_label_values(&[r]),
+            weights: plan
+                .segments
+                .iter()
+                .map(|s| (s.name.clone(), m.weight.with_label_values(&[r, &s.name])))
+                .collect(),
+            signals,
+            verdicts: Vec::new(),
+            name: plan.name.clone(),
+            shape,
+        }
+    }
+
+    fn set(
+        &mut self,
+        m: &Metrics,
+        plan: &crate::plan::RolloutPlan,
+        rt: &crate::core::engine::Runtime,
+        now: u64,
+        verdicts: &[GateVerdict],
+    ) {
+        self.info.set(1);
+        for (phase, g) in &self.states {
+            g.set(i64::from(*phase == rt.state.phase));
+        }
+        self.stage_index
+            .set(rt.state.stage.map_or(-1, |s| s as i64));
+        self.stage.set(1);
+        self.stage_age
+            .set((now.saturating_sub(rt.state.stage_started) / 1000) as i64);
+        let expected = rt
+            .state
+            .stage
+            .and_then(|s| plan.stages.get(s))
+            .map_or(0, |s| s.min_duration / 1000);
+        self.stage_expected.set(expected as i64);
+        for (s, (_, g)) in self.weights.iter().enumerate() {
+            g.set(f64::from(rt.state.weight_bps(plan, s)) / 100.0);
+        }
+        let mut k = 0;
+        for s in 0..plan.segments.len() {
+            for arm in [Arm::Baseline, Arm::Candidate] {
+                for gate in &plan.gates {
+                    let Some(series) = self.signals.get_mut(k) else {
+                        return;
+                    };
+                    k += 1;
+                    let acc = rt
+                        .evidence
+                        .signal_index(&gate.signal)
+                        .and_then(|idx| Some(&rt.evidence.arm(s, arm)?.signals[idx]));
+                    series.samples.set(acc.map_or(0, |a| a.samples() as i64));
+                    match (acc.and_then(|a| a.value(gate.stat)), &series.value) {
+                        (Some(v), Some(g)) => g.set(v),
+                        (Some(v), None) => {
+                            let g = m.signal_value.with_label_values(&series.labels);
+                            g.set(v);
+                            series.value = Some(g);
+                        }
+                        (None, Some(_)) => {
+                            let _ = m.signal_value.remove_label_values(&series.labels);
+                            series.value = None;
+                        }
+                        (None, None) => {}
+                    }
+                }
+            }
+        }
+        // Verdicts: the exposed segments' (fixed by the shape), resolved on first sight.
+        for v in verdicts {
+            let pos = self
+                .verdicts
+                .iter()
+                .position(|x| x.labels[1] == v.segment && x.labels[2] == v.gate);
+            let i = match pos {
+                Some(i) => i,
+                None => {
+                    let labels = [self.name.clone(), v.segment.clone(), v.gate.clone()];
+                    self.verdicts.push(VerdictSeries {
+                        verdict: m.gate_verdict.with_label_values(&labels),
+                        labels,
+                        to_decide: None,
+                    });
+                    self.verdicts.len() - 1
+                }
+            };
+            let series = &mut self.verdicts[i];
+            series.verdict.set(v.verdict.gauge());
+            if v.verdict == crate::core::gate::Verdict::Inconclusive {
+                let n = v
+                    .samples_to_decide
+                    .map_or(-1, |n| i64::try_from(n).unwrap_or(i64::MAX));
+                series
+                    .to_decide
+                    .get_or_insert_with(|| m.samples_to_decide.with_label_values(&series.labels))
+                    .set(n);
+            } else if series.to_decide.take().is_some() {
+                let _ = m.samples_to_decide.remove_label_values(&series.labels);
+            }
+        }
+    }
+
+    /// Removes every series this rollout has.
+    fn remove(&self, m: &Metrics) {
+        let r = self.name.as_str();
+        let _ = m.rollout_info.remove_label_values(&self.info_labels);
+        for (p, _) in &self.states {
+            let _ = m.rollout_state.remove_label_values(&[r, p.name()]);
+        }
+        let _ = m.stage.remove_label_values(&[r, &self.stage_label]);
+        let _ = m.stage_index.remove_label_values(&[r]);
+        let _ = m.stage_age.remove_label_values(&[r]);
+        let _ = m.stage_expected.remove_label_values(&[r]);
+        for (seg, _) in &self.weights {
+            let _ = m.weight.remove_label_values(&[r, seg]);
+        }
+        for s in &self.signals {
+            let _ = m.signal_samples.remove_label_values(&s.labels);
+            if s.value.is_some() {
+                let _ = m.signal_value.remove_label_values(&s.labels);
+            }
+        }
+        for v in &self.verdicts {
+            let _ = m.gate_verdict.remove_label_values(&v.labels);
+            if v.to_decide.is_some() {
+                let _ = m.samples_to_decide.remove_label_values(&v.labels);
+            }
         }
     }
 }

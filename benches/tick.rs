@@ -1,0 +1,134 @@
+//! The controller's tick at a thousand rollouts (issue 14): a generated config of 1 000
+//! rollouts × 3 segments with evidence in every arm; measures `Engine::step` (every verdict
+//! and decision) and `Metrics::observe` (every gauge), and as the bare baseline the same
+//! rollouts' verdicts alone, in the same run. Run with `cargo bench --bench tick`.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark times itself with the wall clock"
+)]
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Instant;
+
+use stagegate::core::engine::{Engine, Route};
+use stagegate::core::evidence::Arm;
+use stagegate::plan::Plan;
+use stagegate::serve::metrics::Metrics;
+
+const ROLLOUTS: usize = 1000;
+
+fn config() -> String {
+    let mut out = String::from(
+        "auth: { open: true }\nsegments:\n  internal: { match: { team: [ops] } }\n  enterprise: { match: { tier: [enterprise] } }\n  everyone: {}\nworkflows:\n",
+    );
+    for i in 0..ROLLOUTS {
+        let _ = writeln!(out, "  w{i}: {{ stable: a, versions: [a, b] }}");
+    }
+    out.push_str("rollouts:\n");
+    for i in 0..ROLLOUTS {
+        let _ = write!(
+            out,
+            r#"  - name: r{i}
+    workflow: w{i}
+    baseline: a
+    candidate: b
+    segments: [internal, enterprise, everyone]
+    stages:
+      - {{ name: s1, traffic: {{ internal: 50, enterprise: 10, everyone: 5 }}, min_samples: 100000 }}
+      - {{ name: s2, traffic: {{ internal: 100, enterprise: 100, everyone: 100 }}, approval: manual }}
+    gates:
+      - {{ signal: quality,    stat: mean, min: 0.80, max_drop: 0.03, on_breach: rollback }}
+      - {{ signal: latency_ms, stat: p95,  max: 4000, max_ratio: 1.25, on_breach: narrow }}
+      - {{ signal: cost_usd,   stat: mean, max: 0.05, max_ratio: 1.5, on_breach: read_only }}
+      - {{ signal: fallback,   stat: rate, max: 0.05, max_increase: 0.02, on_breach: narrow }}
+    lane: {{ owner: o, repair: r }}
+"#
+        );
+    }
+    out
+}
+
+fn main() {
+    let plan = Plan::parse(std::path::Path::new("tick.yaml"), &config()).expect("generated config");
+    let mut engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
+    // 60 tasks per arm per segment: evidence everywhere, no decision due.
+    let mut n = 0u64;
+    for r in 0..ROLLOUTS {
+        let epoch = engine.rollouts[r].state.epoch;
+        for segment in 0..3 {
+            for arm in [Arm::Baseline, Arm::Candidate] {
+                for k in 0..60 {
+                    n += 1;
+                    let event = stagegate::core::event::parse_event(serde_json::json!({
+                        "event_id": format!("e{n}"), "workflow": format!("w{r}"), "version": "b",
+                        "quality": 0.85 + f64::from(k % 10) / 100.0, "latency_ms": 900.0 + f64::from(k) * 7.0,
+                        "cost_usd": 0.01, "fallback": k % 40 == 0,
+                    }))
+                    .expect("event");
+                    engine.record(
+                        &Route::Rollout {
+                            rollout: r,
+                            segment,
+                            arm,
+                            epoch,
+                        },
+                        &event,
+                    );
+                }
+            }
+        }
+    }
+    let metrics = Metrics::new();
+    metrics.init_series(&engine.plan);
+    let rounds = 5;
+    let time = |f: &mut dyn FnMut()| {
+        let t = Instant::now();
+        for _ in 0..rounds {
+            f();
+        }
+        t.elapsed().as_secs_f64() * 1000.0 / f64::from(rounds)
+    };
+    let now = 60_000;
+    let bare = time(&mut || {
+        for (plan, rt) in engine.plan.rollouts.iter().zip(&engine.rollouts) {
+            std::hint::black_box(stagegate::core::rollout::verdicts(
+                plan,
+                &rt.state,
+                &rt.evidence,
+            ));
+        }
+    });
+    let mut verdicts = Vec::new();
+    let step = time(&mut || {
+        verdicts = std::hint::black_box(engine.step_with_verdicts(now)).1;
+    });
+    let t = Instant::now();
+    metrics.observe_with(&engine, now, &verdicts);
+    let first = t.elapsed().as_secs_f64() * 1000.0;
+    let observe = time(&mut || metrics.observe_with(&engine, now, &verdicts));
+    let t = Instant::now();
+    let text = metrics.render();
+    let render = t.elapsed().as_secs_f64() * 1000.0;
+    println!("tick at {ROLLOUTS} rollouts × 3 segments with evidence ({n} tasks):");
+    println!("  bare verdicts (baseline)   {bare:8.1} ms");
+    println!(
+        "  Engine::step (+ verdicts)  {step:8.1} ms  ({:.2}× the baseline)",
+        step / bare
+    );
+    println!(
+        "  Metrics::observe_with      {observe:8.1} ms  ({:.2}× the baseline; {first:.1} ms the first time, resolving every series)",
+        observe / bare
+    );
+    println!(
+        "  tick (step + observe)      {:8.1} ms  ({:.2}× the baseline)",
+        step + observe,
+        (step + observe) / bare
+    );
+    println!("  /metrics render            {render:8.1} ms");
+    println!(
+        "  /metrics                   {:8.0} KiB, {} series",
+        text.len() as f64 / 1024.0,
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    );
+}
