@@ -242,6 +242,13 @@ fn check_json(path: &Path) -> anyhow::Result<serde_json::Value> {
     };
     let mut warnings = stagegate::serve::notify::preflight(&plan);
     warnings.extend(stagegate::config::check_warnings(&plan));
+    for r in &plan.rollouts {
+        warnings.extend(
+            stagegate::config::relative_notes(r)
+                .into_iter()
+                .map(|n| format!("rollout {}: {n}", r.name)),
+        );
+    }
     if plan.auth.tokens.is_none() {
         warnings.push("auth.open is true: every endpoint answers without a token".into());
     }

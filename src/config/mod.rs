@@ -15,7 +15,7 @@ mod raw;
 mod render;
 mod validate;
 
-pub use render::{check_warnings, render_plan};
+pub use render::{check_warnings, relative_notes, render_plan};
 
 use raw::RawConfig;
 use validate::Validator;

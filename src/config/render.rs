@@ -61,35 +61,8 @@ pub fn render_plan(plan: &Plan) -> String {
             );
             let _ = writeln!(out, "{row}");
         }
-        let relative: Vec<String> = r
-            .gates
-            .iter()
-            .flat_map(|g| {
-                g.checks
-                    .iter()
-                    .filter(|c| c.is_relative())
-                    .map(move |c| format!("{} {}", g.name, c))
-            })
-            .collect();
-        if !relative.is_empty() {
-            for st in &r.stages {
-                let full: Vec<&str> = r
-                    .segments
-                    .iter()
-                    .zip(&st.weights_bps)
-                    .filter(|(_, w)| **w == 10_000)
-                    .map(|(s, _)| s.name.as_str())
-                    .collect();
-                if !full.is_empty() {
-                    let _ = writeln!(
-                        out,
-                        "  note: at stage {} the baseline gets no traffic in {}: relative checks ({}) do not apply there; absolute checks decide (a stage `holdout: PCT` keeps a baseline share)",
-                        st.name,
-                        full.join(", "),
-                        relative.join(", ")
-                    );
-                }
-            }
+        for note in relative_notes(r) {
+            let _ = writeln!(out, "  note: {note}");
         }
         let _ = writeln!(out, "  gates (alpha per check {:.5}):", r.alpha_per_check());
         for g in &r.gates {
@@ -212,4 +185,43 @@ pub fn check_warnings(plan: &Plan) -> Vec<String> {
         }
     }
     out
+}
+
+/// Stages where some segment sends the baseline no traffic, so the rollout's relative checks
+/// do not apply there (absolute checks decide): `check` prints them under the plan and lists
+/// them among `--json`'s warnings.
+pub fn relative_notes(r: &RolloutPlan) -> Vec<String> {
+    let relative: Vec<String> = r
+        .gates
+        .iter()
+        .flat_map(|g| {
+            g.checks
+                .iter()
+                .filter(|c| c.is_relative())
+                .map(move |c| format!("{} {}", g.name, c))
+        })
+        .collect();
+    if relative.is_empty() {
+        return Vec::new();
+    }
+    r.stages
+        .iter()
+        .filter_map(|st| {
+            let full: Vec<&str> = r
+                .segments
+                .iter()
+                .zip(&st.weights_bps)
+                .filter(|(_, w)| **w == 10_000)
+                .map(|(s, _)| s.name.as_str())
+                .collect();
+            (!full.is_empty()).then(|| {
+                format!(
+                    "at stage {} the baseline gets no traffic in {}: relative checks ({}) do not apply there; absolute checks decide (a stage `holdout: PCT` keeps a baseline share)",
+                    st.name,
+                    full.join(", "),
+                    relative.join(", ")
+                )
+            })
+        })
+        .collect()
 }
