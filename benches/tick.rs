@@ -79,6 +79,25 @@ fn main() {
             }
         }
     }
+    // Routing: which rollout, segment and arm an event belongs to, against parsing it (the
+    // work every event needs anyway).
+    let raw: Vec<serde_json::Value> = (0..100_000)
+        .map(|k| {
+            serde_json::json!({"event_id": format!("x{k}"), "workflow": format!("w{}", (k * 7919) % ROLLOUTS),
+                "version": if k % 2 == 0 { "a" } else { "b" }, "attributes": {"tier": "enterprise"}, "quality": 0.9})
+        })
+        .collect();
+    let t = Instant::now();
+    let parsed: Vec<_> = raw
+        .iter()
+        .map(|v| stagegate::core::event::parse_event(v.clone()).expect("event"))
+        .collect();
+    let parse_ns = t.elapsed().as_nanos() as f64 / parsed.len() as f64;
+    let t = Instant::now();
+    for e in &parsed {
+        std::hint::black_box(engine.route(e).expect("routes"));
+    }
+    let route_ns = t.elapsed().as_nanos() as f64 / parsed.len() as f64;
     let metrics = Metrics::new();
     metrics.init_series(&engine.plan);
     let rounds = 5;
@@ -126,6 +145,10 @@ fn main() {
         (step + observe) / bare
     );
     println!("  /metrics render            {render:8.1} ms");
+    println!(
+        "  Engine::route per event    {route_ns:8.0} ns  ({:.2}× parsing it: {parse_ns:.0} ns)",
+        route_ns / parse_ns
+    );
     println!(
         "  /metrics                   {:8.0} KiB, {} series",
         text.len() as f64 / 1024.0,

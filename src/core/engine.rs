@@ -103,6 +103,46 @@ pub struct Engine {
     /// Every stored event with a sequence number up to this one has been recorded (or was
     /// outside its scope's current epoch): the watermark checkpoints carry.
     pub recorded_seq: u64,
+    /// Lookups by name, built with the engine (its plan never changes after).
+    index: Arc<Index>,
+}
+
+/// Routing an event or naming a rollout is a hash lookup, not a scan of every workflow and
+/// rollout: at a thousand rollouts the scans were most of the ingest path.
+#[derive(Debug, Default)]
+struct Index {
+    /// Workflow name → its position in the plan, its rollout's, its guard's.
+    workflows: HashMap<String, (usize, Option<usize>, Option<usize>)>,
+    rollouts: HashMap<String, usize>,
+}
+
+impl Index {
+    fn build(plan: &Plan, guards: &[GuardRuntime]) -> Index {
+        let mut workflows: HashMap<String, (usize, Option<usize>, Option<usize>)> = plan
+            .workflows
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (w.name.clone(), (i, None, None)))
+            .collect();
+        for (i, r) in plan.rollouts.iter().enumerate() {
+            if let Some(entry) = workflows.get_mut(&r.workflow) {
+                entry.1.get_or_insert(i);
+            }
+        }
+        for (i, g) in guards.iter().enumerate() {
+            if let Some(entry) = workflows.get_mut(&g.workflow) {
+                entry.2.get_or_insert(i);
+            }
+        }
+        let mut rollouts = HashMap::new();
+        for (i, r) in plan.rollouts.iter().enumerate() {
+            rollouts.entry(r.name.clone()).or_insert(i);
+        }
+        Index {
+            workflows,
+            rollouts,
+        }
+    }
 }
 
 /// The signals a rollout (or guard) keeps statistics for: every built-in one, plus custom
@@ -231,22 +271,24 @@ impl Engine {
                 evidence: Evidence::new(tracked(&w.guards, &[]), 1, GUARD_DESIGN_SAMPLES),
                 dirty: true,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let index = Arc::new(Index::build(&plan, &guards));
         Engine {
             plan,
             rollouts,
             guards,
             generation: 0,
             recorded_seq: 0,
+            index,
         }
     }
 
     pub fn rollout_index(&self, name: &str) -> Option<usize> {
-        self.plan.rollouts.iter().position(|r| r.name == name)
+        self.index.rollouts.get(name).copied()
     }
 
     pub fn guard_index(&self, workflow: &str) -> Option<usize> {
-        self.guards.iter().position(|g| g.workflow == workflow)
+        self.index.workflows.get(workflow).and_then(|e| e.2)
     }
 
     fn guard_plan(&self, guard: usize) -> Option<&WorkflowPlan> {
@@ -255,9 +297,11 @@ impl Engine {
 
     /// Checks an event against the plan and finds where its evidence goes.
     pub fn route(&self, event: &TaskEvent) -> Result<Route, String> {
-        let Some(workflow) = self.plan.workflow(&event.workflow) else {
+        let entry = self.index.workflows.get(&event.workflow).copied();
+        let Some((workflow, rollout, _)) = entry else {
             return Err(format!("unknown workflow `{}`", event.workflow));
         };
+        let workflow = &self.plan.workflows[workflow];
         if !workflow.versions.contains(&event.version) {
             return Err(format!(
                 "unknown version `{}` of workflow `{}`",
@@ -265,12 +309,7 @@ impl Engine {
             ));
         }
         self.check_ranges(event)?;
-        if let Some(rollout) = self
-            .plan
-            .rollouts
-            .iter()
-            .position(|r| r.workflow == event.workflow)
-        {
+        if let Some(rollout) = rollout {
             let plan = &self.plan.rollouts[rollout];
             let arm = if event.version == plan.candidate {
                 Arm::Candidate
