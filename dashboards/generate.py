@@ -53,17 +53,13 @@ VERDICT_MAPPINGS = [
     }
 ]
 
-STATE_COLORS = {
-    "progressing": "green",
-    "promoted": "blue",
-    "paused": "yellow",
-    "narrowed": "orange",
-    "probation": "purple",
-    "read_only": "orange",
-    "fallback": "orange",
-    "rolled_back": "red",
+VERDICT_FIELD = {
+    "mappings": VERDICT_MAPPINGS,
+    "color": {"mode": "thresholds"},
+    "thresholds": {"mode": "absolute", "steps": [
+        {"color": "red", "value": None}, {"color": "yellow", "value": 0},
+        {"color": "green", "value": 1}]},
 }
-
 
 class Layout:
     def __init__(self):
@@ -165,10 +161,7 @@ def rollouts():
         "state-timeline", "Gate verdicts",
         [target("A", f"stagegate_gate_verdict{{{r}}}", "{{gate}} {{segment}}")],
         12, 6, x=12,
-        field={"mappings": VERDICT_MAPPINGS, "color": {"mode": "thresholds"},
-               "thresholds": {"mode": "absolute", "steps": [
-                   {"color": "red", "value": None}, {"color": "yellow", "value": 0},
-                   {"color": "green", "value": 1}]}},
+        field=VERDICT_FIELD,
     )
     L.row_done(6)
     L.add(
@@ -241,10 +234,7 @@ def signals():
         "state-timeline", "$gate: verdict",
         [target("A", f'stagegate_gate_verdict{{{r}, gate="$gate", {seg}}}', "{{segment}}")],
         24, 4,
-        field={"mappings": VERDICT_MAPPINGS, "color": {"mode": "thresholds"},
-               "thresholds": {"mode": "absolute", "steps": [
-                   {"color": "red", "value": None}, {"color": "yellow", "value": 0},
-                   {"color": "green", "value": 1}]}},
+        field=VERDICT_FIELD,
     )
     variables = common_vars() + [
         var("baseline", f'label_values(stagegate_rollout_info{{{r}}}, baseline)'),

@@ -170,21 +170,21 @@ fn dashboards_follow_grafanas_dashboard_model() {
                     );
                 }
             }
+            if let Some(repeat) = p["repeat"].as_str() {
+                let v = vars
+                    .iter()
+                    .find(|v| v["name"] == repeat)
+                    .expect("repeat variable");
+                assert_eq!(
+                    v["multi"], true,
+                    "{name}: repeat over a single-value variable"
+                );
+            }
             if kind == "row" {
                 assert!(
                     p["panels"].is_array() && p["collapsed"].is_boolean(),
                     "{name}: {title}"
                 );
-                if let Some(repeat) = p["repeat"].as_str() {
-                    let v = vars
-                        .iter()
-                        .find(|v| v["name"] == repeat)
-                        .expect("repeat variable");
-                    assert_eq!(
-                        v["multi"], true,
-                        "{name}: repeat over a single-value variable"
-                    );
-                }
                 continue;
             }
             assert!(p["fieldConfig"]["defaults"].is_object(), "{name}: {title}");
@@ -211,16 +211,6 @@ fn dashboards_follow_grafanas_dashboard_model() {
                     "{name}: {title}"
                 );
                 assert!(m["options"].is_object(), "{name}: {title}");
-            }
-            if let Some(repeat) = p["repeat"].as_str() {
-                let v = vars
-                    .iter()
-                    .find(|v| v["name"] == repeat)
-                    .expect("repeat variable");
-                assert_eq!(
-                    v["multi"], true,
-                    "{name}: repeat over a single-value variable"
-                );
             }
             let text = p.to_string();
             for piece in text.split('$').skip(1) {

@@ -194,7 +194,7 @@ pub fn jobs(plan: &RolloutPlan, state: &RolloutState, now: Millis) -> Vec<Source
         return Vec::new();
     }
     let mut out = Vec::new();
-    for (s, segment) in plan.segments.iter().enumerate() {
+    for s in 0..plan.segments.len() {
         let weight = state.weight_bps(plan, s);
         if weight == 0 {
             continue;
@@ -204,19 +204,15 @@ pub fn jobs(plan: &RolloutPlan, state: &RolloutState, now: Millis) -> Vec<Source
             arms.push((Arm::Baseline, plan.baseline.as_str()));
         }
         for (arm, version) in arms {
-            out.extend(plan.sourced.iter().map(|src| SourceJob {
-                rollout: plan.name.clone(),
-                epoch: state.epoch,
-                segment: s,
-                segment_name: segment.name.clone(),
+            out.extend(segment_jobs(
+                plan,
+                state.epoch,
+                s,
                 arm,
-                version: version.to_string(),
-                signal: src.signal.clone(),
-                source: src.source.clone(),
-                queries: queries(plan, src, &segment.name, version, range_secs),
-                at: now,
+                version,
                 range_secs,
-            }));
+                now,
+            ));
         }
     }
     out
@@ -226,27 +222,44 @@ pub fn jobs(plan: &RolloutPlan, state: &RolloutState, now: Millis) -> Vec<Source
 /// arms whatever their state: what `check --probe` runs.
 pub fn probe_jobs(plan: &RolloutPlan, range_secs: u64, now: Millis) -> Vec<SourceJob> {
     let mut out = Vec::new();
-    for (s, segment) in plan.segments.iter().enumerate() {
+    for s in 0..plan.segments.len() {
         for (arm, version) in [
             (Arm::Baseline, plan.baseline.as_str()),
             (Arm::Candidate, plan.candidate.as_str()),
         ] {
-            out.extend(plan.sourced.iter().map(|src| SourceJob {
-                rollout: plan.name.clone(),
-                epoch: 0,
-                segment: s,
-                segment_name: segment.name.clone(),
-                arm,
-                version: version.to_string(),
-                signal: src.signal.clone(),
-                source: src.source.clone(),
-                queries: queries(plan, src, &segment.name, version, range_secs),
-                at: now,
-                range_secs,
-            }));
+            out.extend(segment_jobs(plan, 0, s, arm, version, range_secs, now));
         }
     }
     out
+}
+
+/// One arm's jobs in segment `s`: a job per sourced signal.
+fn segment_jobs(
+    plan: &RolloutPlan,
+    epoch: u64,
+    s: usize,
+    arm: Arm,
+    version: &str,
+    range_secs: u64,
+    now: Millis,
+) -> Vec<SourceJob> {
+    let segment = &plan.segments[s].name;
+    plan.sourced
+        .iter()
+        .map(|src| SourceJob {
+            rollout: plan.name.clone(),
+            epoch,
+            segment: s,
+            segment_name: segment.clone(),
+            arm,
+            version: version.to_string(),
+            signal: src.signal.clone(),
+            source: src.source.clone(),
+            queries: queries(plan, src, segment, version, range_secs),
+            at: now,
+            range_secs,
+        })
+        .collect()
 }
 
 fn fault(kind: FaultKind, message: impl Into<String>) -> SourceFault {
