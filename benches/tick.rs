@@ -7,7 +7,6 @@
     reason = "a benchmark times itself with the wall clock"
 )]
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,35 +17,13 @@ use stagegate::serve::metrics::Metrics;
 
 const ROLLOUTS: usize = 1000;
 
+/// The same fleet as the A/B benchmark (`scripts/bench`).
+#[path = "../bench/src/fleet.rs"]
+#[allow(dead_code, reason = "the HTTP driver's helpers are not used here")]
+mod fleet;
+
 fn config() -> String {
-    let mut out = String::from(
-        "auth: { open: true }\nsegments:\n  internal: { match: { team: [ops] } }\n  enterprise: { match: { tier: [enterprise] } }\n  everyone: {}\nworkflows:\n",
-    );
-    for i in 0..ROLLOUTS {
-        let _ = writeln!(out, "  w{i}: {{ stable: a, versions: [a, b] }}");
-    }
-    out.push_str("rollouts:\n");
-    for i in 0..ROLLOUTS {
-        let _ = write!(
-            out,
-            r#"  - name: r{i}
-    workflow: w{i}
-    baseline: a
-    candidate: b
-    segments: [internal, enterprise, everyone]
-    stages:
-      - {{ name: s1, traffic: {{ internal: 50, enterprise: 10, everyone: 5 }}, min_samples: 100000 }}
-      - {{ name: s2, traffic: {{ internal: 100, enterprise: 100, everyone: 100 }}, approval: manual }}
-    gates:
-      - {{ signal: quality,    stat: mean, min: 0.80, max_drop: 0.03, on_breach: rollback }}
-      - {{ signal: latency_ms, stat: p95,  max: 4000, max_ratio: 1.25, on_breach: narrow }}
-      - {{ signal: cost_usd,   stat: mean, max: 0.05, max_ratio: 1.5, on_breach: read_only }}
-      - {{ signal: fallback,   stat: rate, max: 0.05, max_increase: 0.02, on_breach: narrow }}
-    lane: {{ owner: o, repair: r }}
-"#
-        );
-    }
-    out
+    fleet::config(ROLLOUTS, "tick: 5s")
 }
 
 fn main() {

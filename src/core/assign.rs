@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::sync::Arc;
 
 use crate::core::event::Mode;
 use crate::core::rollout::Phase;
@@ -64,11 +65,12 @@ pub struct WorkflowRoute {
     pub rollout: Option<RolloutRoute>,
 }
 
-/// Everything assignment needs, immutable once published.
+/// Everything assignment needs, immutable once published. Each workflow's route is shared
+/// between snapshots, so publishing one rollout's change copies pointers, not the fleet.
 #[derive(Debug, Clone, Default)]
 pub struct Routing {
-    pub workflows: Vec<WorkflowRoute>,
-    index: HashMap<String, usize>,
+    pub workflows: Vec<Arc<WorkflowRoute>>,
+    index: Arc<HashMap<String, usize>>,
 }
 
 /// Why a task got its version.
@@ -119,17 +121,28 @@ pub struct Assignment<'a> {
 }
 
 impl Routing {
-    pub fn new(workflows: Vec<WorkflowRoute>) -> Routing {
-        let index = workflows
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (w.name.clone(), i))
-            .collect();
+    pub fn new(workflows: Vec<Arc<WorkflowRoute>>) -> Routing {
+        let index = Arc::new(
+            workflows
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (w.name.clone(), i))
+                .collect(),
+        );
         Routing { workflows, index }
     }
 
+    /// This routing with workflow `i`'s route replaced (the same workflow, in a new state).
+    pub fn with_workflow(&self, i: usize, route: WorkflowRoute) -> Routing {
+        let mut next = self.clone();
+        if let Some(slot) = next.workflows.get_mut(i) {
+            *slot = Arc::new(route);
+        }
+        next
+    }
+
     pub fn workflow(&self, name: &str) -> Option<&WorkflowRoute> {
-        self.index.get(name).map(|&i| &self.workflows[i])
+        self.index.get(name).map(|&i| &*self.workflows[i])
     }
 
     /// Assigns a task. `attribute` looks up the task's attributes by key.

@@ -433,21 +433,38 @@ impl Engine {
 
     /// Checkpoints of every scope whose evidence changed since the last call.
     pub fn take_checkpoints(&mut self) -> Vec<(String, Checkpoint)> {
+        let mut out: Vec<_> = (0..self.rollouts.len())
+            .filter_map(|i| self.take_checkpoint(i))
+            .collect();
+        out.extend(self.take_guard_checkpoints());
+        out
+    }
+
+    /// Rollout `index`'s checkpoint if its evidence changed since the last one, at the
+    /// current watermark.
+    pub fn take_checkpoint(&mut self, index: usize) -> Option<(String, Checkpoint)> {
+        let seq = self.recorded_seq;
+        let (r, rt) = (
+            self.plan.rollouts.get(index)?,
+            self.rollouts.get_mut(index)?,
+        );
+        std::mem::take(&mut rt.dirty).then(|| {
+            (
+                r.name.clone(),
+                Checkpoint {
+                    epoch: rt.state.epoch,
+                    seq,
+                    healthy_read_only: rt.healthy_read_only,
+                    evidence: rt.evidence.clone(),
+                },
+            )
+        })
+    }
+
+    /// The guarded workflows' checkpoints whose evidence changed since the last ones.
+    pub fn take_guard_checkpoints(&mut self) -> Vec<(String, Checkpoint)> {
         let seq = self.recorded_seq;
         let mut out = Vec::new();
-        for (r, rt) in self.plan.rollouts.iter().zip(self.rollouts.iter_mut()) {
-            if std::mem::take(&mut rt.dirty) {
-                out.push((
-                    r.name.clone(),
-                    Checkpoint {
-                        epoch: rt.state.epoch,
-                        seq,
-                        healthy_read_only: rt.healthy_read_only,
-                        evidence: rt.evidence.clone(),
-                    },
-                ));
-            }
-        }
         for g in &mut self.guards {
             if std::mem::take(&mut g.dirty) {
                 out.push((
@@ -741,60 +758,64 @@ impl Engine {
 
     /// The routing snapshot for assignment.
     pub fn routing(&self) -> Routing {
-        let workflows = self
-            .plan
-            .workflows
-            .iter()
-            .map(|w| {
-                let index = |v: &str| w.versions.iter().position(|x| x == v).unwrap_or(0);
-                let rollout = self
-                    .plan
-                    .rollouts
+        Routing::new(
+            (0..self.plan.workflows.len())
+                .map(|w| Arc::new(self.workflow_route(w)))
+                .collect(),
+        )
+    }
+
+    /// The position in the plan of the workflow rollout `rollout` (or guard `guard`) runs on.
+    pub fn workflow_position(&self, workflow: &str) -> Option<usize> {
+        self.index.workflows.get(workflow).map(|e| e.0)
+    }
+
+    /// What assignment needs of workflow `w` (its position in the plan): its versions, the
+    /// guard's mode, and its rollout's shares per segment.
+    pub fn workflow_route(&self, w: usize) -> WorkflowRoute {
+        let w = &self.plan.workflows[w];
+        let index = |v: &str| w.versions.iter().position(|x| x == v).unwrap_or(0);
+        let entry = self.index.workflows.get(&w.name).copied();
+        let rollout = entry.and_then(|e| e.1).map(|i| {
+            let (plan, state) = (&self.plan.rollouts[i], &self.rollouts[i].state);
+            RolloutRoute {
+                name: plan.name.clone(),
+                salt: plan.name.clone(),
+                baseline: index(&plan.baseline),
+                candidate: index(&plan.candidate),
+                segments: plan.segments.clone(),
+                weights_bps: (0..plan.segments.len())
+                    .map(|s| state.weight_bps(plan, s))
+                    .collect(),
+                stage: state.stage_name(plan).map(str::to_string),
+                phase: state.phase,
+                candidate_mode: if state.read_only {
+                    Mode::ReadOnly
+                } else {
+                    Mode::Full
+                },
+                read_only_segments: plan
+                    .segments
                     .iter()
-                    .position(|r| r.workflow == w.name)
-                    .map(|i| {
-                        let (plan, state) = (&self.plan.rollouts[i], &self.rollouts[i].state);
-                        RolloutRoute {
-                            name: plan.name.clone(),
-                            salt: plan.name.clone(),
-                            baseline: index(&plan.baseline),
-                            candidate: index(&plan.candidate),
-                            segments: plan.segments.clone(),
-                            weights_bps: (0..plan.segments.len())
-                                .map(|s| state.weight_bps(plan, s))
-                                .collect(),
-                            stage: state.stage_name(plan).map(str::to_string),
-                            phase: state.phase,
-                            candidate_mode: if state.read_only {
-                                Mode::ReadOnly
-                            } else {
-                                Mode::Full
-                            },
-                            read_only_segments: plan
-                                .segments
-                                .iter()
-                                .map(|s| state.read_only_segments.contains(&s.name))
-                                .collect(),
-                            fallback: state
-                                .fallback
-                                .as_deref()
-                                .filter(|_| state.phase == Phase::Fallback)
-                                .map(index),
-                        }
-                    });
-                let guarded = self
-                    .guard_index(&w.name)
-                    .is_some_and(|g| self.guards[g].state.read_only);
-                WorkflowRoute {
-                    name: w.name.clone(),
-                    versions: w.versions.clone(),
-                    stable: index(&w.stable),
-                    stable_mode: if guarded { Mode::ReadOnly } else { Mode::Full },
-                    rollout,
-                }
-            })
-            .collect();
-        Routing::new(workflows)
+                    .map(|s| state.read_only_segments.contains(&s.name))
+                    .collect(),
+                fallback: state
+                    .fallback
+                    .as_deref()
+                    .filter(|_| state.phase == Phase::Fallback)
+                    .map(index),
+            }
+        });
+        let guarded = entry
+            .and_then(|e| e.2)
+            .is_some_and(|g| self.guards[g].state.read_only);
+        WorkflowRoute {
+            name: w.name.clone(),
+            versions: w.versions.clone(),
+            stable: index(&w.stable),
+            stable_mode: if guarded { Mode::ReadOnly } else { Mode::Full },
+            rollout,
+        }
     }
 
     /// A rollout's status: state, weights, verdicts with their numbers, and what it waits for.
@@ -1214,18 +1235,34 @@ impl Engine {
         let mut verdicts = Vec::with_capacity(self.rollouts.len());
         let mut pending = Vec::new();
         for index in 0..self.rollouts.len() {
-            let a = self.assess(index, now);
-            if let Some(decision) = a.decision {
-                pending.push(Pending::Rollout { index, decision });
-            }
-            verdicts.push(a.verdicts);
+            let (due, v) = self.step_rollout(index, now);
+            pending.extend(due);
+            verdicts.push(v);
         }
-        pending.extend((0..self.guards.len()).filter_map(|index| {
-            self.assess_guard(index, now)
-                .1
-                .map(|decision| Pending::Guard { index, decision })
-        }));
+        pending.extend(self.step_guards(now));
         (pending, verdicts)
+    }
+
+    /// [`Engine::step`] for one rollout: its decision, if one is due, and its verdicts. The
+    /// server steps rollouts one at a time, taking the engine lock for each alone.
+    pub fn step_rollout(&self, index: usize, now: Millis) -> (Option<Pending>, Vec<GateVerdict>) {
+        let a = self.assess(index, now);
+        (
+            a.decision
+                .map(|decision| Pending::Rollout { index, decision }),
+            a.verdicts,
+        )
+    }
+
+    /// [`Engine::step`] for the guarded workflows.
+    pub fn step_guards(&self, now: Millis) -> Vec<Pending> {
+        (0..self.guards.len())
+            .filter_map(|index| {
+                self.assess_guard(index, now)
+                    .1
+                    .map(|decision| Pending::Guard { index, decision })
+            })
+            .collect()
     }
 
     /// The receipt a pending decision is persisted with (its id is set by the store).
@@ -1392,4 +1429,108 @@ pub struct GuardStatus {
     pub since: String,
     pub samples: u64,
     pub guards: Vec<GateVerdict>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::core::rollout::Command;
+
+    const PLAN: &str = r#"
+segments: { internal: { match: { team: [ops] } }, everyone: {} }
+workflows:
+  w0: { stable: v1, versions: [v1, v2] }
+  w1: { stable: v1, versions: [v1, v2] }
+  w2: { stable: v1, versions: [v1, v2] }
+rollouts:
+  - { name: r0, workflow: w0, baseline: v1, candidate: v2, segments: [internal, everyone],
+      stages: [{ name: s1, traffic: { internal: 100, everyone: 30 } }, { name: s2, traffic: { internal: 100, everyone: 100 } }],
+      gates: [{ signal: quality, stat: mean, min: 0.8, on_breach: rollback }], lane: { owner: o, repair: r } }
+  - { name: r1, workflow: w1, baseline: v1, candidate: v2, segments: [internal, everyone],
+      stages: [{ name: s1, traffic: { internal: 100, everyone: 30 } }, { name: s2, traffic: { internal: 100, everyone: 100 } }],
+      gates: [{ signal: quality, stat: mean, min: 0.8, on_breach: rollback }], lane: { owner: o, repair: r } }
+auth: { open: true }
+"#;
+
+    /// Every workflow's answer for a spread of subjects in both segments.
+    fn answers(routing: &Routing) -> Vec<String> {
+        let mut out = Vec::new();
+        for w in ["w0", "w1", "w2"] {
+            for k in 0..400 {
+                for team in [Some("ops"), None] {
+                    let subject = format!("s{k}");
+                    let a = routing
+                        .assign(w, Some(&subject), |key| {
+                            (key == "team").then_some(team).flatten()
+                        })
+                        .expect("known workflow");
+                    out.push(format!(
+                        "{w} {subject} {team:?}: {} {} {:?} {:?}",
+                        a.version,
+                        a.mode.name(),
+                        a.stage,
+                        a.reason
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_routing_patched_after_each_decision_answers_like_one_built_whole() {
+        let plan = Plan::parse(Path::new("t.yaml"), PLAN).expect("valid plan");
+        let mut engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
+        let mut patched = engine.routing();
+        let commands = [
+            (
+                1,
+                Command::Promote {
+                    reason: "go".into(),
+                    full: false,
+                },
+            ),
+            (
+                0,
+                Command::Rollback {
+                    reason: "bad".into(),
+                },
+            ),
+            (
+                1,
+                Command::Pause {
+                    reason: "wait".into(),
+                },
+            ),
+        ];
+        for (now, (i, command)) in commands.into_iter().enumerate() {
+            let before = answers(&patched);
+            let decision = engine
+                .operate(i, "t", &command, 0, now as u64 * 1000)
+                .expect("allowed");
+            engine.apply(i, &decision);
+            let w = engine
+                .workflow_position(&engine.plan.rollouts[i].workflow)
+                .expect("its workflow");
+            patched = patched.with_workflow(w, engine.workflow_route(w));
+            let after = answers(&patched);
+            assert_eq!(after, answers(&engine.routing()), "after {command:?}");
+            // The decision changed its own workflow's answers and no other's.
+            let changed: std::collections::BTreeSet<&str> = before
+                .iter()
+                .zip(&after)
+                .filter(|(b, a)| b != a)
+                .map(|(b, _)| &b[..2])
+                .collect();
+            assert!(
+                changed
+                    .iter()
+                    .all(|c| *c == engine.plan.rollouts[i].workflow),
+                "{changed:?}"
+            );
+        }
+    }
 }

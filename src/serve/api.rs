@@ -550,11 +550,15 @@ async fn metrics(State(shared): AppState) -> Response {
     shared
         .metrics
         .store(shared.store.size_bytes(), shared.store.is_healthy());
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        shared.metrics.render(),
-    )
-        .into_response()
+    // Rendering every series is CPU work in proportion to the fleet: the evaluation thread's,
+    // not a request worker's.
+    let s = Arc::clone(&shared);
+    let text = shared
+        .evaluator
+        .run(move || s.metrics.render())
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 async fn readyz(State(shared): AppState) -> Response {

@@ -18,11 +18,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::core::affected::{self, AffectedItem};
 use crate::core::assign::Routing;
 use crate::core::clock::Clock;
+use crate::core::clock::Millis;
 use crate::core::engine::{Engine, Pending, StateChange};
 use crate::core::event::{TaskEvent, parse_event, split_batch};
+use crate::core::evidence::Checkpoint;
+use crate::core::gate::GateVerdict;
 use crate::core::receipt::Receipt;
 use crate::core::rollout::Command;
 use crate::plan::{Plan, Role, StorePlan};
+use crate::serve::evaluator::Evaluator;
 use crate::serve::failure::InputError;
 use crate::serve::metrics::{Metrics, UNKNOWN_WORKFLOW};
 use crate::serve::replica::{
@@ -35,8 +39,10 @@ use crate::store::{
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
 pub struct Snapshot {
     pub routing: Routing,
-    /// `[workflow][version]` → `[full, read_only]` assignment counters.
-    pub counters: Vec<Vec<[IntCounter; 2]>>,
+    /// `[workflow][version]` → `[full, read_only]` assignment counters (fixed per plan).
+    pub counters: Arc<Vec<Vec<[IntCounter; 2]>>>,
+    /// The engine generation (plan) this snapshot was built under.
+    generation: u64,
 }
 
 impl Snapshot {
@@ -52,7 +58,25 @@ impl Snapshot {
                     .collect()
             })
             .collect();
-        Snapshot { routing, counters }
+        Snapshot {
+            routing,
+            counters: Arc::new(counters),
+            generation: engine.generation,
+        }
+    }
+
+    /// This snapshot with workflow `w`'s route read again from the engine: what one decision
+    /// changes, in time independent of the number of rollouts. A snapshot of an older plan is
+    /// built whole instead.
+    fn patched(&self, engine: &Engine, metrics: &Metrics, w: usize) -> Snapshot {
+        if self.generation != engine.generation || w >= self.routing.workflows.len() {
+            return Snapshot::build(engine, metrics);
+        }
+        Snapshot {
+            routing: self.routing.with_workflow(w, engine.workflow_route(w)),
+            counters: Arc::clone(&self.counters),
+            generation: self.generation,
+        }
     }
 }
 
@@ -136,6 +160,8 @@ pub struct Shared {
     force: bool,
     /// The operator's window: sessions and chart history.
     pub ui: crate::serve::ui::state::Ui,
+    /// The low-priority thread the tick's CPU work (and the `/metrics` rendering) runs on.
+    pub evaluator: Evaluator,
 }
 
 /// Every way a state change can start.
@@ -295,6 +321,7 @@ impl Shared {
             replica,
             force,
             ui: crate::serve::ui::state::Ui::default(),
+            evaluator: Evaluator::start()?,
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
@@ -447,11 +474,98 @@ impl Shared {
         Ok(outcome)
     }
 
-    /// Publishes the routing snapshot and gauges after a state change.
+    /// Publishes the routing snapshot and gauges after the engine was replaced or rebuilt.
     fn publish(&self, engine: &Engine) {
         self.metrics.observe(engine, self.clock.now());
         self.snapshot
             .store(Arc::new(Snapshot::build(engine, &self.metrics)));
+    }
+
+    /// Publishes what one applied decision changed: its rollout's gauges (or its workflow's
+    /// read-only gauge) and its workflow's route. The cost is one rollout's, not the fleet's.
+    fn publish_change(&self, engine: &Engine, pending: &Pending) {
+        let workflow = match pending {
+            Pending::Rollout { index, .. } => {
+                let (Some(plan), Some(rt)) = (
+                    engine.plan.rollouts.get(*index),
+                    engine.rollouts.get(*index),
+                ) else {
+                    return self.publish(engine);
+                };
+                let verdicts = crate::core::rollout::verdicts(plan, &rt.state, &rt.evidence);
+                self.metrics
+                    .observe_rollout(engine, *index, self.clock.now(), &verdicts);
+                plan.workflow.as_str()
+            }
+            Pending::Guard { index, .. } => {
+                let Some(guard) = engine.guards.get(*index) else {
+                    return self.publish(engine);
+                };
+                self.metrics.observe_workflow(engine, &guard.workflow);
+                guard.workflow.as_str()
+            }
+        };
+        let next = match engine.workflow_position(workflow) {
+            Some(w) => self.snapshot.load().patched(engine, &self.metrics, w),
+            None => Snapshot::build(engine, &self.metrics),
+        };
+        self.snapshot.store(Arc::new(next));
+    }
+
+    /// Every rollout's verdicts and the decisions due at `now`, taking the engine lock for one
+    /// rollout at a time: ingestion interleaves with the evaluation instead of waiting for all
+    /// of it. Runs on the evaluation thread.
+    fn assess_all(&self, now: Millis) -> (Vec<Pending>, Vec<Vec<GateVerdict>>) {
+        let count = self.engine().rollouts.len();
+        let mut pending = Vec::new();
+        let mut verdicts = Vec::with_capacity(count);
+        for index in 0..count {
+            let engine = self.engine();
+            if index >= engine.rollouts.len() {
+                break;
+            }
+            let (due, v) = engine.step_rollout(index, now);
+            pending.extend(due);
+            verdicts.push(v);
+        }
+        pending.extend(self.engine().step_guards(now));
+        (pending, verdicts)
+    }
+
+    /// After a tick's decisions: every rollout's gauges (from the tick's verdicts), the UI's
+    /// history and the checkpoints of changed evidence, one rollout per lock. Runs on the
+    /// evaluation thread.
+    fn observe_all(&self, now: Millis, verdicts: &[Vec<GateVerdict>]) -> Vec<(String, Checkpoint)> {
+        let count = {
+            let engine = self.engine();
+            self.metrics.forget_removed(&engine);
+            self.ui.history.forget_removed(&engine);
+            engine.rollouts.len()
+        };
+        let mut checkpoints = Vec::new();
+        for i in 0..count {
+            let mut engine = self.engine();
+            if i >= engine.rollouts.len() {
+                break;
+            }
+            match verdicts.get(i) {
+                Some(v) => self.metrics.observe_rollout(&engine, i, now, v),
+                None => {
+                    let v = crate::core::rollout::verdicts(
+                        &engine.plan.rollouts[i],
+                        &engine.rollouts[i].state,
+                        &engine.rollouts[i].evidence,
+                    );
+                    self.metrics.observe_rollout(&engine, i, now, &v);
+                }
+            }
+            self.ui.history.record_rollout(&engine, i, now);
+            checkpoints.extend(engine.take_checkpoint(i));
+        }
+        let mut engine = self.engine();
+        self.metrics.observe_workflows(&engine);
+        checkpoints.extend(engine.take_guard_checkpoints());
+        checkpoints
     }
 
     /// Sends an input to the controller loop and waits for its reply.
@@ -699,7 +813,7 @@ async fn commit(
     {
         let mut engine = shared.engine();
         engine.apply_pending(&pending);
-        shared.publish(&engine);
+        shared.publish_change(&engine, &pending);
     }
     shared.metrics.decision(&receipt);
     tracing::info!(receipt = %receipt.id, rollout = %receipt.rollout, workflow = %receipt.workflow, action = receipt.action.name(), reason = %receipt.reason, "decision");
@@ -716,10 +830,13 @@ async fn tick(shared: &Arc<Shared>) {
         }
     }
     let now = shared.clock.now();
-    // The tick's CPU work runs with this worker handed over to blocking: requests scheduled
-    // on it move to the others instead of waiting behind the evaluation.
-    let (due, mut verdicts) =
-        tokio::task::block_in_place(|| shared.engine().step_with_verdicts(now));
+    // The evaluation runs on its own low-priority thread, one rollout per engine lock: no
+    // request worker and no request's lock waits behind it.
+    let s = Arc::clone(shared);
+    let Some((due, mut verdicts)) = shared.evaluator.run(move || s.assess_all(now)).await else {
+        tracing::error!("the evaluation thread failed; no decision this tick");
+        return;
+    };
     for pending in due {
         let decided = match &pending {
             Pending::Rollout { index, .. } => Some(*index),
@@ -740,16 +857,12 @@ async fn tick(shared: &Arc<Shared>) {
             }
         }
     }
-    let checkpoints = tokio::task::block_in_place(|| {
-        let mut engine = shared.engine();
-        if verdicts.len() == engine.rollouts.len() {
-            shared.metrics.observe_with(&engine, now, &verdicts);
-        } else {
-            shared.metrics.observe(&engine, now);
-        }
-        shared.ui.history.record(&engine, now);
-        engine.take_checkpoints()
-    });
+    let s = Arc::clone(shared);
+    let checkpoints = shared
+        .evaluator
+        .run(move || s.observe_all(now, &verdicts))
+        .await
+        .unwrap_or_default();
     write_checkpoints(shared, checkpoints).await;
 }
 
@@ -779,7 +892,7 @@ async fn pull_events(shared: &Arc<Shared>, replica: &Arc<Replica>) -> Result<(),
     }
 }
 
-/// Writes evidence checkpoints off the async threads; on failure the scopes stay dirty.
+/// Writes evidence checkpoints on the evaluation thread; on failure the scopes stay dirty.
 async fn write_checkpoints(
     shared: &Arc<Shared>,
     checkpoints: Vec<(String, crate::core::evidence::Checkpoint)>,
@@ -789,8 +902,12 @@ async fn write_checkpoints(
     }
     let s = Arc::clone(shared);
     let scopes: Vec<String> = checkpoints.iter().map(|(s, _)| s.clone()).collect();
-    let written = tokio::task::spawn_blocking(move || s.store.put_checkpoints(&checkpoints)).await;
-    if !matches!(written, Ok(Ok(()))) {
+    // Serialising a fleet's evidence is CPU work: on the low-priority evaluation thread.
+    let written = shared
+        .evaluator
+        .run(move || s.store.put_checkpoints(&checkpoints))
+        .await;
+    if !matches!(written, Some(Ok(()))) {
         tracing::warn!("evidence checkpoints not written; retried next tick");
         let mut engine = shared.engine();
         for scope in scopes {

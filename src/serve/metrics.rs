@@ -391,6 +391,20 @@ impl Metrics {
     /// shape (plan generation, stage, traffic) and only their values are set on later ticks;
     /// a rollout whose shape changed, or that left the config, has its old series removed.
     pub fn observe_with(&self, engine: &Engine, now: u64, verdicts: &[Vec<GateVerdict>]) {
+        self.forget_removed(engine);
+        for i in 0..engine.rollouts.len() {
+            self.observe_rollout(
+                engine,
+                i,
+                now,
+                verdicts.get(i).map_or(&[][..], Vec::as_slice),
+            );
+        }
+        self.observe_workflows(engine);
+    }
+
+    /// Removes the series of rollouts the config no longer has.
+    pub fn forget_removed(&self, engine: &Engine) {
         let Ok(mut cache) = self.series.lock() else {
             return;
         };
@@ -401,42 +415,53 @@ impl Metrics {
             }
             keep
         });
-        for (i, plan) in engine.plan.rollouts.iter().enumerate() {
-            let rt = &engine.rollouts[i];
-            let shape = Shape {
-                generation: engine.generation,
-                stage: rt.state.stage,
-                weights: (0..plan.segments.len())
-                    .map(|s| rt.state.weight_bps(plan, s))
-                    .collect(),
-            };
-            let series = match cache.get_mut(&plan.name) {
-                Some(series) if series.shape == shape => series,
-                _ => {
-                    if let Some(old) = cache.remove(&plan.name) {
-                        old.remove(self);
-                    }
-                    let fresh = RolloutSeries::resolve(self, plan, rt, shape);
-                    cache.entry(plan.name.clone()).or_insert(fresh)
+    }
+
+    /// Sets rollout `i`'s gauges from its state and `verdicts` (computed from its evidence):
+    /// the work of one rollout, whatever the fleet's size.
+    pub fn observe_rollout(&self, engine: &Engine, i: usize, now: u64, verdicts: &[GateVerdict]) {
+        let (Some(plan), Some(rt)) = (engine.plan.rollouts.get(i), engine.rollouts.get(i)) else {
+            return;
+        };
+        let Ok(mut cache) = self.series.lock() else {
+            return;
+        };
+        let shape = Shape {
+            generation: engine.generation,
+            stage: rt.state.stage,
+            weights: (0..plan.segments.len())
+                .map(|s| rt.state.weight_bps(plan, s))
+                .collect(),
+        };
+        let series = match cache.get_mut(&plan.name) {
+            Some(series) if series.shape == shape => series,
+            _ => {
+                if let Some(old) = cache.remove(&plan.name) {
+                    old.remove(self);
                 }
-            };
-            series.set(
-                self,
-                plan,
-                rt,
-                now,
-                verdicts.get(i).map_or(&[][..], Vec::as_slice),
-            );
-        }
+                let fresh = RolloutSeries::resolve(self, plan, rt, shape);
+                cache.entry(plan.name.clone()).or_insert(fresh)
+            }
+        };
+        series.set(self, plan, rt, now, verdicts);
+    }
+
+    /// Sets every workflow's read-only gauge (a guard's doing).
+    pub fn observe_workflows(&self, engine: &Engine) {
         self.workflow_read_only.reset();
         for w in &engine.plan.workflows {
-            let read_only = engine
-                .guard_index(&w.name)
-                .is_some_and(|g| engine.guards[g].state.read_only);
-            self.workflow_read_only
-                .with_label_values(&[&w.name])
-                .set(i64::from(read_only));
+            self.observe_workflow(engine, &w.name);
         }
+    }
+
+    /// Sets one workflow's read-only gauge.
+    pub fn observe_workflow(&self, engine: &Engine, workflow: &str) {
+        let read_only = engine
+            .guard_index(workflow)
+            .is_some_and(|g| engine.guards[g].state.read_only);
+        self.workflow_read_only
+            .with_label_values(&[workflow])
+            .set(i64::from(read_only));
     }
 }
 

@@ -6,6 +6,7 @@
 pub mod affected;
 pub mod api;
 pub mod controller;
+pub mod evaluator;
 pub mod failure;
 pub mod http;
 pub mod listener;

@@ -37,11 +37,33 @@ pub struct History {
 impl History {
     /// Samples every rollout's gate values at `now`.
     pub fn record(&self, engine: &Engine, now: Millis) {
+        for i in 0..engine.rollouts.len() {
+            self.record_rollout(engine, i, now);
+        }
+        self.forget_removed(engine);
+    }
+
+    /// Drops the lines of rollouts the config no longer has.
+    pub fn forget_removed(&self, engine: &Engine) {
+        if let Ok(mut all) = self.rollouts.lock() {
+            all.retain(|name, _| engine.rollout_index(name).is_some());
+        }
+    }
+
+    /// Samples rollout `index`'s gate values at `now`.
+    pub fn record_rollout(&self, engine: &Engine, index: usize, now: Millis) {
         let Ok(mut all) = self.rollouts.lock() else {
             return;
         };
-        for (plan, rt) in engine.plan.rollouts.iter().zip(&engine.rollouts) {
-            let lines = all.entry(plan.name.clone()).or_default();
+        let (Some(plan), Some(rt)) = (engine.plan.rollouts.get(index), engine.rollouts.get(index))
+        else {
+            return;
+        };
+        {
+            let lines = match all.get_mut(&plan.name) {
+                Some(lines) => lines,
+                None => all.entry(plan.name.clone()).or_default(),
+            };
             if lines.epoch != rt.state.epoch {
                 lines.epoch = rt.state.epoch;
                 lines.points.clear();
@@ -80,7 +102,6 @@ impl History {
                 }
             }
         }
-        all.retain(|name, _| engine.rollout_index(name).is_some());
     }
 
     /// The line of one gate in one segment of a rollout's current stage.

@@ -1,0 +1,563 @@
+//! `stagegate-bench`: stagegate against a bare axum server doing the same JSON work, on a fleet
+//! of N rollouts, driven by wrk over interleaved rounds; prints every ratio with its spread.
+//!
+//! Run through `scripts/bench` (it builds release, installs wrk and raises the descriptor
+//! limit). Servers are pinned to CPU 0 and wrk to CPU 1 when there are two or more.
+//!
+//! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S]`
+
+#![allow(
+    clippy::disallowed_methods,
+    reason = "a benchmark times itself with the wall clock"
+)]
+
+mod fleet;
+
+use std::io::{BufRead, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+const ADMIN_TOKEN: &str = "bench-admin";
+const INGEST_TOKEN: &str = "bench-ingest";
+
+struct Options {
+    rollouts: usize,
+    rounds: usize,
+    seconds: u64,
+}
+
+fn options() -> Result<Options> {
+    let mut o = Options {
+        rollouts: 1000,
+        rounds: 5,
+        seconds: 8,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--rollouts" => o.rollouts = value.parse()?,
+            "--rounds" => o.rounds = value.parse()?,
+            "--seconds" => o.seconds = value.parse()?,
+            _ => bail!("unknown option {flag}; see the file's header"),
+        }
+    }
+    Ok(o)
+}
+
+/// A server process pinned to the server CPU; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn start(program: &Path, args: &[&str], log: &Path) -> Result<Server> {
+        let mut cmd = pinned(0, program);
+        cmd.args(args)
+            .env(fleet::ADMIN_TOKEN_ENV, ADMIN_TOKEN)
+            .env(fleet::INGEST_TOKEN_ENV, INGEST_TOKEN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log)?);
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        let stdout = child.stdout.take().context("server stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let Some(addr) = line.trim().strip_prefix("listening on ") else {
+            let _ = child.kill();
+            bail!(
+                "{} did not start: {}",
+                program.display(),
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        };
+        Ok(Server {
+            addr: addr.to_string(),
+            child,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU seconds the process has used (user + system).
+    fn cpu_seconds(&self) -> f64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or("", |(_, rest)| rest)
+            .split_whitespace()
+            .collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        // Fields 14 and 15 of stat (utime, stime), counted after the command's `)`.
+        (ticks(11) + ticks(12)) / 100.0
+    }
+
+    fn rss_mib(&self) -> f64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+}
+
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `program` pinned to `cpu` with taskset when there are two CPUs or more.
+fn pinned(cpu: usize, program: &Path) -> Command {
+    if cpus() >= 2 && which("taskset") {
+        let mut c = Command::new("taskset");
+        c.arg("-c").arg(cpu.to_string()).arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn which(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// What one wrk run measured, and the server's CPU over it.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    cpu_us_per_request: f64,
+}
+
+/// The Lua that makes each request; `{R}` is the fleet size. `delay_ms` paces each connection
+/// (a fixed offered rate of connections × 1000 / delay per second), 0 for a closed loop.
+fn script(kind: &str, rollouts: usize, delay_ms: u64) -> String {
+    let request = match kind {
+        "assign" => format!(
+            r#"  local body = string.format('{{"workflow":"w%d","subject":"user-%d","attributes":{{"tier":"enterprise"}}}}', n % {rollouts}, n)
+  return wrk.format(nil, "/v1/assign", nil, body)"#
+        ),
+        "ofrep" => format!(
+            r#"  local body = string.format('{{"context":{{"targetingKey":"user-%d","tier":"enterprise"}}}}', n)
+  return wrk.format(nil, string.format("/ofrep/v1/evaluate/flags/w%d", n % {rollouts}), nil, body)"#
+        ),
+        _ => format!(
+            r#"  local parts = {{}}
+  for i = 1, 500 do
+    local k = n * 500 + i
+    parts[i] = string.format('{{"event_id":"%s-%d","workflow":"w%d","version":"%s","subject":"s%d","attributes":{{"tier":"enterprise"}},"quality":0.9,"latency_ms":%d,"cost_usd":0.01,"fallback":false}}', prefix, k, k % {rollouts}, (k % 2 == 0) and "a" or "b", k, 900 + k % 60)
+  end
+  return wrk.format(nil, "/v1/events", nil, "[" .. table.concat(parts, ",") .. "]")"#
+        ),
+    };
+    let delay = if delay_ms > 0 {
+        format!("delay = function() return {delay_ms} end\n")
+    } else {
+        String::new()
+    };
+    format!(
+        r#"local n = 0
+local prefix = string.gsub(tostring({{}}), "table: ", "") .. tostring(os.time())
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {INGEST_TOKEN}"
+request = function()
+  n = n + 1
+{request}
+end
+{delay}done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("RESULT %d %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(50), latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+"#
+    )
+}
+
+fn wrk(
+    server: &Server,
+    dir: &Path,
+    kind: &str,
+    rollouts: usize,
+    connections: usize,
+    delay_ms: u64,
+    seconds: u64,
+) -> Result<Run> {
+    let path = dir.join(format!("{kind}.lua"));
+    std::fs::write(&path, script(kind, rollouts, delay_ms))?;
+    let cpu_before = server.cpu_seconds();
+    let out = pinned(1, Path::new("wrk"))
+        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s")])
+        .arg("--timeout")
+        .arg("10s")
+        .arg("-s")
+        .arg(&path)
+        .arg(format!("http://{}", server.addr))
+        .output()
+        .context("running wrk (scripts/bench installs it)")?;
+    let cpu = server.cpu_seconds() - cpu_before;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = text.lines().find_map(|l| l.strip_prefix("RESULT ")) else {
+        bail!(
+            "wrk printed no result: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0.0))
+        .collect();
+    let [requests, duration_us, p50, p99, errors] = f[..] else {
+        bail!("unexpected wrk result line: {line}");
+    };
+    Ok(Run {
+        rps: requests / (duration_us / 1e6),
+        p50_ms: p50 / 1000.0,
+        p99_ms: p99 / 1000.0,
+        errors: errors as u64,
+        cpu_us_per_request: cpu * 1e6 / requests.max(1.0),
+    })
+}
+
+/// Median and spread of a ratio over rounds.
+fn spread(values: &[f64]) -> String {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    format!(
+        "{median:.2} (range {:.2}–{:.2})",
+        v.first().copied().unwrap_or(f64::NAN),
+        v.last().copied().unwrap_or(f64::NAN)
+    )
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.into_iter().collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Feeds every arm of every segment of every rollout `per_arm` healthy events.
+fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let mut bodies = Vec::new();
+    let mut batch = Vec::with_capacity(500);
+    let mut n = 0u64;
+    for r in 0..rollouts {
+        for segment in 0..3 {
+            for version in ["a", "b"] {
+                for k in 0..per_arm {
+                    n += 1;
+                    batch.push(fleet::event(&format!("pre-{n}"), r, segment, version, k));
+                    if batch.len() == 500 {
+                        bodies.push(format!("[{}]", batch.join(",")));
+                        batch.clear();
+                    }
+                }
+            }
+        }
+    }
+    if !batch.is_empty() {
+        bodies.push(format!("[{}]", batch.join(",")));
+    }
+    let chunks: Vec<Vec<String>> = bodies
+        .chunks(bodies.len().div_ceil(4).max(1))
+        .map(<[String]>::to_vec)
+        .collect();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| {
+                let client = client.clone();
+                s.spawn(move || -> Result<()> {
+                    for body in chunk {
+                        let response = client
+                            .post(format!("http://{addr}/v1/events"))
+                            .bearer_auth(INGEST_TOKEN)
+                            .header("content-type", "application/json")
+                            .body(body)
+                            .send()?;
+                        if !response.status().is_success() {
+                            bail!("preload refused: {}", response.text()?);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("preload thread panicked"))??;
+        }
+        Ok(())
+    })?;
+    Ok(n)
+}
+
+/// Milliseconds of `count` operator actions (pause then resume of rollouts spread over the
+/// fleet), each timed alone; and `/metrics`'s size and render time.
+fn operator_actions(
+    addr: &str,
+    rollouts: usize,
+    count: usize,
+) -> Result<(Vec<f64>, usize, Vec<f64>)> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()?;
+    let mut times = Vec::new();
+    for k in 0..count {
+        let r = (k * 7919) % rollouts;
+        for verb in ["pause", "resume"] {
+            let t = Instant::now();
+            let response = client
+                .post(format!("http://{addr}/v1/rollouts/r{r}/{verb}"))
+                .bearer_auth(ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(r#"{"reason":"bench"}"#)
+                .send()?;
+            times.push(t.elapsed().as_secs_f64() * 1000.0);
+            if !response.status().is_success() {
+                bail!("{verb} r{r} refused: {}", response.text()?);
+            }
+        }
+    }
+    let mut render = Vec::new();
+    let mut size = 0;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let text = client
+            .get(format!("http://{addr}/metrics"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()?
+            .text()?;
+        render.push(t.elapsed().as_secs_f64() * 1000.0);
+        size = text.len();
+    }
+    Ok((times, size, render))
+}
+
+fn main() -> Result<()> {
+    let o = options()?;
+    let bin: PathBuf = std::env::current_exe()?
+        .parent()
+        .context("binary folder")?
+        .to_path_buf();
+    let stagegate = bin.join("stagegate");
+    let baseline = bin.join("baseline");
+    if !which("wrk") {
+        bail!("wrk is not installed: run scripts/bench, which installs it");
+    }
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let config = |tick: &str| {
+        fleet::config(
+            o.rollouts,
+            &format!(
+                "listen: 127.0.0.1:0, data_dir: \"{}\", tick: {tick}",
+                data.display()
+            ),
+        )
+    };
+    let ticking = dir.path().join("tick.yaml");
+    let still = dir.path().join("still.yaml");
+    std::fs::write(&ticking, config("1s"))?;
+    std::fs::write(&still, config("1h"))?;
+    let log = dir.path().join("server.log");
+    let serve = |cfg: &Path| -> Result<Server> {
+        let s = Server::start(
+            &stagegate,
+            &["serve", "--config", &cfg.display().to_string()],
+            &log,
+        )?;
+        // Ready once it answers.
+        let client = reqwest::blocking::Client::new();
+        for _ in 0..200 {
+            if client
+                .get(format!("http://{}/healthz", s.addr))
+                .send()
+                .is_ok()
+            {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("stagegate did not answer /healthz");
+    };
+    let bare = || Server::start(&baseline, &["127.0.0.1:0", &o.rollouts.to_string()], &log);
+
+    println!(
+        "stagegate-bench: {} rollouts × 3 segments × 4 gates, {} rounds of {} s, {} CPUs (servers on CPU 0, wrk on CPU 1)",
+        o.rollouts,
+        o.rounds,
+        o.seconds,
+        cpus()
+    );
+    let t = Instant::now();
+    let n = {
+        let s = serve(&still)?;
+        preload(&s.addr, o.rollouts, 60)?
+    };
+    println!(
+        "preloaded {n} events (every arm of every segment) in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut ratios: Vec<(&str, Vec<f64>)> = Vec::new();
+    let mut push = |name: &'static str, v: f64| match ratios.iter_mut().find(|(n, _)| *n == name) {
+        Some((_, values)) => values.push(v),
+        None => ratios.push((name, vec![v])),
+    };
+    let mut lines = Vec::new();
+    let mut rss = Vec::new();
+    for round in 1..=o.rounds {
+        // Closed loop: the most each serves.
+        let b = bare()?;
+        let b_assign = wrk(&b, dir.path(), "assign", o.rollouts, 32, 0, o.seconds)?;
+        let b_ofrep = wrk(&b, dir.path(), "ofrep", o.rollouts, 32, 0, o.seconds)?;
+        let b_events = wrk(&b, dir.path(), "events", o.rollouts, 8, 0, o.seconds)?;
+        // Half the baseline's most, offered at a fixed rate: 10 ms between a connection's
+        // requests.
+        let rate = b_assign.rps / 2.0;
+        let connections = ((rate / 100.0).round() as usize).clamp(8, 2000);
+        let b_fixed = wrk(
+            &b,
+            dir.path(),
+            "assign",
+            o.rollouts,
+            connections,
+            10,
+            o.seconds,
+        )?;
+        drop(b);
+        let s = serve(&still)?;
+        let s_assign = wrk(&s, dir.path(), "assign", o.rollouts, 32, 0, o.seconds)?;
+        let s_ofrep = wrk(&s, dir.path(), "ofrep", o.rollouts, 32, 0, o.seconds)?;
+        let s_fixed = wrk(
+            &s,
+            dir.path(),
+            "assign",
+            o.rollouts,
+            connections,
+            10,
+            o.seconds,
+        )?;
+        let s_events = wrk(&s, dir.path(), "events", o.rollouts, 8, 0, o.seconds)?;
+        drop(s);
+        let s = serve(&ticking)?;
+        let t_fixed = wrk(
+            &s,
+            dir.path(),
+            "assign",
+            o.rollouts,
+            connections,
+            10,
+            o.seconds,
+        )?;
+        rss.push(s.rss_mib());
+        drop(s);
+        push(
+            "assign throughput (c32), stagegate / bare",
+            s_assign.rps / b_assign.rps,
+        );
+        push(
+            "assign CPU per request, stagegate / bare",
+            s_assign.cpu_us_per_request / b_assign.cpu_us_per_request,
+        );
+        push(
+            "assign p99 at half load, stagegate / bare",
+            s_fixed.p99_ms / b_fixed.p99_ms,
+        );
+        push(
+            "assign p99 at half load, ticking every 1 s / no tick",
+            t_fixed.p99_ms / s_fixed.p99_ms,
+        );
+        push(
+            "OFREP throughput (c32), stagegate / bare",
+            s_ofrep.rps / b_ofrep.rps,
+        );
+        push(
+            "events/s (batches of 500, 8 clients), durable / bare parse-only",
+            s_events.rps / b_events.rps,
+        );
+        lines.push(format!(
+            "round {round}: assign {:.0} vs {:.0} req/s; half load {:.0} req/s ({connections} conns): p99 bare {:.2} ms, stagegate {:.2} ms, ticking {:.2} ms (p50 {:.2}/{:.2}/{:.2}); OFREP {:.0} vs {:.0} req/s; events {:.0} vs {:.0} /s; errors {}",
+            s_assign.rps,
+            b_assign.rps,
+            rate,
+            b_fixed.p99_ms,
+            s_fixed.p99_ms,
+            t_fixed.p99_ms,
+            b_fixed.p50_ms,
+            s_fixed.p50_ms,
+            t_fixed.p50_ms,
+            s_ofrep.rps,
+            b_ofrep.rps,
+            s_events.rps * 500.0,
+            b_events.rps * 500.0,
+            [b_assign, b_ofrep, b_events, b_fixed, s_assign, s_ofrep, s_fixed, s_events, t_fixed]
+                .iter()
+                .map(|r| r.errors)
+                .sum::<u64>()
+        ));
+        println!("{}", lines.last().map_or("", String::as_str));
+        let _ = std::io::stdout().flush();
+    }
+    let s = serve(&still)?;
+    let (actions, metrics_bytes, render) = operator_actions(&s.addr, o.rollouts, 10)?;
+    drop(s);
+    println!();
+    println!("| measurement | median (range over {} rounds) |", o.rounds);
+    println!("|---|---|");
+    for (name, values) in &ratios {
+        println!("| {name} | {} |", spread(values));
+    }
+    println!(
+        "| operator action (pause or resume) at {} rollouts | {:.1} ms (max {:.1}) |",
+        o.rollouts,
+        median(actions.iter().copied()),
+        actions.iter().copied().fold(0.0, f64::max)
+    );
+    println!(
+        "| /metrics at {} rollouts | {:.0} KiB in {:.1} ms |",
+        o.rollouts,
+        metrics_bytes as f64 / 1024.0,
+        median(render)
+    );
+    println!(
+        "| stagegate RSS after a ticking round | {:.0} MiB |",
+        median(rss)
+    );
+    Ok(())
+}
