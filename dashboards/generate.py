@@ -170,8 +170,8 @@ def rollouts():
         12, 8,
     )
     L.add(
-        "timeseries", "Automatic rollbacks (last hour)",
-        [target("A", f"sum by (rollout, gate) (increase(stagegate_automatic_rollbacks_total{{{r}}}[1h]))", "{{rollout}} {{gate}}")],
+        "timeseries", "Automatic containments open (action, failing gate)",
+        [target("A", f"stagegate_rollout_contained{{{r}}}", "{{rollout}} {{action}} on {{gate}}")],
         12, 8, x=12,
     )
     L.row_done(8)

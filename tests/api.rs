@@ -386,11 +386,9 @@ fn metrics_carry_every_spec_metric_from_the_start() {
         "stagegate_rollout_state",
         "stagegate_rollout_stage_index",
         "stagegate_rollout_weight_percent",
-        "stagegate_decisions_total",
-        "stagegate_automatic_rollbacks_total",
+        "stagegate_rollout_inconclusive_gates",
         "stagegate_events_total",
         "stagegate_notifications_total",
-        "stagegate_gate_limit",
         "stagegate_leader",
     ] {
         assert!(
@@ -398,35 +396,73 @@ fn metrics_carry_every_spec_metric_from_the_start() {
             "{name} missing:\n{text}"
         );
     }
-    // Each check's limit, for dashboards to draw: the test config's latency gate.
+    // One state series per rollout: the current one.
+    let states: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("stagegate_rollout_state{"))
+        .collect();
+    assert_eq!(
+        states,
+        [r#"stagegate_rollout_state{rollout="support-reply-v8",state="progressing"} 1"#]
+    );
+    // Rare series appear with their first event, not before.
+    for name in [
+        "stagegate_decisions_total{",
+        "stagegate_automatic_rollbacks_total{",
+        "stagegate_rollout_contained{",
+        r#"outcome="duplicate""#,
+        r#"mode="read_only""#,
+    ] {
+        assert!(!text.contains(name), "{name} before any:\n{text}");
+    }
+    // Each check's limit, for dashboards to draw: the test config's latency gate, with the
+    // other per-gate series at /metrics/gates.
+    let gates = server.get("/metrics/gates", None).text;
     for series in [
         r#"stagegate_gate_limit{check="max",gate="latency_ms_p95",rollout="support-reply-v8"} 4000"#,
         r#"stagegate_gate_limit{check="max_ratio",gate="latency_ms_p95",rollout="support-reply-v8"} 1.25"#,
         r#"stagegate_gate_limit{check="max_drop",gate="quality_mean",rollout="support-reply-v8"} 0.03"#,
-        r#"stagegate_leader{replica="local"} 1"#,
     ] {
-        assert!(text.contains(series), "{series} missing:\n{text}");
+        assert!(gates.contains(series), "{series} missing:\n{gates}");
     }
+    assert!(
+        text.contains(r#"stagegate_leader{replica="local"} 1"#),
+        "{text}"
+    );
+    assert!(!text.contains("stagegate_gate_limit"), "{text}");
     // Verdict and signal series appear once a stage exposes the candidate and events arrive.
     server.send_events(&events("m", 10, "v8", internal(), HEALTHY));
     server.wait_for("a tick", |s| s["candidate_samples"] == 10);
     std::thread::sleep(std::time::Duration::from_millis(150));
     server.assign("agent-1", internal());
     let text = server.get("/metrics", None).text;
+    let gates = server.get("/metrics/gates", None).text;
     for name in [
         "stagegate_gate_verdict",
         "stagegate_signal_value",
         "stagegate_signal_samples",
-        "stagegate_assignments_total",
     ] {
         assert!(
-            text.contains(&format!("\n{name}{{")),
-            "{name} missing:\n{text}"
+            gates.contains(&format!("\n{name}{{")),
+            "{name} missing:\n{gates}"
         );
     }
-    assert!(text.contains(r#"stagegate_gate_verdict{gate="quality_mean",rollout="support-reply-v8",segment="internal"} 0"#), "{text}");
-    assert!(text.contains(r#"stagegate_signal_samples{rollout="support-reply-v8",segment="internal",signal="quality_mean",version="v8"} 10"#), "{text}");
-    assert!(!text.contains("m-v8-"), "no event ids in labels");
+    assert!(text.contains("\nstagegate_assignments_total{"), "{text}");
+    assert!(gates.contains(r#"stagegate_gate_verdict{gate="quality_mean",rollout="support-reply-v8",segment="internal"} 0"#), "{gates}");
+    assert!(gates.contains(r#"stagegate_signal_samples{rollout="support-reply-v8",segment="internal",signal="quality_mean",version="v8"} 10"#), "{gates}");
+    // The inconclusive quality gate (and the others) are counted on /metrics.
+    let inconclusive = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(r#"stagegate_rollout_inconclusive_gates{rollout="support-reply-v8"} "#)
+        })
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(inconclusive >= 1, "{text}");
+    assert!(
+        !text.contains("m-v8-") && !gates.contains("m-v8-"),
+        "no event ids in labels"
+    );
 }
 
 #[test]
@@ -482,15 +518,17 @@ fn metric_series_follow_a_rollouts_stage_and_exposure() {
     let server = Server::start(&config(""));
     server.send_events(&events("m", 150, "v8", internal(), HEALTHY));
     server.wait_for("samples", |s| s["candidate_samples"] == 150);
+    // Both scrape targets, as Prometheus would see them.
+    let scrape = || server.get("/metrics", None).text + &server.get("/metrics/gates", None).text;
     let wait_metrics = |what: &str, pred: &dyn Fn(&str) -> bool| -> String {
         for _ in 0..200 {
-            let text = server.get("/metrics", None).text;
+            let text = scrape();
             if pred(&text) {
                 return text;
             }
             std::thread::sleep(std::time::Duration::from_millis(25));
         }
-        panic!("{what}: {}", server.get("/metrics", None).text);
+        panic!("{what}: {}", scrape());
     };
     wait_metrics("stage internal and verdicts", &|t| {
         t.contains(r#"stagegate_rollout_stage{rollout="support-reply-v8",stage="internal"} 1"#)

@@ -13,7 +13,7 @@ use support::prom::{Proc, Prometheus, e2e_available, wait_http};
 use support::*;
 
 /// The documented metrics dashboards may use (docs/metrics.md).
-const SPEC_METRICS: [&str; 16] = [
+const SPEC_METRICS: [&str; 17] = [
     "stagegate_rollout_stage",
     "stagegate_rollout_stage_age_seconds",
     "stagegate_source_errors_total",
@@ -27,6 +27,7 @@ const SPEC_METRICS: [&str; 16] = [
     "stagegate_signal_samples",
     "stagegate_decisions_total",
     "stagegate_automatic_rollbacks_total",
+    "stagegate_rollout_contained",
     "stagegate_assignments_total",
     "stagegate_events_total",
     "stagegate_notifications_total",
@@ -235,17 +236,31 @@ fn dashboards_follow_grafanas_dashboard_model() {
 
 #[test]
 fn dashboards_and_rules_use_only_exported_metrics() {
-    // A declared source, so its (zero) error series exist.
-    let server = Server::start(&config("").replacen(
-        "\nsegments:\n",
-        "\nsources:\n  gateway: { kind: prometheus, url: \"http://127.0.0.1:9\" }\nsegments:\n",
-        1,
-    ));
+    // A declared source, so its (zero) error series exist, and a guarded workflow, so its
+    // read-only gauge does.
+    let server = Server::start(
+        &config("")
+            .replacen(
+                "\nsegments:\n",
+                "\nsources:\n  gateway: { kind: prometheus, url: \"http://127.0.0.1:9\" }\nsegments:\n",
+                1,
+            )
+            .replacen(
+                "summarize: { stable: s1, versions: [s1] }",
+                "summarize: { stable: s1, versions: [s1], guards: [ { signal: quality, stat: mean, min: 0.7 } ] }",
+                1,
+            ),
+    );
     server.send_events(&events("o", 20, "v8", internal(), HEALTHY));
     server.wait_for("samples", |s| s["candidate_samples"] == 20);
     server.assign("a", internal());
     std::thread::sleep(Duration::from_millis(150));
-    let exported = metric_names(&server.get("/metrics", None).text);
+    // Both scrape targets, while the candidate is exposed and after an automatic rollback
+    // (the series of a decision and a containment appear with the first one).
+    let scrape = || server.get("/metrics", None).text + &server.get("/metrics/gates", None).text;
+    let mut exported = metric_names(&scrape());
+    server.drive_quality_rollback("o2");
+    exported.extend(metric_names(&scrape()));
 
     let exprs = dashboard_exprs();
     assert!(exprs.len() > 20);
@@ -307,14 +322,14 @@ fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
         &dir,
         "prom",
         &format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\nscrape_configs:\n  - job_name: stagegate\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files: [\"{}\"]\nalerting:\n  alertmanagers:\n    - static_configs:\n        - targets: [\"127.0.0.1:{am_port}\"]\nscrape_configs:\n  - job_name: stagegate\n    static_configs:\n      - targets: [\"{target}\"]\n  - job_name: stagegate-gates\n    metrics_path: /metrics/gates\n    static_configs:\n      - targets: [\"{target}\"]\n",
             rules.display()
         ),
     );
     wait_http(&format!("http://127.0.0.1:{am_port}/-/ready"));
-    // The zero-valued counters must be scraped twice, or a rollback would be the series'
-    // first sample and increase() sees none.
+    // Both jobs scraped (the per-gate series are the second's) before the rollback.
     prom.wait_scraped("stagegate_rollout_info");
+    prom.wait_scraped("stagegate_gate_limit");
     // The dashboards draw each gate's limits from stagegate_gate_limit, as Prometheus has it.
     let instant = |query: &str| prom.query(query);
     let limit = instant(
@@ -348,9 +363,9 @@ fn an_automatic_rollback_alert_reaches_a_webhook_through_alertmanager() {
         };
         let api = |path: &str| prom.api(path);
         panic!(
-            "no rollback alert reached the webhook\nrollbacks: {}\nevents: {}\nprometheus alerts: {}\ntargets: {}\nprometheus log:\n{}\nalertmanager log:\n{}",
+            "no rollback alert reached the webhook\ncontained: {}\nrollbacks: {}\nprometheus alerts: {}\ntargets: {}\nprometheus log:\n{}\nalertmanager log:\n{}",
+            api("/api/v1/query?query=stagegate_rollout_contained"),
             api("/api/v1/query?query=stagegate_automatic_rollbacks_total"),
-            api("/api/v1/query?query=stagegate_automatic_rollbacks_total[5m]"),
             api("/api/v1/alerts"),
             api("/api/v1/targets"),
             tail("prom.err"),

@@ -147,6 +147,19 @@ fn quality_drop_rolls_back_and_everyone_gets_the_baseline() {
             r#"stagegate_rollout_state{rollout="support-reply-v8",state="rolled_back"} 1"#
         )
     );
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("stagegate_rollout_state{"))
+            .count(),
+        1,
+        "one state series: {metrics}"
+    );
+    // What the automatic-rollback alert reads: the open containment and its gate.
+    assert!(
+        metrics.contains(r#"stagegate_rollout_contained{action="rollback",gate="quality_mean",rollout="support-reply-v8"} 1"#),
+        "{metrics}"
+    );
 }
 
 /// Climbs to smb-5, then reports slow SMB candidate tasks; returns the narrowed status.
@@ -543,7 +556,7 @@ fn status_says_which_gates_hold_the_stage_and_roughly_how_long_for() {
         "{fallback}"
     );
     assert!(fallback["eta"].is_string(), "{fallback}");
-    let metrics = server.get("/metrics", None).text;
+    let metrics = server.get("/metrics/gates", None).text;
     assert!(
         metrics.contains("stagegate_gate_samples_to_decide{"),
         "{metrics}"
@@ -688,6 +701,16 @@ fn a_fallback_gate_serves_the_candidates_share_with_another_version() {
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["after"]["state"], "probation");
     assert_eq!(assigned(&server, "agent-1", internal()), "v8/read_only");
+    let after = server.get("/metrics", None).text;
+    assert!(
+        metrics.contains(r#"stagegate_rollout_contained{action="fallback",gate="latency_ms_p95",rollout="support-reply-v8"} 1"#)
+            && !after.contains("stagegate_rollout_contained{"),
+        "contained while in fallback, not in probation:\n{after}"
+    );
+    assert!(
+        after.contains(r#"stagegate_assignments_total{mode="read_only",version="v8",workflow="support-reply"} 1"#),
+        "the first read-only assignment made its series:\n{after}"
+    );
 }
 
 #[test]

@@ -22,6 +22,8 @@ use anyhow::{Context, Result, bail};
 
 const ADMIN_TOKEN: &str = "bench-admin";
 const INGEST_TOKEN: &str = "bench-ingest";
+/// Seconds a started stagegate runs before it is measured.
+const WARM_UP_SECONDS: u64 = 3;
 
 struct Options {
     rollouts: usize,
@@ -57,7 +59,18 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM and a wait (stagegate checkpoints its evidence on the way out, so the next start
+    /// restores it instead of replaying every event); SIGKILL after 20 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..200 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -326,13 +339,17 @@ fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
     Ok(n)
 }
 
+/// One scrape target's size, series and median time to answer.
+struct Scrape {
+    path: &'static str,
+    bytes: usize,
+    series: usize,
+    ms: f64,
+}
+
 /// Milliseconds of `count` operator actions (pause then resume of rollouts spread over the
-/// fleet), each timed alone; and `/metrics`'s size and render time.
-fn operator_actions(
-    addr: &str,
-    rollouts: usize,
-    count: usize,
-) -> Result<(Vec<f64>, usize, Vec<f64>)> {
+/// fleet), each timed alone; and each scrape target's size and time.
+fn operator_actions(addr: &str, rollouts: usize, count: usize) -> Result<(Vec<f64>, Vec<Scrape>)> {
     let client = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(60))
         .build()?;
@@ -353,19 +370,26 @@ fn operator_actions(
             }
         }
     }
-    let mut render = Vec::new();
-    let mut size = 0;
-    for _ in 0..5 {
-        let t = Instant::now();
-        let text = client
-            .get(format!("http://{addr}/metrics"))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()?
-            .text()?;
-        render.push(t.elapsed().as_secs_f64() * 1000.0);
-        size = text.len();
+    let mut scrapes = Vec::new();
+    for path in ["/metrics", "/metrics/gates"] {
+        let mut render = Vec::new();
+        let mut size = 0;
+        let mut series = 0;
+        for _ in 0..5 {
+            let t = Instant::now();
+            let text = client.get(format!("http://{addr}{path}")).send()?.text()?;
+            render.push(t.elapsed().as_secs_f64() * 1000.0);
+            size = text.len();
+            series = text.lines().filter(|l| !l.starts_with('#')).count();
+        }
+        scrapes.push(Scrape {
+            path,
+            bytes: size,
+            series,
+            ms: median(render),
+        });
     }
-    Ok((times, size, render))
+    Ok((times, scrapes))
 }
 
 fn main() -> Result<()> {
@@ -409,6 +433,8 @@ fn main() -> Result<()> {
                 .send()
                 .is_ok()
             {
+                // A few ticks of the 1 s config before measuring: steady state, not start-up.
+                std::thread::sleep(Duration::from_secs(WARM_UP_SECONDS));
                 return Ok(s);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -535,7 +561,7 @@ fn main() -> Result<()> {
         let _ = std::io::stdout().flush();
     }
     let s = serve(&still)?;
-    let (actions, metrics_bytes, render) = operator_actions(&s.addr, o.rollouts, 10)?;
+    let (actions, scrapes) = operator_actions(&s.addr, o.rollouts, 10)?;
     drop(s);
     println!();
     println!("| measurement | median (range over {} rounds) |", o.rounds);
@@ -549,12 +575,16 @@ fn main() -> Result<()> {
         median(actions.iter().copied()),
         actions.iter().copied().fold(0.0, f64::max)
     );
-    println!(
-        "| /metrics at {} rollouts | {:.0} KiB in {:.1} ms |",
-        o.rollouts,
-        metrics_bytes as f64 / 1024.0,
-        median(render)
-    );
+    for scrape in &scrapes {
+        println!(
+            "| {} at {} rollouts | {:.0} KiB, {} series, in {:.1} ms |",
+            scrape.path,
+            o.rollouts,
+            scrape.bytes as f64 / 1024.0,
+            scrape.series,
+            scrape.ms
+        );
+    }
     println!(
         "| stagegate RSS after a ticking round | {:.0} MiB |",
         median(rss)

@@ -26,6 +26,11 @@ pub struct Moments {
     m2: f64,
     #[serde(with = "histogram_codec", default)]
     hist: Option<Histogram<u64>>,
+    /// The histogram's non-empty buckets as (highest equivalent value, cumulative count),
+    /// built by the first rank asked after a change: the several ranks a tick reads of one arm
+    /// (bounds, point value) then cost one pass over the buckets and a binary search each.
+    #[serde(skip)]
+    ranks: std::sync::OnceLock<Vec<(u64, u64)>>,
     /// Betting e-processes against absolute limits (bounded signals only: quality in 0..1).
     #[serde(default)]
     pub bets: Vec<Bet>,
@@ -148,6 +153,7 @@ impl Moments {
         self.mean += delta / self.n as f64;
         self.m2 += delta * (x - self.mean);
         if let Some(h) = &mut self.hist {
+            self.ranks.take();
             // Auto-resizing histograms accept any u64; a failure only loses quantile precision.
             let _ = h.record((x.max(0.0) * SCALE).round() as u64);
         }
@@ -181,13 +187,33 @@ impl Moments {
         if rank == 0 || rank > h.len() {
             return None;
         }
-        let q = rank as f64 / h.len() as f64;
-        Some(h.value_at_quantile(q) as f64 / SCALE)
+        self.quantile(rank as f64 / h.len() as f64)
     }
 
+    /// The `q`-quantile as `Histogram::value_at_quantile` gives it, read from the cached
+    /// cumulative buckets.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         let h = self.hist.as_ref()?;
-        (!h.is_empty()).then(|| h.value_at_quantile(q) as f64 / SCALE)
+        if h.is_empty() {
+            return None;
+        }
+        if q <= 0.0 {
+            return Some(h.value_at_quantile(q) as f64 / SCALE);
+        }
+        let ranks = self.ranks.get_or_init(|| {
+            let mut total = 0;
+            h.iter_recorded()
+                .map(|v| {
+                    total += v.count_at_value();
+                    (v.value_iterated_to(), total)
+                })
+                .collect()
+        });
+        // value_at_quantile's own rule: the first bucket whose cumulative count reaches
+        // ceil(q·n), at least 1.
+        let count = ((q.min(1.0) * h.len() as f64).ceil() as u64).max(1);
+        let i = ranks.partition_point(|&(_, cumulative)| cumulative < count);
+        Some(ranks.get(i).map_or(0, |&(value, _)| value) as f64 / SCALE)
     }
 }
 
@@ -849,6 +875,32 @@ pub struct Checkpoint {
     pub seq: u64,
     pub healthy_read_only: u64,
     pub evidence: Evidence,
+}
+
+#[cfg(test)]
+mod rank_tests {
+    use super::*;
+
+    #[test]
+    fn cached_ranks_answer_like_the_histogram_at_every_quantile() {
+        let mut m = Moments::with_histogram();
+        let mut rng = crate::core::stats::Rng::new(7);
+        for step in 0..4_000 {
+            m.push(rng.uniform() * 3_000.0 + if step % 7 == 0 { 20_000.0 } else { 0.0 });
+            if step % 397 == 0 || step < 5 {
+                let h = m.hist.as_ref().expect("histogram");
+                for k in 0..=200 {
+                    let q = f64::from(k) / 200.0;
+                    let want = h.value_at_quantile(q) as f64 / SCALE;
+                    assert_eq!(m.quantile(q), Some(want), "q {q} at n {}", m.n);
+                }
+                for rank in 1..=m.n.min(50) {
+                    let want = h.value_at_quantile(rank as f64 / h.len() as f64) as f64 / SCALE;
+                    assert_eq!(m.at_rank(rank), Some(want));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

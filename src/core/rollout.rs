@@ -67,6 +67,9 @@ pub struct ReenableDue {
     /// are kept until the containment is resolved.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exposure_epoch: Option<u64>,
+    /// The gate whose failure contained the rollout (`stagegate_rollout_contained`'s label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 /// A rollout's durable state. Evidence is not part of it: it is rebuilt from stored events.
@@ -484,7 +487,7 @@ fn probation_breach(
         ),
         trigger: Some(trigger),
         before: state.clone(),
-        after: contain(state, Action::Rollback, None, 0, now),
+        after: contain(state, Action::Rollback, None, 0, &failing.gate, now),
         verdicts: verdicts.to_vec(),
         changes: Vec::new(),
     })
@@ -576,7 +579,7 @@ fn containment(
                 }
                 // Read-only in the breaching segment only; the others keep full mode.
                 (Action::ReadOnly, Scope::Segment, _) => {
-                    let mut after = contain(state, action, fallback, stage, now);
+                    let mut after = contain(state, action, fallback, stage, &failing.gate, now);
                     after.read_only = false;
                     after.read_only_segments.insert(failing.segment.clone());
                     reason.push_str(&format!(
@@ -585,7 +588,7 @@ fn containment(
                     ));
                     after
                 }
-                _ => contain(state, action, fallback, stage, now),
+                _ => contain(state, action, fallback, stage, &failing.gate, now),
             };
             if action == Action::Narrow {
                 after.narrowed_by = Some(trigger.clone());
@@ -730,6 +733,7 @@ fn contain(
     action: Action,
     fallback: Option<&FallbackPlan>,
     stage: usize,
+    gate: &str,
     now: Millis,
 ) -> RolloutState {
     let mut after = state.clone();
@@ -737,6 +741,7 @@ fn contain(
         since: now,
         cause: action,
         exposure_epoch: Some(state.epoch),
+        gate: Some(gate.to_string()),
     });
     match action {
         Action::Narrow => {

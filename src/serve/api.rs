@@ -139,6 +139,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .merge(admin_routes)
         .merge(crate::serve::ui::router())
         .route("/metrics", get(metrics))
+        .route("/metrics/gates", get(gate_metrics))
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .fallback(|| async { ApiError::not_found("no such endpoint") })
@@ -266,7 +267,7 @@ async fn assign(State(shared): AppState, body: Body) -> Result<Response, ApiErro
             req.attributes.get(k).map(|v| v.as_ref())
         })
         .ok_or_else(|| ApiError::not_found(format!("unknown workflow `{}`", req.workflow)))?;
-    snapshot.counters[a.workflow_index][a.version_index][a.mode as usize].inc();
+    snapshot.counters[a.workflow_index][a.version_index].inc(a.mode);
     let out = AssignResponse {
         workflow: a.workflow,
         version: a.version,
@@ -556,6 +557,18 @@ async fn metrics(State(shared): AppState) -> Response {
     let text = shared
         .evaluator
         .run(move || s.metrics.render())
+        .await
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The per gate × segment × arm series (verdicts, signal values and samples, limits): a
+/// second scrape job, kept off `/metrics` so a large fleet's main scrape stays small.
+async fn gate_metrics(State(shared): AppState) -> Response {
+    let s = Arc::clone(&shared);
+    let text = shared
+        .evaluator
+        .run(move || s.metrics.render_gates())
         .await
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
-use prometheus::IntCounter;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::affected::{self, AffectedItem};
@@ -28,7 +27,7 @@ use crate::core::rollout::Command;
 use crate::plan::{Plan, Role, StorePlan};
 use crate::serve::evaluator::Evaluator;
 use crate::serve::failure::InputError;
-use crate::serve::metrics::{Metrics, UNKNOWN_WORKFLOW};
+use crate::serve::metrics::{AssignmentCounters, Metrics, UNKNOWN_WORKFLOW};
 use crate::serve::replica::{
     Answer, COMMAND_EXPIRY_MS, Forwarded, ForwardedError, Replica, Wake, run_election, run_listener,
 };
@@ -39,8 +38,8 @@ use crate::store::{
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
 pub struct Snapshot {
     pub routing: Routing,
-    /// `[workflow][version]` → `[full, read_only]` assignment counters (fixed per plan).
-    pub counters: Arc<Vec<Vec<[IntCounter; 2]>>>,
+    /// `[workflow][version]` → its assignment counters (fixed per plan).
+    pub counters: Arc<Vec<Vec<AssignmentCounters>>>,
     /// The engine generation (plan) this snapshot was built under.
     generation: u64,
 }

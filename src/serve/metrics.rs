@@ -1,8 +1,18 @@
-//! Prometheus metrics: one [`Metrics`] value owning its registry, one method per domain event.
+//! Prometheus metrics: one [`Metrics`] value owning two registries, one method per domain event.
+//!
+//! `/metrics` (the fleet registry) carries a handful of series per rollout — its state as one
+//! series, stage, weights, a count of inconclusive gates, an automatic containment while one is
+//! open, and its workflow's traffic counters — so a thousand rollouts stay under a megabyte.
+//! `/metrics/gates` (the gates registry) carries the per gate × segment × arm detail (verdicts,
+//! signal values and samples, samples to decide, limits) that the signals dashboard draws; a
+//! second scrape job reads it. Series of rare events (a read-only assignment, a duplicate or
+//! rejected event, a decision) appear when the first one happens.
 //!
 //! Label values come only from config names (rollouts, segments, gates, versions, notifiers)
 //! and fixed vocabularies (states, actions, outcomes) — never from subjects, event ids or free
 //! text — so the number of series stays bounded.
+
+use std::sync::OnceLock;
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -10,6 +20,7 @@ use prometheus::{
 };
 
 use crate::core::engine::Engine;
+use crate::core::event::Mode;
 use crate::core::evidence::Arm;
 use crate::core::gate::GateVerdict;
 use crate::core::receipt::Receipt;
@@ -17,6 +28,10 @@ use crate::core::rollout::Phase;
 
 pub struct Metrics {
     registry: Registry,
+    /// The per gate × segment detail, served at `/metrics/gates`.
+    gates_registry: Registry,
+    rollout_inconclusive: IntGaugeVec,
+    rollout_contained: IntGaugeVec,
     rollout_info: IntGaugeVec,
     rollout_state: IntGaugeVec,
     stage_index: IntGaugeVec,
@@ -43,6 +58,41 @@ pub struct Metrics {
     source_errors: IntCounterVec,
     /// Each rollout's resolved gauge handles, by name ([`Metrics::observe_with`]).
     series: std::sync::Mutex<std::collections::HashMap<String, RolloutSeries>>,
+}
+
+fn encode(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// One version's `stagegate_assignments_total` series: `full` from the start, `read_only`
+/// created by the first read-only assignment (a containment's mode: most never see one).
+pub struct AssignmentCounters {
+    full: IntCounter,
+    read_only: OnceLock<IntCounter>,
+    family: IntCounterVec,
+    /// `[workflow, version]`.
+    labels: [String; 2],
+}
+
+impl AssignmentCounters {
+    /// Counts one assignment in `mode`.
+    pub fn inc(&self, mode: Mode) {
+        match mode {
+            Mode::Full => self.full.inc(),
+            Mode::ReadOnly => self
+                .read_only
+                .get_or_init(|| {
+                    self.family.with_label_values(&[
+                        self.labels[0].as_str(),
+                        self.labels[1].as_str(),
+                        Mode::ReadOnly.name(),
+                    ])
+                })
+                .inc(),
+        }
+    }
 }
 
 /// The `outcome` values of `stagegate_notifications_total`.
@@ -84,6 +134,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
+        let g = Registry::new();
         Metrics {
             store_bytes: gauge(
                 &r,
@@ -97,14 +148,26 @@ impl Metrics {
                 "Affected items of a rollout's latest containment by the owner's tag (safe, wrong, unclear, untagged), as last listed or tagged.",
                 &["rollout", "tag"],
             ),
-            samples_to_decide: gauge(
+            rollout_inconclusive: gauge(
                 &r,
+                "stagegate_rollout_inconclusive_gates",
+                "Gate × segment verdicts of the rollout that are inconclusive this tick (the detail: stagegate_gate_verdict at /metrics/gates).",
+                &["rollout"],
+            ),
+            rollout_contained: gauge(
+                &r,
+                "stagegate_rollout_contained",
+                "1 while the controller's own containment (rollback, read_only, fallback) of the rollout is open, labelled with the action and the gate that failed; absent otherwise.",
+                &["rollout", "action", "gate"],
+            ),
+            samples_to_decide: gauge(
+                &g,
                 "stagegate_gate_samples_to_decide",
                 "Candidate samples an inconclusive gate still needs at the effect seen so far (-1: may never pass at this effect).",
                 &["rollout", "segment", "gate"],
             ),
             gate_limit: fgauge(
-                &r,
+                &g,
                 "stagegate_gate_limit",
                 "Each gate check's configured limit, by check kind (max, min: in the signal's unit; max_ratio: a factor on the baseline; max_increase, max_drop: added to or taken from the baseline), for dashboards to draw next to stagegate_signal_value.",
                 &["rollout", "gate", "check"],
@@ -143,7 +206,7 @@ impl Metrics {
             rollout_state: gauge(
                 &r,
                 "stagegate_rollout_state",
-                "1 for the rollout's current state.",
+                "1, labelled with the rollout's current state: one series per rollout.",
                 &["rollout", "state"],
             ),
             stage_index: gauge(
@@ -177,19 +240,19 @@ impl Metrics {
                 &["rollout", "segment"],
             ),
             gate_verdict: gauge(
-                &r,
+                &g,
                 "stagegate_gate_verdict",
                 "1 pass, 0 inconclusive, -1 fail.",
                 &["rollout", "segment", "gate"],
             ),
             signal_value: fgauge(
-                &r,
+                &g,
                 "stagegate_signal_value",
                 "A gate's statistic this stage.",
                 &["rollout", "segment", "version", "signal"],
             ),
             signal_samples: gauge(
-                &r,
+                &g,
                 "stagegate_signal_samples",
                 "Samples behind stagegate_signal_value.",
                 &["rollout", "segment", "version", "signal"],
@@ -231,6 +294,7 @@ impl Metrics {
                 &["notifier", "outcome"],
             ),
             registry: r,
+            gates_registry: g,
         }
     }
 
@@ -261,21 +325,26 @@ impl Metrics {
         }
     }
 
+    /// The text exposition of the fleet registry (`/metrics`).
     pub fn render(&self) -> String {
-        let mut buf = Vec::new();
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
-        String::from_utf8(buf).unwrap_or_default()
+        encode(&self.registry)
     }
 
-    /// Pre-resolved assignment counters, `[full, read_only]`, so the assign path only bumps an
-    /// atomic.
-    pub fn assignment_counters(&self, workflow: &str, version: &str) -> [IntCounter; 2] {
-        [
-            self.assignments
-                .with_label_values(&[workflow, version, "full"]),
-            self.assignments
-                .with_label_values(&[workflow, version, "read_only"]),
-        ]
+    /// The text exposition of the per-gate detail (`/metrics/gates`).
+    pub fn render_gates(&self) -> String {
+        encode(&self.gates_registry)
+    }
+
+    /// A version's assignment counters, so the assign path only bumps an atomic.
+    pub fn assignment_counters(&self, workflow: &str, version: &str) -> AssignmentCounters {
+        AssignmentCounters {
+            full: self
+                .assignments
+                .with_label_values(&[workflow, version, Mode::Full.name()]),
+            read_only: OnceLock::new(),
+            family: self.assignments.clone(),
+            labels: [workflow.to_string(), version.to_string()],
+        }
     }
 
     pub fn events(&self, workflow: &str, outcome: &str, n: u64) {
@@ -330,8 +399,8 @@ impl Metrics {
         }
     }
 
-    /// Creates every counter series the config implies at 0, so that `/metrics` shows them before
-    /// the first event and `increase()` in alert rules sees the first one.
+    /// Creates the counter series alert rules compare with 0 (accepted events, notifications,
+    /// source queries and errors) and every gate's limit.
     pub fn init_series(&self, plan: &crate::plan::Plan) {
         self.gate_limit.reset();
         for source in &plan.sources {
@@ -344,27 +413,17 @@ impl Metrics {
         }
         for r in &plan.rollouts {
             for gate in &r.gates {
-                self.automatic_rollbacks
-                    .with_label_values(&[r.name.as_str(), gate.name.as_str()]);
                 for check in &gate.checks {
                     self.gate_limit
                         .with_label_values(&[r.name.as_str(), gate.name.as_str(), check.kind()])
                         .set(check.threshold());
                 }
             }
-            for action in ["expand", "narrow", "read_only", "rollback", "pause"] {
-                self.decisions
-                    .with_label_values(&[r.name.as_str(), action, "controller"]);
-            }
-            for action in ["pause", "resume", "promote", "rollback"] {
-                self.decisions
-                    .with_label_values(&[r.name.as_str(), action, "operator"]);
-            }
         }
+        // `accepted` from the start: the ingestion-stalled alert compares its increase with 0.
         for w in &plan.workflows {
-            for outcome in ["accepted", "duplicate", "rejected"] {
-                self.events.with_label_values(&[w.name.as_str(), outcome]);
-            }
+            self.events
+                .with_label_values(&[w.name.as_str(), "accepted"]);
         }
         for n in &plan.notifiers {
             for outcome in NOTIFICATION_OUTCOMES {
@@ -446,11 +505,11 @@ impl Metrics {
         series.set(self, plan, rt, now, verdicts);
     }
 
-    /// Sets every workflow's read-only gauge (a guard's doing).
+    /// Sets every guarded workflow's read-only gauge (only a guard makes one read-only).
     pub fn observe_workflows(&self, engine: &Engine) {
         self.workflow_read_only.reset();
-        for w in &engine.plan.workflows {
-            self.observe_workflow(engine, &w.name);
+        for g in &engine.guards {
+            self.observe_workflow(engine, &g.workflow);
         }
     }
 
@@ -493,7 +552,11 @@ struct RolloutSeries {
     name: String,
     info_labels: [String; 4],
     info: IntGauge,
-    states: Vec<(Phase, IntGauge)>,
+    /// The current state's series (the only one this rollout has).
+    state: (Phase, IntGauge),
+    /// The open automatic containment's series: `[rollout, action, gate]`.
+    contained: Option<([String; 3], IntGauge)>,
+    inconclusive: IntGauge,
     stage_label: String,
     stage_index: IntGauge,
     stage: IntGauge,
@@ -541,10 +604,13 @@ impl RolloutSeries {
         RolloutSeries {
             info: m.rollout_info.with_label_values(&info_labels),
             info_labels,
-            states: Phase::ALL
-                .iter()
-                .map(|p| (*p, m.rollout_state.with_label_values(&[r, p.name()])))
-                .collect(),
+            state: (
+                rt.state.phase,
+                m.rollout_state
+                    .with_label_values(&[r, rt.state.phase.name()]),
+            ),
+            contained: None,
+            inconclusive: m.rollout_inconclusive.with_label_values(&[r]),
             stage: m.stage.with_label_values(&[r, &stage_label]),
             stage_label,
             stage_index: m.stage_index.with_label_values(&[r]),
@@ -571,9 +637,50 @@ impl RolloutSeries {
         verdicts: &[GateVerdict],
     ) {
         self.info.set(1);
-        for (phase, g) in &self.states {
-            g.set(i64::from(*phase == rt.state.phase));
+        if self.state.0 != rt.state.phase {
+            let _ = m
+                .rollout_state
+                .remove_label_values(&[&self.name, self.state.0.name()]);
+            self.state = (
+                rt.state.phase,
+                m.rollout_state
+                    .with_label_values(&[&self.name, rt.state.phase.name()]),
+            );
         }
+        self.state.1.set(1);
+        let contained = rt
+            .state
+            .reenable
+            .as_ref()
+            .filter(|_| {
+                matches!(
+                    rt.state.phase,
+                    Phase::RolledBack | Phase::ReadOnly | Phase::Fallback
+                )
+            })
+            .map(|due| {
+                [
+                    self.name.clone(),
+                    due.cause.name().to_string(),
+                    due.gate.clone().unwrap_or_default(),
+                ]
+            });
+        if self.contained.as_ref().map(|(l, _)| l) != contained.as_ref() {
+            if let Some((labels, _)) = self.contained.take() {
+                let _ = m.rollout_contained.remove_label_values(&labels);
+            }
+            self.contained = contained.map(|labels| {
+                let g = m.rollout_contained.with_label_values(&labels);
+                g.set(1);
+                (labels, g)
+            });
+        }
+        self.inconclusive.set(
+            verdicts
+                .iter()
+                .filter(|v| v.verdict == crate::core::gate::Verdict::Inconclusive)
+                .count() as i64,
+        );
         self.stage_index
             .set(rt.state.stage.map_or(-1, |s| s as i64));
         self.stage.set(1);
@@ -655,9 +762,13 @@ impl RolloutSeries {
     fn remove(&self, m: &Metrics) {
         let r = self.name.as_str();
         let _ = m.rollout_info.remove_label_values(&self.info_labels);
-        for (p, _) in &self.states {
-            let _ = m.rollout_state.remove_label_values(&[r, p.name()]);
+        let _ = m
+            .rollout_state
+            .remove_label_values(&[r, self.state.0.name()]);
+        if let Some((labels, _)) = &self.contained {
+            let _ = m.rollout_contained.remove_label_values(labels);
         }
+        let _ = m.rollout_inconclusive.remove_label_values(&[r]);
         let _ = m.stage.remove_label_values(&[r, &self.stage_label]);
         let _ = m.stage_index.remove_label_values(&[r]);
         let _ = m.stage_age.remove_label_values(&[r]);

@@ -139,7 +139,7 @@ pub async fn evaluate_flag(
         let missing = json!({"key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": format!("no workflow `{key}`")});
         return Ok((StatusCode::NOT_FOUND, Json(missing)).into_response());
     };
-    snapshot.counters[a.workflow_index][a.version_index][a.mode as usize].inc();
+    snapshot.counters[a.workflow_index][a.version_index].inc(a.mode);
     Ok(Json(evaluation(&a)).into_response())
 }
 
