@@ -201,13 +201,24 @@ impl Moments {
             return Some(h.value_at_quantile(q) as f64 / SCALE);
         }
         let ranks = self.ranks.get_or_init(|| {
-            let mut total = 0;
-            h.iter_recorded()
-                .map(|v| {
-                    total += v.count_at_value();
-                    (v.value_iterated_to(), total)
-                })
-                .collect()
+            // Bucket by bucket from the smallest recorded value to the largest: a handful of
+            // buckets for a signal's usual spread, where the histogram's own iterators (and
+            // value_at_quantile) walk every bucket from zero.
+            let (mut value, max) = (h.min(), h.max());
+            let (mut total, mut out) = (0, Vec::new());
+            while value <= max {
+                let count = h.count_at(value);
+                if count > 0 {
+                    total += count;
+                    out.push((h.highest_equivalent(value), total));
+                }
+                let next = h.next_non_equivalent(value);
+                if next <= value {
+                    break;
+                }
+                value = next;
+            }
+            out
         });
         // value_at_quantile's own rule: the first bucket whose cumulative count reaches
         // ceil(q·n), at least 1.
