@@ -66,6 +66,44 @@ fn single_flag_evaluation_follows_the_protocol() {
         (r.status, r.body["errorCode"].as_str()),
         (400, Some("PARSE_ERROR"))
     );
+    // Escaped strings, numbers and booleans are attributes; structured values are ignored.
+    let r = server.post_raw(
+        "/ofrep/v1/evaluate/flags/support-reply",
+        Some(INGEST),
+        br#"{"context": {"targetingKey": "agent\u002d1", "team": "support\u002dops", "n": 1.5, "ok": true, "nested": {"a": [1, {"b": null}]}, "list": [1, 2]}}"#.to_vec(),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (
+            r.body["variant"].as_str(),
+            r.body["metadata"]["segment"].as_str()
+        ),
+        (Some("v8"), Some("internal")),
+        "{}",
+        r.text
+    );
+    for (body, code) in [
+        (json!({"context": ["x"]}), "INVALID_CONTEXT"),
+        (json!({"context": "x"}), "INVALID_CONTEXT"),
+        (json!({"flags": {}}), "INVALID_CONTEXT"),
+        (
+            json!({"context": {"targetingKey": ""}}),
+            "TARGETING_KEY_MISSING",
+        ),
+        (
+            json!({"context": {"targetingKey": 7}}),
+            "TARGETING_KEY_MISSING",
+        ),
+        (json!([1, 2]), "PARSE_ERROR"),
+    ] {
+        let r = eval("support-reply", body.clone());
+        assert_eq!(
+            (r.status, r.body["errorCode"].as_str()),
+            (400, Some(code)),
+            "{body}: {}",
+            r.text
+        );
+    }
     let r = eval("ghost", json!({"context": {"targetingKey": "a"}}));
     assert_eq!(
         (r.status, r.body["errorCode"].as_str()),

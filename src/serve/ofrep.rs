@@ -6,24 +6,27 @@
 //! `context.targetingKey` is the subject; the other scalar context fields are attributes.
 //! The bulk endpoint answers with a strong `ETag` over its body and honours `If-None-Match`.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::core::assign::{Assignment, Reason};
 use crate::serve::controller::Shared;
 use crate::serve::http::{ApiError, Body};
 
-/// The evaluation context: the subject and the attributes.
-struct Context {
-    targeting_key: String,
-    attributes: HashMap<String, String>,
+/// The evaluation context: the subject and the attributes, borrowed from the request body.
+struct Context<'a> {
+    targeting_key: Cow<'a, str>,
+    attributes: HashMap<Cow<'a, str>, Cow<'a, str>>,
 }
 
 /// Why a request carries no usable context.
@@ -50,37 +53,150 @@ impl ContextError {
     }
 }
 
-fn context(body: &Body) -> Result<Context, ContextError> {
-    let value: Value =
+/// The request body, parsed straight into borrowed fields (no `Value` tree).
+#[derive(Deserialize)]
+struct EvaluationRequest<'a> {
+    #[serde(borrow, default)]
+    context: Option<ContextField<'a>>,
+}
+
+/// `context`: an object of scalars, or something else (refused as not an object).
+enum ContextField<'a> {
+    Object(HashMap<Cow<'a, str>, Scalar<'a>>),
+    NotObject,
+}
+
+/// A context field's value: strings, numbers and booleans are attributes; anything else is
+/// ignored (as OFREP providers ignore structured context for targeting).
+enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    /// A number or boolean, as JSON writes it (an attribute; never a targeting key).
+    Written(String),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ContextField<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ContextField<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut out = HashMap::new();
+                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, Scalar<'de>>()? {
+                    out.insert(k, v);
+                }
+                Ok(ContextField::Object(out))
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(ContextField::NotObject)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(ContextField::NotObject)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a context value")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Written(v.to_string()))
+            }
+            // Numbers as serde_json writes them, as before.
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Written(serde_json::Number::from(v).to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Written(serde_json::Number::from(v).to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(serde_json::Number::from_f64(v)
+                    .map_or(Scalar::Other, |n| Scalar::Written(n.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+fn context(body: &Body) -> Result<Context<'_>, ContextError> {
+    let request: EvaluationRequest<'_> =
         serde_json::from_slice(&body.0).map_err(|e| ContextError::Parse(e.to_string()))?;
-    let Some(ctx) = value.get("context") else {
-        return Err(ContextError::Invalid(
-            "the body needs a `context` object".into(),
-        ));
+    let fields = match request.context {
+        None => {
+            return Err(ContextError::Invalid(
+                "the body needs a `context` object".into(),
+            ));
+        }
+        Some(ContextField::NotObject) => {
+            return Err(ContextError::Invalid("`context` must be an object".into()));
+        }
+        Some(ContextField::Object(fields)) => fields,
     };
-    let Some(ctx) = ctx.as_object() else {
-        return Err(ContextError::Invalid("`context` must be an object".into()));
-    };
-    let targeting_key = match ctx.get("targetingKey") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        _ => return Err(ContextError::TargetingKeyMissing),
-    };
-    let attributes: HashMap<String, String> = ctx
-        .iter()
-        .filter(|(k, _)| k.as_str() != "targetingKey")
-        .filter_map(|(k, v)| {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                _ => return None,
-            };
-            Some((k.clone(), v))
-        })
-        .collect();
+    let mut targeting_key = None;
+    let mut attributes = HashMap::with_capacity(fields.len());
+    for (k, v) in fields {
+        match (k.as_ref(), v) {
+            ("targetingKey", Scalar::Text(t)) if !t.is_empty() => targeting_key = Some(t),
+            ("targetingKey", _) => {}
+            (_, Scalar::Text(t)) => {
+                attributes.insert(k, t);
+            }
+            (_, Scalar::Written(t)) => {
+                attributes.insert(k, Cow::Owned(t));
+            }
+            (_, Scalar::Other) => {}
+        }
+    }
+    let targeting_key = targeting_key.ok_or(ContextError::TargetingKeyMissing)?;
     crate::core::event::check_identity(
         Some(&targeting_key),
-        attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        attributes.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
     )
     .map_err(ContextError::Invalid)?;
     Ok(Context {
@@ -98,25 +214,46 @@ fn context_failure(key: Option<&str>, e: &ContextError) -> Response {
     (StatusCode::BAD_REQUEST, Json(failure)).into_response()
 }
 
-fn evaluation(a: &Assignment<'_>) -> Value {
+/// One flag's evaluation as OFREP answers it.
+#[derive(Serialize)]
+struct Evaluation<'a> {
+    key: &'a str,
+    value: &'a str,
+    variant: &'a str,
+    reason: &'static str,
+    metadata: Metadata<'a>,
+}
+
+#[derive(Serialize)]
+struct Metadata<'a> {
+    mode: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    segment: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollout: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<&'a str>,
+}
+
+fn evaluation<'a>(a: &Assignment<'a>) -> Evaluation<'a> {
     let reason = match a.reason {
         Reason::Split | Reason::Baseline => "SPLIT",
         Reason::Stable => "STATIC",
         Reason::Fallback => "FALLBACK",
         Reason::NoSegment | Reason::RolledBack | Reason::NoSubject => "TARGETING_MATCH",
     };
-    let mut metadata = Map::new();
-    metadata.insert("mode".into(), json!(a.mode.name()));
-    for (key, value) in [
-        ("segment", a.segment),
-        ("rollout", a.rollout),
-        ("stage", a.stage),
-    ] {
-        if let Some(v) = value {
-            metadata.insert(key.into(), json!(v));
-        }
+    Evaluation {
+        key: a.workflow,
+        value: a.version,
+        variant: a.version,
+        reason,
+        metadata: Metadata {
+            mode: a.mode.name(),
+            segment: a.segment,
+            rollout: a.rollout,
+            stage: a.stage,
+        },
     }
-    json!({"key": a.workflow, "value": a.version, "variant": a.version, "reason": reason, "metadata": metadata})
 }
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
@@ -133,14 +270,23 @@ pub async fn evaluate_flag(
     let Some(a) = snapshot
         .routing
         .assign(&key, Some(&ctx.targeting_key), |k| {
-            ctx.attributes.get(k).map(String::as_str)
+            ctx.attributes.get(k).map(AsRef::as_ref)
         })
     else {
         let missing = json!({"key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": format!("no workflow `{key}`")});
         return Ok((StatusCode::NOT_FOUND, Json(missing)).into_response());
     };
     snapshot.counters[a.workflow_index][a.version_index].inc(a.mode);
-    Ok(Json(evaluation(&a)).into_response())
+    let bytes =
+        serde_json::to_vec(&evaluation(&a)).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        bytes,
+    )
+        .into_response())
 }
 
 /// `POST /ofrep/v1/evaluate/flags`: every workflow for one context.
@@ -154,7 +300,7 @@ pub async fn evaluate_bulk(
         Err(e) => return Ok(context_failure(None, &e)),
     };
     let snapshot = shared.snapshot.load();
-    let flags: Vec<Value> = snapshot
+    let flags: Vec<Evaluation<'_>> = snapshot
         .routing
         .workflows
         .iter()
@@ -162,7 +308,7 @@ pub async fn evaluate_bulk(
             snapshot
                 .routing
                 .assign(&w.name, Some(&ctx.targeting_key), |k| {
-                    ctx.attributes.get(k).map(String::as_str)
+                    ctx.attributes.get(k).map(AsRef::as_ref)
                 })
         })
         .map(|a| evaluation(&a))
