@@ -327,6 +327,19 @@ fn bad_input_gets_clear_errors_of_one_shape() {
     assert_eq!(resp.status(), 431);
     let body: Value = resp.json().expect("json error");
     assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+    // Too many headers: the API's count (64), in the same shape; past hyper's (100), a 431.
+    for (count, json) in [(80, true), (120, false)] {
+        let mut request = client.get(format!("{}/healthz", server.base));
+        for k in 0..count {
+            request = request.header(format!("x-h{k}"), "v");
+        }
+        let resp = request.send().expect("send");
+        assert_eq!(resp.status(), 431, "{count} headers");
+        if json {
+            let body: Value = resp.json().expect("json error");
+            assert_eq!(body["error"]["code"], "headers_too_large", "{body}");
+        }
+    }
 }
 
 #[test]

@@ -125,8 +125,9 @@ pub async fn serve(
                 .keep_alive(keep_alive)
                 // Headroom past the API's own limits (`api::request_limits`), so that oversized
                 // URIs and headers are refused there, in the JSON error shape, not by hyper.
-                .max_buf_size(256 * 1024)
-                .max_headers(256);
+                // hyper's default header count (100, above the API's `MAX_HEADERS`) parses on
+                // the stack; a larger one costs two heap arrays per request.
+                .max_buf_size(256 * 1024);
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             let period = idle.clamp(Duration::from_millis(50), Duration::from_secs(1));
