@@ -4,7 +4,7 @@
 //! Run through `scripts/bench` (it builds release, installs wrk and raises the descriptor
 //! limit). Servers are pinned to CPU 0 and wrk to CPU 1 when there are two or more.
 //!
-//! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S]`
+//! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S] [--tick-only]`
 
 #![allow(
     clippy::disallowed_methods,
@@ -29,6 +29,8 @@ struct Options {
     rollouts: usize,
     rounds: usize,
     seconds: u64,
+    /// Only the tick's effect on assignment latency (more rounds in the same time).
+    tick_only: bool,
 }
 
 fn options() -> Result<Options> {
@@ -36,9 +38,14 @@ fn options() -> Result<Options> {
         rollouts: 1000,
         rounds: 5,
         seconds: 8,
+        tick_only: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
+        if flag == "--tick-only" {
+            o.tick_only = true;
+            continue;
+        }
         let value = args
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -465,6 +472,39 @@ fn main() -> Result<()> {
         Some((_, values)) => values.push(v),
         None => ratios.push((name, vec![v])),
     };
+    if o.tick_only {
+        let mut ratios = Vec::new();
+        for round in 1..=o.rounds {
+            let b = bare()?;
+            let rate = wrk(&b, dir.path(), "assign", o.rollouts, 32, 0, o.seconds)?.rps / 2.0;
+            drop(b);
+            let connections = ((rate / 100.0).round() as usize).clamp(8, 2000);
+            let mut p99 = [0.0; 2];
+            for (slot, cfg) in [&still, &ticking].into_iter().enumerate() {
+                let s = serve(cfg)?;
+                let run = wrk(
+                    &s,
+                    dir.path(),
+                    "assign",
+                    o.rollouts,
+                    connections,
+                    10,
+                    o.seconds,
+                )?;
+                p99[slot] = run.p99_ms;
+            }
+            println!(
+                "round {round}: {rate:.0} req/s offered: p99 {:.2} ms without a tick, {:.2} ms ticking every 1 s",
+                p99[0], p99[1]
+            );
+            ratios.push(p99[1] / p99[0]);
+        }
+        println!(
+            "| assign p99 at half load, ticking every 1 s / no tick | {} |",
+            spread(&ratios)
+        );
+        return Ok(());
+    }
     let mut lines = Vec::new();
     let mut rss = Vec::new();
     for round in 1..=o.rounds {
