@@ -26,35 +26,43 @@ fn config() -> String {
     fleet::config(ROLLOUTS, "tick: 5s")
 }
 
+/// One healthy task (the fleet's event number `k`) in every arm of every segment of every
+/// rollout, recorded straight into the engine; returns how many.
+fn record_everywhere(engine: &mut Engine, tag: &str, k: u64) -> u64 {
+    let mut n = 0;
+    for r in 0..ROLLOUTS {
+        let epoch = engine.rollouts[r].state.epoch;
+        for segment in 0..3 {
+            for (arm, version) in [(Arm::Baseline, "a"), (Arm::Candidate, "b")] {
+                let id = format!("{tag}-{r}-{segment}-{version}");
+                let json = fleet::event(&id, r, segment, version, k);
+                let event = serde_json::from_str(&json)
+                    .map_err(|e| e.to_string())
+                    .and_then(stagegate::core::event::parse_event)
+                    .expect("event");
+                engine.record(
+                    &Route::Rollout {
+                        rollout: r,
+                        segment,
+                        arm,
+                        epoch,
+                    },
+                    &event,
+                );
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
 fn main() {
     let plan = Plan::parse(std::path::Path::new("tick.yaml"), &config()).expect("generated config");
     let mut engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
     // 60 tasks per arm per segment: evidence everywhere, no decision due.
     let mut n = 0u64;
-    for r in 0..ROLLOUTS {
-        let epoch = engine.rollouts[r].state.epoch;
-        for segment in 0..3 {
-            for arm in [Arm::Baseline, Arm::Candidate] {
-                for k in 0..60 {
-                    n += 1;
-                    let event = stagegate::core::event::parse_event(serde_json::json!({
-                        "event_id": format!("e{n}"), "workflow": format!("w{r}"), "version": "b",
-                        "quality": 0.85 + f64::from(k % 10) / 100.0, "latency_ms": 900.0 + f64::from(k) * 7.0,
-                        "cost_usd": 0.01, "fallback": k % 40 == 0,
-                    }))
-                    .expect("event");
-                    engine.record(
-                        &Route::Rollout {
-                            rollout: r,
-                            segment,
-                            arm,
-                            epoch,
-                        },
-                        &event,
-                    );
-                }
-            }
-        }
+    for k in 0..60 {
+        n += record_everywhere(&mut engine, &format!("e{k}"), k);
     }
     // Routing: which rollout, segment and arm an event belongs to, against parsing it (the
     // work every event needs anyway).
@@ -81,35 +89,12 @@ fn main() {
     // Before each timed round every arm of every segment gets one more task (untimed): a tick
     // where every rollout's evidence changed, so nothing computed for an earlier round (the
     // quantile ranks an arm caches) answers for this one.
-    let one_more = |engine: &mut Engine, round: u32| {
-        for r in 0..ROLLOUTS {
-            let epoch = engine.rollouts[r].state.epoch;
-            for segment in 0..3 {
-                for arm in [Arm::Baseline, Arm::Candidate] {
-                    let event = stagegate::core::event::parse_event(serde_json::json!({
-                        "event_id": format!("t{round}-{r}-{segment}"), "workflow": format!("w{r}"), "version": "b",
-                        "quality": 0.9, "latency_ms": 950.0 + f64::from(round), "cost_usd": 0.01, "fallback": false,
-                    }))
-                    .expect("event");
-                    engine.record(
-                        &Route::Rollout {
-                            rollout: r,
-                            segment,
-                            arm,
-                            epoch,
-                        },
-                        &event,
-                    );
-                }
-            }
-        }
-    };
-    let mut round = 0;
+    let mut round = 0u64;
     let mut time = |engine: &mut Engine, f: &mut dyn FnMut(&Engine)| {
         let mut total = 0.0;
         for _ in 0..rounds {
             round += 1;
-            one_more(engine, round);
+            record_everywhere(engine, &format!("t{round}"), 1000 + round);
             let t = Instant::now();
             f(engine);
             total += t.elapsed().as_secs_f64();

@@ -20,6 +20,7 @@ use crate::core::rollout::Command;
 use crate::plan::Role;
 use crate::serve::controller::{IngestError, Input, Shared};
 use crate::serve::http::{ApiError, Body, Caller, MAX_REASON_BYTES, authorize, blocking};
+use crate::serve::metrics::Metrics;
 
 type AppState = State<Arc<Shared>>;
 
@@ -552,24 +553,22 @@ async fn metrics(State(shared): AppState) -> Response {
     shared
         .metrics
         .store(shared.store.size_bytes(), shared.store.is_healthy());
-    // Rendering every series is CPU work in proportion to the fleet: the evaluation thread's,
-    // not a request worker's.
-    let s = Arc::clone(&shared);
-    let text = shared
-        .evaluator
-        .run(move || s.metrics.render())
-        .await
-        .unwrap_or_default();
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+    exposition(shared, Metrics::render).await
 }
 
 /// The per gate × segment × arm series (verdicts, signal values and samples, limits): a
 /// second scrape job, kept off `/metrics` so a large fleet's main scrape stays small.
 async fn gate_metrics(State(shared): AppState) -> Response {
+    exposition(shared, Metrics::render_gates).await
+}
+
+/// A text exposition rendered on the evaluation thread: rendering every series is CPU work in
+/// proportion to the fleet, not a request worker's.
+async fn exposition(shared: Arc<Shared>, render: fn(&Metrics) -> String) -> Response {
     let s = Arc::clone(&shared);
     let text = shared
         .evaluator
-        .run(move || s.metrics.render_gates())
+        .run(move || render(&s.metrics))
         .await
         .unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
