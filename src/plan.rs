@@ -29,6 +29,10 @@ pub struct Plan {
     pub rollouts: Vec<RolloutPlan>,
 }
 
+/// `server.store_cache_bytes` unless set: redb's own default (1 GiB) made RSS grow with every
+/// stored event.
+pub const DEFAULT_STORE_CACHE_BYTES: usize = 64 * 1024 * 1024;
+
 #[derive(Debug, Clone)]
 pub struct ServerPlan {
     pub listen: String,
@@ -38,6 +42,8 @@ pub struct ServerPlan {
     pub max_body_bytes: usize,
     /// Request body bytes all in-flight requests may hold at once.
     pub max_inflight_body_bytes: usize,
+    /// The embedded store's page cache, bytes.
+    pub store_cache_bytes: usize,
     /// Open connections at most (lowered further to fit the process's file-descriptor limit).
     pub max_connections: usize,
     /// A request's headers must arrive within this time of the connection (or the previous

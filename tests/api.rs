@@ -123,6 +123,20 @@ fn a_malformed_event_is_rejected_alone() {
 }
 
 #[test]
+fn the_store_cache_is_configurable_and_has_a_floor() {
+    let (_, _, err) =
+        check_output(&config("").replace("tick: 50ms", "tick: 50ms, store_cache_bytes: 1000"));
+    assert!(
+        err.contains("server.store_cache_bytes: must be at least 1048576 (1 MiB)"),
+        "{err}"
+    );
+    let server =
+        Server::start(&config("").replace("tick: 50ms", "tick: 50ms, store_cache_bytes: 2097152"));
+    server.send_events(&events("cache", 50, "v8", internal(), HEALTHY));
+    server.wait_for("the events", |s| s["candidate_samples"] == 50);
+}
+
+#[test]
 fn ndjson_batches_and_body_limits() {
     let server =
         Server::start(&config("").replace("tick: 50ms", "tick: 50ms, max_body_bytes: 4096"));

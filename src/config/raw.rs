@@ -62,6 +62,10 @@ pub(super) struct RawServer {
     /// Request-body bytes all in-flight requests may hold at once. Default 64 MiB.
     #[schemars(with = "Option<u64>")]
     pub(super) max_inflight_body_bytes: Option<Spanned<u64>>,
+    /// The embedded store's page cache, bytes (at least 1 MiB): what the store may hold in
+    /// memory, whatever the number of stored events. Default 64 MiB.
+    #[schemars(with = "Option<u64>")]
+    pub(super) store_cache_bytes: Option<Spanned<u64>>,
     /// Open connections at most (at least 16; lowered to fit the descriptor limit). Default 4096.
     #[schemars(with = "Option<u64>")]
     pub(super) max_connections: Option<Spanned<u64>>,

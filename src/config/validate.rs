@@ -540,6 +540,18 @@ impl Validator {
             Some(b) => b.value as usize,
             None => (64 * 1024 * 1024).max(max_body_bytes),
         };
+        let store_cache_bytes = match &raw.store_cache_bytes {
+            Some(b) if b.value < 1024 * 1024 => {
+                self.report(
+                    b,
+                    "server.store_cache_bytes",
+                    "must be at least 1048576 (1 MiB)",
+                );
+                1024 * 1024
+            }
+            Some(b) => usize::try_from(b.value).unwrap_or(usize::MAX),
+            None => crate::plan::DEFAULT_STORE_CACHE_BYTES,
+        };
         let max_connections = match &raw.max_connections {
             Some(c) if c.value < 16 => {
                 self.report(c, "server.max_connections", "must be at least 16");
@@ -571,6 +583,7 @@ impl Validator {
             dedupe_window,
             max_body_bytes,
             max_inflight_body_bytes,
+            store_cache_bytes,
             max_connections,
             header_timeout: header_timeout.max(100),
             idle_timeout: idle_timeout.max(100),

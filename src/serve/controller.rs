@@ -234,7 +234,10 @@ impl Shared {
     ) -> anyhow::Result<(Arc<Shared>, mpsc::Receiver<Input>)> {
         match plan.server.store.clone() {
             StorePlan::Embedded => {
-                let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&plan.server.data_dir)?);
+                let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open_with_cache(
+                    &plan.server.data_dir,
+                    plan.server.store_cache_bytes,
+                )?);
                 let clock = Arc::new(crate::core::clock::SteadyClock::anchored(
                     store.clock_high_water()?,
                 ));
@@ -963,6 +966,11 @@ fn keep_restart_only(running: &Plan, next: &mut Plan) -> Vec<String> {
         new.max_inflight_body_bytes.to_string(),
     );
     keep(
+        "store_cache_bytes",
+        old.store_cache_bytes.to_string(),
+        new.store_cache_bytes.to_string(),
+    );
+    keep(
         "max_connections",
         old.max_connections.to_string(),
         new.max_connections.to_string(),
@@ -984,6 +992,7 @@ fn keep_restart_only(running: &Plan, next: &mut Plan) -> Vec<String> {
     new.max_body_bytes = old.max_body_bytes;
     new.max_inflight_body_bytes = old.max_inflight_body_bytes;
     new.max_connections = old.max_connections;
+    new.store_cache_bytes = old.store_cache_bytes;
     new.header_timeout = old.header_timeout;
     new.idle_timeout = old.idle_timeout;
     out

@@ -46,8 +46,8 @@ const AFFECTED: TableDefinition<&str, &[u8]> = TableDefinition::new("affected");
 /// Commit time → the last event sequence number committed by then (for retention).
 const SEQ_MARKS: TableDefinition<u64, u64> = TableDefinition::new("seq_marks");
 
-/// redb's page cache: its default (1 GiB) made RSS grow with every stored event.
-const CACHE_BYTES: usize = 64 * 1024 * 1024;
+/// redb's page cache unless `server.store_cache_bytes` says otherwise.
+const DEFAULT_CACHE_BYTES: usize = crate::plan::DEFAULT_STORE_CACHE_BYTES;
 
 /// The file name inside `data_dir`.
 pub const FILE_NAME: &str = "stagegate.redb";
@@ -63,6 +63,8 @@ pub struct EmbeddedStore {
     path: PathBuf,
     durability: Durability,
     health: Health,
+    /// redb's page cache, bytes: the bound on what the store holds in memory.
+    cache_bytes: usize,
 }
 
 /// Whether a redb error means the file system refused a write (the store must be reopened).
@@ -94,9 +96,9 @@ fn quietly<T>(f: impl FnOnce() -> T) -> Result<T, String> {
     })
 }
 
-fn builder() -> Builder {
+fn builder(cache_bytes: usize) -> Builder {
     let mut b = Builder::new();
-    b.set_cache_size(CACHE_BYTES);
+    b.set_cache_size(cache_bytes);
     b
 }
 
@@ -104,17 +106,23 @@ impl EmbeddedStore {
     /// Opens (or creates) the store in `dir`. Refuses a directory another process holds, an
     /// empty file, and a file that is not a readable store — none is ever replaced or written.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        Self::open_with_cache(dir, DEFAULT_CACHE_BYTES)
+    }
+
+    /// [`EmbeddedStore::open`] with a page cache of `cache_bytes`.
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<EmbeddedStore, StoreError> {
         let path = dir.join(FILE_NAME);
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Unreadable {
             path: dir.to_path_buf(),
             detail: e.to_string(),
         })?;
-        let db = Self::open_checked(&path)?;
+        let db = Self::open_checked(&path, cache_bytes)?;
         let store = EmbeddedStore {
             db: RwLock::new(Some(db)),
             path,
             durability: Durability::Immediate,
             health: Health::default(),
+            cache_bytes,
         };
         store.create_tables().map_err(|e| StoreError::Unreadable {
             path: store.path.clone(),
@@ -126,7 +134,7 @@ impl EmbeddedStore {
     /// Opens `path` read-write only once it is known to be sound: an existing file is opened
     /// read-only first; one that needs redb's repair (an unclean stop, or damage) is copied
     /// aside, repaired, checked, and — if any of that fails — restored byte for byte.
-    fn open_checked(path: &Path) -> Result<Database, StoreError> {
+    fn open_checked(path: &Path, cache_bytes: usize) -> Result<Database, StoreError> {
         let unreadable = |detail: String| StoreError::Unreadable {
             path: path.to_path_buf(),
             detail,
@@ -143,7 +151,7 @@ impl EmbeddedStore {
             Err(e) => return Err(unreadable(e.to_string())),
         };
         match existing {
-            None => return builder().create(path).map_err(open_error),
+            None => return builder(cache_bytes).create(path).map_err(open_error),
             Some(0) => {
                 return Err(StoreError::Empty {
                     path: path.to_path_buf(),
@@ -152,14 +160,14 @@ impl EmbeddedStore {
             Some(_) => {}
         }
         let probe = quietly(|| {
-            builder()
+            builder(cache_bytes)
                 .open_read_only(path)
                 .map_err(open_error)
                 .and_then(|ro| Self::verify(&ro.begin_read().map_err(dberr)?))
         })
         .map_err(unreadable)?;
         match probe {
-            Ok(()) => return builder().open(path).map_err(open_error),
+            Ok(()) => return builder(cache_bytes).open(path).map_err(open_error),
             Err(StoreError::Unreadable { detail, .. })
                 if detail.contains(&redb::DatabaseError::RepairAborted.to_string()) => {}
             Err(other) => return Err(other),
@@ -172,7 +180,7 @@ impl EmbeddedStore {
             ))
         })?;
         let repaired = quietly(|| {
-            let db = builder().open(path).map_err(open_error)?;
+            let db = builder(cache_bytes).open(path).map_err(open_error)?;
             Self::verify(&db.begin_read().map_err(dberr)?)?;
             Ok::<_, StoreError>(db)
         })
@@ -450,10 +458,12 @@ impl Store for EmbeddedStore {
         };
         // The old handle must go first: it holds the file lock.
         drop(slot.take());
-        let reopened = quietly(|| builder().open(&self.path)).ok().and_then(|r| {
-            r.map_err(|e| tracing::warn!(error = %e, "store reopen failed"))
-                .ok()
-        });
+        let reopened = quietly(|| builder(self.cache_bytes).open(&self.path))
+            .ok()
+            .and_then(|r| {
+                r.map_err(|e| tracing::warn!(error = %e, "store reopen failed"))
+                    .ok()
+            });
         *slot = reopened;
         drop(slot);
         let probe = (|| {
