@@ -56,6 +56,18 @@ fn record_everywhere(engine: &mut Engine, tag: &str, k: u64) -> u64 {
     n
 }
 
+/// This process's resident memory.
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 fn main() {
     let plan = Plan::parse(std::path::Path::new("tick.yaml"), &config()).expect("generated config");
     let mut engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
@@ -83,6 +95,7 @@ fn main() {
         std::hint::black_box(engine.route(e).expect("routes"));
     }
     let route_ns = t.elapsed().as_nanos() as f64 / parsed.len() as f64;
+    let rss_evidence = rss_mib();
     let metrics = Metrics::new();
     metrics.init_series(&engine.plan);
     let rounds = 5;
@@ -118,6 +131,10 @@ fn main() {
     let t = Instant::now();
     metrics.observe_with(&engine, now, &verdicts);
     let first = t.elapsed().as_secs_f64() * 1000.0;
+    let rss_series = rss_mib();
+    let checkpoints = engine.take_checkpoints();
+    let rss_checkpoints = rss_mib();
+    drop(checkpoints);
     let observe = time(&mut engine, &mut |engine| {
         metrics.observe_with(engine, now, &verdicts)
     });
@@ -128,6 +145,9 @@ fn main() {
     let gates = metrics.render_gates();
     let render_gates = t.elapsed().as_secs_f64() * 1000.0;
     println!("tick at {ROLLOUTS} rollouts × 3 segments with evidence ({n} tasks):");
+    println!(
+        "  resident memory            {rss_evidence:8.0} MiB with the evidence, {rss_series:.0} MiB with every series, {rss_checkpoints:.0} MiB while every rollout's checkpoint is held"
+    );
     println!("  bare verdicts (baseline)   {bare:8.1} ms");
     println!(
         "  Engine::step (+ verdicts)  {step:8.1} ms  ({:.2}× the baseline)",
