@@ -449,6 +449,18 @@ fn main() -> Result<()> {
         bail!("stagegate did not answer /healthz");
     };
     let bare = || Server::start(&baseline, &["127.0.0.1:0", &o.rollouts.to_string()], &log);
+    // One wrk load of `kind` over `connections`, each pausing `delay_ms` between requests.
+    let run = |server: &Server, kind: &str, connections: usize, delay_ms: u64| {
+        wrk(
+            server,
+            dir.path(),
+            kind,
+            o.rollouts,
+            connections,
+            delay_ms,
+            o.seconds,
+        )
+    };
 
     println!(
         "stagegate-bench: {} rollouts × 3 segments × 4 gates, {} rounds of {} s, {} CPUs (servers on CPU 0, wrk on CPU 1)",
@@ -476,21 +488,13 @@ fn main() -> Result<()> {
         let mut ratios = Vec::new();
         for round in 1..=o.rounds {
             let b = bare()?;
-            let rate = wrk(&b, dir.path(), "assign", o.rollouts, 32, 0, o.seconds)?.rps / 2.0;
+            let rate = run(&b, "assign", 32, 0)?.rps / 2.0;
             drop(b);
             let connections = ((rate / 100.0).round() as usize).clamp(8, 2000);
             let mut p99 = [0.0; 2];
             for (slot, cfg) in [&still, &ticking].into_iter().enumerate() {
                 let s = serve(cfg)?;
-                let run = wrk(
-                    &s,
-                    dir.path(),
-                    "assign",
-                    o.rollouts,
-                    connections,
-                    10,
-                    o.seconds,
-                )?;
+                let run = run(&s, "assign", connections, 10)?;
                 p99[slot] = run.p99_ms;
             }
             println!(
@@ -510,47 +514,23 @@ fn main() -> Result<()> {
     for round in 1..=o.rounds {
         // Closed loop: the most each serves.
         let b = bare()?;
-        let b_assign = wrk(&b, dir.path(), "assign", o.rollouts, 32, 0, o.seconds)?;
-        let b_ofrep = wrk(&b, dir.path(), "ofrep", o.rollouts, 32, 0, o.seconds)?;
-        let b_events = wrk(&b, dir.path(), "events", o.rollouts, 8, 0, o.seconds)?;
+        let b_assign = run(&b, "assign", 32, 0)?;
+        let b_ofrep = run(&b, "ofrep", 32, 0)?;
+        let b_events = run(&b, "events", 8, 0)?;
         // Half the baseline's most, offered at a fixed rate: 10 ms between a connection's
         // requests.
         let rate = b_assign.rps / 2.0;
         let connections = ((rate / 100.0).round() as usize).clamp(8, 2000);
-        let b_fixed = wrk(
-            &b,
-            dir.path(),
-            "assign",
-            o.rollouts,
-            connections,
-            10,
-            o.seconds,
-        )?;
+        let b_fixed = run(&b, "assign", connections, 10)?;
         drop(b);
         let s = serve(&still)?;
-        let s_assign = wrk(&s, dir.path(), "assign", o.rollouts, 32, 0, o.seconds)?;
-        let s_ofrep = wrk(&s, dir.path(), "ofrep", o.rollouts, 32, 0, o.seconds)?;
-        let s_fixed = wrk(
-            &s,
-            dir.path(),
-            "assign",
-            o.rollouts,
-            connections,
-            10,
-            o.seconds,
-        )?;
-        let s_events = wrk(&s, dir.path(), "events", o.rollouts, 8, 0, o.seconds)?;
+        let s_assign = run(&s, "assign", 32, 0)?;
+        let s_ofrep = run(&s, "ofrep", 32, 0)?;
+        let s_fixed = run(&s, "assign", connections, 10)?;
+        let s_events = run(&s, "events", 8, 0)?;
         drop(s);
         let s = serve(&ticking)?;
-        let t_fixed = wrk(
-            &s,
-            dir.path(),
-            "assign",
-            o.rollouts,
-            connections,
-            10,
-            o.seconds,
-        )?;
+        let t_fixed = run(&s, "assign", connections, 10)?;
         rss.push(s.rss_mib());
         drop(s);
         push(
