@@ -537,9 +537,10 @@ impl Shared {
     }
 
     /// After a tick's decisions: every rollout's gauges (from the tick's verdicts), the UI's
-    /// history and the checkpoints of changed evidence, one rollout per lock. Runs on the
-    /// evaluation thread.
-    fn observe_all(&self, now: Millis, verdicts: &[Vec<GateVerdict>]) -> Vec<(String, Checkpoint)> {
+    /// history and the checkpoints of changed evidence, one rollout per lock. Checkpoints are
+    /// written [`CHECKPOINT_CHUNK`] at a time, so a tick after heavy ingestion never holds a
+    /// copy of the whole fleet's evidence. Runs on the evaluation thread.
+    fn observe_all(&self, now: Millis, verdicts: &[Vec<GateVerdict>]) {
         let count = {
             let engine = self.engine();
             self.metrics.forget_removed(&engine);
@@ -566,12 +567,32 @@ impl Shared {
             self.ui.history.record_rollout(&engine, i, now);
             checkpoints.extend(engine.take_checkpoint(i));
             drop(engine);
+            if checkpoints.len() >= CHECKPOINT_CHUNK {
+                self.put_checkpoints(std::mem::take(&mut checkpoints));
+            }
             yield_to_requests();
         }
-        let mut engine = self.engine();
-        self.metrics.observe_workflows(&engine);
-        checkpoints.extend(engine.take_guard_checkpoints());
-        checkpoints
+        {
+            let mut engine = self.engine();
+            self.metrics.observe_workflows(&engine);
+            checkpoints.extend(engine.take_guard_checkpoints());
+        }
+        self.put_checkpoints(checkpoints);
+    }
+
+    /// Writes evidence checkpoints (blocking); on failure their scopes stay dirty, so the next
+    /// tick writes them again.
+    fn put_checkpoints(&self, checkpoints: Vec<(String, Checkpoint)>) {
+        if checkpoints.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.put_checkpoints(&checkpoints) {
+            tracing::warn!(error = %e, "evidence checkpoints not written; retried next tick");
+            let mut engine = self.engine();
+            for (scope, _) in &checkpoints {
+                engine.mark_dirty(scope);
+            }
+        }
     }
 
     /// Sends an input to the controller loop and waits for its reply.
@@ -706,6 +727,9 @@ struct IngestJob {
 
 /// Most batches one group commit takes.
 const GROUP_COMMIT_MAX: usize = 64;
+
+/// Checkpoints written per store transaction during a tick.
+const CHECKPOINT_CHUNK: usize = 64;
 
 /// Between two rollouts' evaluation: a request thread waiting for the CPU runs now, not at the
 /// end of the evaluation thread's time slice (a lower priority alone does not preempt it at
@@ -871,12 +895,14 @@ async fn tick(shared: &Arc<Shared>) {
         }
     }
     let s = Arc::clone(shared);
-    let checkpoints = shared
+    if shared
         .evaluator
         .run(move || s.observe_all(now, &verdicts))
         .await
-        .unwrap_or_default();
-    write_checkpoints(shared, checkpoints).await;
+        .is_none()
+    {
+        tracing::error!("the evaluation thread failed while recording the tick");
+    }
 }
 
 /// The leader's cursor over the shared event table: records, in commit order, every event
@@ -901,30 +927,6 @@ async fn pull_events(shared: &Arc<Shared>, replica: &Arc<Replica>) -> Result<(),
         }
         if !full {
             return Ok(());
-        }
-    }
-}
-
-/// Writes evidence checkpoints on the evaluation thread; on failure the scopes stay dirty.
-async fn write_checkpoints(
-    shared: &Arc<Shared>,
-    checkpoints: Vec<(String, crate::core::evidence::Checkpoint)>,
-) {
-    if checkpoints.is_empty() {
-        return;
-    }
-    let s = Arc::clone(shared);
-    let scopes: Vec<String> = checkpoints.iter().map(|(s, _)| s.clone()).collect();
-    // Serialising a fleet's evidence is CPU work: on the low-priority evaluation thread.
-    let written = shared
-        .evaluator
-        .run(move || s.store.put_checkpoints(&checkpoints))
-        .await;
-    if !matches!(written, Some(Ok(()))) {
-        tracing::warn!("evidence checkpoints not written; retried next tick");
-        let mut engine = shared.engine();
-        for scope in scopes {
-            engine.mark_dirty(&scope);
         }
     }
 }
@@ -1471,8 +1473,12 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
             Input::SourceRound(_) => {}
             Input::Shutdown => {
                 if shared.is_leader() {
+                    let s = Arc::clone(&shared);
                     let checkpoints = shared.engine().take_checkpoints();
-                    write_checkpoints(&shared, checkpoints).await;
+                    let _ = shared
+                        .evaluator
+                        .run(move || s.put_checkpoints(checkpoints))
+                        .await;
                 }
                 if let Some(replica) = &shared.replica {
                     replica.stop();
