@@ -540,7 +540,8 @@ impl Shared {
     /// history and the checkpoints of changed evidence, one rollout per lock. Checkpoints are
     /// written [`CHECKPOINT_CHUNK`] at a time, so a tick after heavy ingestion never holds a
     /// copy of the whole fleet's evidence. Runs on the evaluation thread.
-    fn observe_all(&self, now: Millis, verdicts: &[Vec<GateVerdict>]) {
+    /// A rollout without verdicts (`None`: a decision changed it since) has them computed here.
+    fn observe_all(&self, now: Millis, verdicts: &[Option<Vec<GateVerdict>>]) {
         let count = {
             let engine = self.engine();
             self.metrics.forget_removed(&engine);
@@ -553,7 +554,7 @@ impl Shared {
             if i >= engine.rollouts.len() {
                 break;
             }
-            match verdicts.get(i) {
+            match verdicts.get(i).and_then(Option::as_ref) {
                 Some(v) => self.metrics.observe_rollout(&engine, i, now, v),
                 None => {
                     let v = crate::core::rollout::verdicts(
@@ -870,28 +871,21 @@ async fn tick(shared: &Arc<Shared>) {
     // The evaluation runs on its own low-priority thread, one rollout per engine lock: no
     // request worker and no request's lock waits behind it.
     let s = Arc::clone(shared);
-    let Some((due, mut verdicts)) = shared.evaluator.run(move || s.assess_all(now)).await else {
+    let Some((due, verdicts)) = shared.evaluator.run(move || s.assess_all(now)).await else {
         tracing::error!("the evaluation thread failed; no decision this tick");
         return;
     };
+    let mut verdicts: Vec<Option<Vec<GateVerdict>>> = verdicts.into_iter().map(Some).collect();
     for pending in due {
-        let decided = match &pending {
-            Pending::Rollout { index, .. } => Some(*index),
-            Pending::Guard { .. } => None,
-        };
+        if let Pending::Rollout { index, .. } = &pending {
+            // A decision changes what the gates look at: observe_all computes its rollout's
+            // verdicts again, on the evaluation thread.
+            if let Some(slot) = verdicts.get_mut(*index) {
+                *slot = None;
+            }
+        }
         if let Err(e) = commit(shared, pending, None).await {
             tracing::error!(error = %e, "could not persist a decision; it will be retried next tick");
-        }
-        // A decision changes what the gates look at: its rollout's verdicts are computed again.
-        if let Some(i) = decided {
-            let engine = shared.engine();
-            if let (Some(plan), Some(rt), Some(slot)) = (
-                engine.plan.rollouts.get(i),
-                engine.rollouts.get(i),
-                verdicts.get_mut(i),
-            ) {
-                *slot = crate::core::rollout::verdicts(plan, &rt.state, &rt.evidence);
-            }
         }
     }
     let s = Arc::clone(shared);

@@ -35,14 +35,6 @@ pub struct History {
 }
 
 impl History {
-    /// Samples every rollout's gate values at `now`.
-    pub fn record(&self, engine: &Engine, now: Millis) {
-        for i in 0..engine.rollouts.len() {
-            self.record_rollout(engine, i, now);
-        }
-        self.forget_removed(engine);
-    }
-
     /// Drops the lines of rollouts the config no longer has.
     pub fn forget_removed(&self, engine: &Engine) {
         if let Ok(mut all) = self.rollouts.lock() {
