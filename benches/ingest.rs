@@ -1,6 +1,9 @@
 //! Durable ingestion throughput: batches of 500 events through the real ingest path
-//! (`Shared::ingest`: validation, routing, group commit, evidence), with fsync-on-commit on and
-//! off, from 8 concurrent clients. Run with `cargo bench --bench ingest`.
+//! (`Shared::ingest`: validation, routing, group commit, evidence) from 8 concurrent clients,
+//! on the shipped config (one rollout) and on the 1 000-rollout fleet of `scripts/bench`
+//! (events spread over every rollout, segment and arm), with fsync-on-commit on and off. The
+//! bare baseline, measured in the same run, is parsing the same bodies into typed events.
+//! Run with `cargo bench --bench ingest`.
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark times itself with the wall clock"
@@ -11,29 +14,70 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use stagegate::core::clock::SystemClock;
+use stagegate::core::event::{parse_event, split_batch};
 use stagegate::plan::Plan;
 use stagegate::serve::controller::Shared;
 use stagegate::store::EmbeddedStore;
 
+/// The same fleet as the A/B benchmark (`scripts/bench`).
+#[path = "../bench/src/fleet.rs"]
+#[allow(dead_code, reason = "the HTTP driver's helpers are not used here")]
+mod fleet;
+
 const BATCH: usize = 500;
 const BATCHES_PER_CLIENT: usize = 40;
 const CLIENTS: usize = 8;
+const FLEET: usize = 1000;
 
-fn body(client: usize, batch: usize, durable: bool) -> Vec<u8> {
+/// Which config the events go to.
+#[derive(Clone, Copy)]
+enum Shape {
+    Shipped,
+    Fleet,
+}
+
+fn plan(shape: Shape, dir: &Path) -> Plan {
+    let mut plan = match shape {
+        Shape::Shipped => Plan::load(Path::new("config/stagegate.yaml")).expect("shipped config"),
+        Shape::Fleet => Plan::parse(Path::new("fleet.yaml"), &fleet::config(FLEET, "tick: 1h"))
+            .expect("generated config"),
+    };
+    plan.server.data_dir = dir.to_path_buf();
+    plan
+}
+
+fn body(shape: Shape, tag: &str, client: usize, batch: usize) -> Vec<u8> {
     let items: Vec<String> = (0..BATCH)
         .map(|i| {
-            format!(
-                r#"{{"event_id":"{durable}-{client}-{batch}-{i}","workflow":"support-reply","version":"v8","attributes":{{"team":"support-ops"}},"quality":0.9,"latency_ms":1200,"cost_usd":0.01,"fallback":false,"review":"approved"}}"#
-            )
+            let id = format!("{tag}-{client}-{batch}-{i}");
+            match shape {
+                Shape::Shipped => format!(
+                    r#"{{"event_id":"{id}","workflow":"support-reply","version":"v8","attributes":{{"team":"support-ops"}},"quality":0.9,"latency_ms":1200,"cost_usd":0.01,"fallback":false,"review":"approved"}}"#
+                ),
+                Shape::Fleet => {
+                    let k = (client * BATCHES_PER_CLIENT + batch) * BATCH + i;
+                    let version = if k % 2 == 0 { "a" } else { "b" };
+                    fleet::event(&id, (k / 2) % FLEET, (k / 7) % 3, version, k as u64)
+                }
+            }
         })
         .collect();
     format!("[{}]", items.join(",")).into_bytes()
 }
 
-fn run(durable: bool) -> f64 {
+fn bodies(shape: Shape, tag: &str) -> Vec<Vec<Vec<u8>>> {
+    (0..CLIENTS)
+        .map(|c| {
+            (0..BATCHES_PER_CLIENT)
+                .map(|b| body(shape, tag, c, b))
+                .collect()
+        })
+        .collect()
+}
+
+/// Events per second through `Shared::ingest`.
+fn run(shape: Shape, durable: bool) -> f64 {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut plan = Plan::load(Path::new("config/stagegate.yaml")).expect("shipped config");
-    plan.server.data_dir = dir.path().to_path_buf();
     let mut store = EmbeddedStore::open(dir.path()).expect("store");
     store.set_durable(durable);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -42,20 +86,14 @@ fn run(durable: bool) -> f64 {
         .expect("runtime");
     rt.block_on(async {
         let (shared, _inputs) = Shared::start_with(
-            plan,
-            "config/stagegate.yaml".into(),
+            plan(shape, dir.path()),
+            "bench.yaml".into(),
             Arc::new(SystemClock),
             Arc::new(store),
             false,
         )
         .expect("start");
-        let bodies: Vec<Vec<Vec<u8>>> = (0..CLIENTS)
-            .map(|c| {
-                (0..BATCHES_PER_CLIENT)
-                    .map(|b| body(c, b, durable))
-                    .collect()
-            })
-            .collect();
+        let bodies = bodies(shape, if durable { "d" } else { "n" });
         let t = Instant::now();
         let mut tasks = Vec::new();
         for batches in bodies {
@@ -74,16 +112,44 @@ fn run(durable: bool) -> f64 {
     })
 }
 
+/// Events per second parsed into typed events (one thread per client, as the server's workers).
+fn parse_only(shape: Shape) -> f64 {
+    let bodies = bodies(shape, "p");
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for batches in &bodies {
+            s.spawn(move || {
+                for b in batches {
+                    let items = split_batch(b).expect("batch");
+                    let n = items
+                        .into_iter()
+                        .filter_map(|i| i.and_then(parse_event).ok())
+                        .count();
+                    assert_eq!(n, BATCH);
+                }
+            });
+        }
+    });
+    (CLIENTS * BATCHES_PER_CLIENT * BATCH) as f64 / t.elapsed().as_secs_f64()
+}
+
 fn main() {
-    let off = run(false);
-    let on = run(true);
     println!(
         "ingest, batches of {BATCH}, {CLIENTS} concurrent clients, {} events per run",
         CLIENTS * BATCHES_PER_CLIENT * BATCH
     );
-    println!("durability off (no fsync) : {off:>10.0} events/s");
-    println!(
-        "durability on  (fsync)    : {on:>10.0} events/s  ({:.2}x of off)",
-        on / off
-    );
+    for (shape, name) in [
+        (Shape::Shipped, "shipped config"),
+        (Shape::Fleet, "1000 rollouts "),
+    ] {
+        let bare = parse_only(shape);
+        let off = run(shape, false);
+        let on = run(shape, true);
+        println!(
+            "{name}: parse only {bare:>9.0}/s | no fsync {off:>9.0}/s ({:.3}x) | fsync {on:>9.0}/s ({:.3}x of parse, {:.2}x of no fsync)",
+            off / bare,
+            on / bare,
+            on / off
+        );
+    }
 }

@@ -36,10 +36,7 @@ fn record_everywhere(engine: &mut Engine, tag: &str, k: u64) -> u64 {
             for (arm, version) in [(Arm::Baseline, "a"), (Arm::Candidate, "b")] {
                 let id = format!("{tag}-{r}-{segment}-{version}");
                 let json = fleet::event(&id, r, segment, version, k);
-                let event = serde_json::from_str(&json)
-                    .map_err(|e| e.to_string())
-                    .and_then(stagegate::core::event::parse_event)
-                    .expect("event");
+                let event = stagegate::core::event::parse_event(&json).expect("event");
                 engine.record(
                     &Route::Rollout {
                         rollout: r,
@@ -78,16 +75,17 @@ fn main() {
     }
     // Routing: which rollout, segment and arm an event belongs to, against parsing it (the
     // work every event needs anyway).
-    let raw: Vec<serde_json::Value> = (0..100_000)
+    let raw: Vec<String> = (0..100_000)
         .map(|k| {
             serde_json::json!({"event_id": format!("x{k}"), "workflow": format!("w{}", (k * 7919) % ROLLOUTS),
                 "version": if k % 2 == 0 { "a" } else { "b" }, "attributes": {"tier": "enterprise"}, "quality": 0.9})
+            .to_string()
         })
         .collect();
     let t = Instant::now();
     let parsed: Vec<_> = raw
         .iter()
-        .map(|v| stagegate::core::event::parse_event(v.clone()).expect("event"))
+        .map(|v| stagegate::core::event::parse_event(v).expect("event"))
         .collect();
     let parse_ns = t.elapsed().as_nanos() as f64 / parsed.len() as f64;
     let t = Instant::now();

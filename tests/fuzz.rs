@@ -88,7 +88,7 @@ proptest! {
 
     #[test]
     fn the_event_parser_never_panics(item in json()) {
-        let _ = parse_event(item);
+        let _ = parse_event(&item.to_string());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! Run through `scripts/bench` (it builds release, installs wrk and raises the descriptor
 //! limit). Servers are pinned to CPU 0 and wrk to CPU 1 when there are two or more.
 //!
-//! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S] [--tick-only]`
+//! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S] [--tick-only]
+//! [--memory EVENTS]`. `--memory` ingests that many events (batches of 500 from 8 clients), then
+//! prints the resident memory, the store's size, and both again after a restart on that store.
 
 #![allow(
     clippy::disallowed_methods,
@@ -31,6 +33,8 @@ struct Options {
     seconds: u64,
     /// Only the tick's effect on assignment latency (more rounds in the same time).
     tick_only: bool,
+    /// Only memory: ingest this many events, restart, and print RSS both times.
+    memory: Option<u64>,
 }
 
 fn options() -> Result<Options> {
@@ -39,6 +43,7 @@ fn options() -> Result<Options> {
         rounds: 5,
         seconds: 8,
         tick_only: false,
+        memory: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -53,6 +58,7 @@ fn options() -> Result<Options> {
             "--rollouts" => o.rollouts = value.parse()?,
             "--rounds" => o.rounds = value.parse()?,
             "--seconds" => o.seconds = value.parse()?,
+            "--memory" => o.memory = Some(value.parse()?),
             _ => bail!("unknown option {flag}; see the file's header"),
         }
     }
@@ -66,20 +72,8 @@ struct Server {
 }
 
 impl Drop for Server {
-    /// SIGTERM and a wait (stagegate checkpoints its evidence on the way out, so the next start
-    /// restores it instead of replaying every event); SIGKILL after 20 s.
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..200 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
@@ -110,6 +104,28 @@ impl Server {
             addr: addr.to_string(),
             child,
         })
+    }
+
+    /// SIGTERM and a wait (stagegate checkpoints its evidence on the way out, so the next start
+    /// restores it instead of replaying every event); SIGKILL after 20 s. Returns how long it
+    /// took to exit, or `None` if it had to be killed.
+    fn stop(&mut self) -> Option<Duration> {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return Some(Duration::ZERO);
+        }
+        let t = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..2000 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return Some(t.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
     }
 
     fn pid(&self) -> u32 {
@@ -479,6 +495,11 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    if let Some(events) = o.memory {
+        return memory(&serve, &still, &data, events, &|s: &Server| {
+            run(s, "events", 8, 0).map(|r| r.rps * 500.0 * o.seconds as f64)
+        });
+    }
     let mut ratios: Vec<(&str, Vec<f64>)> = Vec::new();
     let mut push = |name: &'static str, v: f64| match ratios.iter_mut().find(|(n, _)| *n == name) {
         Some((_, values)) => values.push(v),
@@ -609,5 +630,54 @@ fn main() -> Result<()> {
         "| stagegate RSS after a ticking round | {:.0} MiB |",
         median(rss)
     );
+    Ok(())
+}
+
+/// `--memory`: ingests at least `events` events through wrk rounds (`round` returns how many one
+/// accepted), then prints RSS and the store's size, restarts on the same store and prints them
+/// again with the start-up time.
+fn memory(
+    serve: &dyn Fn(&Path) -> Result<Server>,
+    config: &Path,
+    data: &Path,
+    events: u64,
+    round: &dyn Fn(&Server) -> Result<f64>,
+) -> Result<()> {
+    let store_mib = || {
+        std::fs::metadata(data.join("stagegate.redb")).map_or(0.0, |m| m.len() as f64 / 1048576.0)
+    };
+    let s = serve(config)?;
+    let t = Instant::now();
+    let mut sent = 0.0;
+    while sent < events as f64 {
+        sent += round(&s)?;
+        println!(
+            "{:.1} M events in {:.0} s: RSS {:.0} MiB, store {:.0} MiB",
+            sent / 1e6,
+            t.elapsed().as_secs_f64(),
+            s.rss_mib(),
+            store_mib()
+        );
+        let _ = std::io::stdout().flush();
+    }
+    let before = s.rss_mib();
+    let mut s = s;
+    let stopped = s.stop();
+    let t = Instant::now();
+    let s = serve(config)?;
+    // `serve` waits a fixed warm-up after the first answer; report start-up without it.
+    let startup = t.elapsed().as_secs_f64() - WARM_UP_SECONDS as f64;
+    println!();
+    println!("| measurement | value |");
+    println!("|---|---|");
+    println!("| events ingested | {:.1} M |", sent / 1e6);
+    println!("| RSS after ingesting | {before:.0} MiB |");
+    println!("| store on disk | {:.0} MiB |", store_mib());
+    match stopped {
+        Some(d) => println!("| shutdown (SIGTERM to exit) | {:.2} s |", d.as_secs_f64()),
+        None => println!("| shutdown | did not exit within 20 s: killed |"),
+    }
+    println!("| start-up on that store (to the first answer) | {startup:.1} s |");
+    println!("| RSS after the restart | {:.0} MiB |", s.rss_mib());
     Ok(())
 }

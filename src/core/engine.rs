@@ -362,13 +362,16 @@ impl Engine {
         &mut self,
         route: &Route,
         generation: u64,
-        scope: Option<&(String, u64)>,
+        scope: (&str, u64),
         event: &TaskEvent,
     ) {
         if generation == self.generation {
             self.record(route, event);
         } else if let Ok(fresh) = self.route(event) {
-            if fresh.scope(self).as_ref() == scope {
+            if fresh
+                .scope(self)
+                .is_some_and(|(name, epoch)| name == scope.0 && epoch == scope.1)
+            {
                 self.record(&fresh, event);
             }
         }

@@ -1,9 +1,12 @@
 //! Task events: what an application reports after running a workflow version, and their
 //! validation. Each item of a batch is checked alone so a malformed one never sinks the rest.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
+use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::core::clock::{Millis, parse_rfc3339};
 use crate::plan::Signal;
@@ -84,15 +87,15 @@ impl TaskEvent {
 }
 
 /// The wire shape, permissive so that every field's problem can be named.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WireEvent {
+struct WireEvent<'a> {
     event_id: Option<String>,
     workflow: Option<String>,
     version: Option<String>,
     subject: Option<String>,
-    #[serde(default)]
-    attributes: BTreeMap<String, serde_json::Value>,
+    #[serde(default, borrow)]
+    attributes: BTreeMap<String, Scalar<'a>>,
     mode: Option<Mode>,
     ts: Option<String>,
     quality: Option<f64>,
@@ -144,9 +147,11 @@ pub fn check_identity<'a>(
     Ok(())
 }
 
-/// Checks one JSON item's shape and ranges (not whether the workflow exists: the engine does).
-pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
-    let w: WireEvent = serde_path_to_error::deserialize(item).map_err(|e| {
+/// Checks one JSON item's shape and ranges (not whether the workflow exists: the engine does),
+/// parsing its text straight into the typed event.
+pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
+    let mut de = serde_json::Deserializer::from_str(item);
+    let w: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
             e.inner().to_string()
@@ -154,6 +159,7 @@ pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
             format!("`{path}`: {}", e.inner())
         }
     })?;
+    de.end().map_err(|e| e.to_string())?;
     let event_id = w.event_id.ok_or("missing `event_id`")?;
     if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
         return Err(format!("`event_id` must be 1 to {MAX_EVENT_ID} bytes"));
@@ -191,10 +197,9 @@ pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
     let mut attributes = BTreeMap::new();
     for (key, value) in w.attributes {
         let value = match value {
-            serde_json::Value::String(s) => s,
-            serde_json::Value::Number(n) => n.to_string(),
-            serde_json::Value::Bool(b) => b.to_string(),
-            _ => {
+            Scalar::Text(s) => s.into_owned(),
+            Scalar::Written(s) => s,
+            Scalar::Other => {
                 return Err(format!(
                     "attribute `{key}` must be a string, number or boolean"
                 ));
@@ -234,21 +239,83 @@ pub fn parse_event(item: serde_json::Value) -> Result<TaskEvent, String> {
     })
 }
 
-/// Splits a request body into items: a JSON array, or NDJSON (one object per line).
-/// A line that is not JSON becomes an error at its index; the others still parse.
-pub fn split_batch(body: &[u8]) -> Result<Vec<Result<serde_json::Value, String>>, String> {
+/// Splits a request body into items, each the text of one JSON value borrowed from the body
+/// (no tree is built): a JSON array, or NDJSON (one value per line). A line that is not JSON
+/// becomes an error at its index; the others still parse.
+pub fn split_batch(body: &[u8]) -> Result<Vec<Result<&str, String>>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let items: Vec<serde_json::Value> =
+        let items: Vec<&RawValue> =
             serde_json::from_str(trimmed).map_err(|e| format!("body is not a JSON array: {e}"))?;
-        return Ok(items.into_iter().map(Ok).collect());
+        return Ok(items.into_iter().map(|i| Ok(i.get())).collect());
     }
     Ok(text
         .lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|line| serde_json::from_str(line).map_err(|e| format!("line is not JSON: {e}")))
+        .map(|line| {
+            serde_json::from_str::<&RawValue>(line)
+                .map(RawValue::get)
+                .map_err(|e| format!("line is not JSON: {e}"))
+        })
         .collect())
+}
+
+/// An attribute's value as a request writes it: a string (borrowed from the body when it has
+/// no escapes), a number or boolean written as text, or something else (an object, an array,
+/// null), which events refuse and OFREP ignores.
+pub enum Scalar<'a> {
+    Text(Cow<'a, str>),
+    /// A number or boolean, as JSON writes it (an attribute; never a targeting key).
+    Written(String),
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Scalar<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Scalar::Text(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Scalar::Written(v.to_string()))
+            }
+            // Numbers as serde_json writes them, as before.
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Scalar::Written(serde_json::Number::from(v).to_string()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Scalar::Written(serde_json::Number::from(v).to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(serde_json::Number::from_f64(v)
+                    .map_or(Scalar::Other, |n| Scalar::Written(n.to_string())))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Scalar::Other)
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Scalar::Other)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
 }
 
 #[cfg(test)]
@@ -259,7 +326,8 @@ mod tests {
     #[test]
     fn minimal_event_parses() {
         let e =
-            parse_event(json!({"event_id": "a", "workflow": "w", "version": "v1"})).expect("valid");
+            parse_event(&json!({"event_id": "a", "workflow": "w", "version": "v1"}).to_string())
+                .expect("valid");
         assert_eq!(e.mode, Mode::Full);
         assert_eq!(e.observation(&Signal::Quality), None);
     }
@@ -293,7 +361,7 @@ mod tests {
                 "invalid type",
             ),
         ] {
-            let err = parse_event(item).unwrap_err();
+            let err = parse_event(&item.to_string()).unwrap_err();
             assert!(err.contains(needle), "{err} should mention {needle}");
         }
     }

@@ -537,7 +537,7 @@ mod tests {
 
     fn event(quality: f64, latency: f64) -> TaskEvent {
         let mut e = crate::core::event::parse_event(
-            serde_json::json!({"event_id": "x", "workflow": "w", "version": "v"}),
+            &serde_json::json!({"event_id": "x", "workflow": "w", "version": "v"}).to_string(),
         )
         .expect("valid");
         e.quality = Some(quality);

@@ -1087,7 +1087,7 @@ auth: { open: true }
         ) {
             for i in 0..n {
                 self.seq += 1;
-                let mut e = crate::core::event::parse_event(serde_json::json!({"event_id": format!("e{}", self.seq), "workflow": "w", "version": version}))
+                let mut e = crate::core::event::parse_event(&serde_json::json!({"event_id": format!("e{}", self.seq), "workflow": "w", "version": version}).to_string())
                     .expect("valid");
                 if let Some(t) = team {
                     e.attributes.insert("team".into(), t.into());

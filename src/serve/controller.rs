@@ -7,6 +7,7 @@
 //! request tasks: it routes under a brief engine lock, commits the batch durably, then adds
 //! it to evidence.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,7 +33,7 @@ use crate::serve::replica::{
     Answer, COMMAND_EXPIRY_MS, Forwarded, ForwardedError, Replica, Wake, run_election, run_listener,
 };
 use crate::store::{
-    BatchItem, Change, EmbeddedStore, PostgresStore, Store, StoreError, StoredEvent,
+    BatchItem, Change, EmbeddedStore, PostgresStore, Store, StoreError, StoredBody, StoredEvent,
 };
 
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
@@ -325,10 +326,15 @@ impl Shared {
             ui: crate::serve::ui::state::Ui::default(),
             evaluator: Evaluator::start()?,
         });
+        let (committed_tx, committed) = std::sync::mpsc::sync_channel(2);
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || run_writer(&weak, &jobs))?;
+            .spawn(move || run_writer(&weak, &jobs, &committed_tx))?;
+        let weak = Arc::downgrade(&shared);
+        std::thread::Builder::new()
+            .name("evidence-recorder".into())
+            .spawn(move || run_recorder(&weak, &committed))?;
         Ok((shared, rx))
     }
 
@@ -423,18 +429,31 @@ impl Shared {
             return Ok(outcome);
         }
         let now = self.clock.now();
-        let items: Vec<BatchItem> = routed
-            .iter()
-            .map(|(_, scope, event)| BatchItem {
-                event_id: event.event_id.clone(),
-                stored: scope.as_ref().map(|(scope, epoch)| StoredEvent {
-                    scope: scope.clone(),
-                    epoch: *epoch,
-                    event: event.clone(),
-                }),
-            })
+        // Per workflow, the positions of its items: counted once the writer says which were new.
+        let mut by_workflow: HashMap<&str, Vec<u32>> = HashMap::new();
+        for (i, (_, _, event)) in routed.iter().enumerate() {
+            by_workflow
+                .entry(&event.workflow)
+                .or_default()
+                .push(i as u32);
+        }
+        let by_workflow: Vec<(String, Vec<u32>)> = by_workflow
+            .into_iter()
+            .map(|(w, positions)| (w.to_string(), positions))
             .collect();
-        let routes = routed.iter().map(|(route, _, _)| route.clone()).collect();
+        let mut items = Vec::with_capacity(routed.len());
+        let mut routes = Vec::with_capacity(routed.len());
+        for (route, scope, event) in routed {
+            let stored = match scope {
+                Some((scope, epoch)) => Some(
+                    StoredBody::new(scope, epoch, &event)
+                        .map_err(|e| IngestError::Store(e.to_string()))?,
+                ),
+                None => None,
+            };
+            items.push(BatchItem { event, stored });
+            routes.push(route);
+        }
         let (reply, done) = oneshot::channel();
         let stopped = || IngestError::Store("the store writer stopped".into());
         self.writer
@@ -451,25 +470,14 @@ impl Shared {
             .await
             .map_err(|_| stopped())?
             .map_err(IngestError::Store)?;
-        // Count per workflow, then bump each counter once: no label lookup per event.
-        let mut counts: Vec<(&str, u64, u64)> = Vec::new();
-        for ((_, _, event), new) in routed.iter().zip(fresh) {
-            let slot = match counts.iter().position(|(w, _, _)| *w == event.workflow) {
-                Some(i) => i,
-                None => {
-                    counts.push((&event.workflow, 0, 0));
-                    counts.len() - 1
-                }
-            };
-            if new {
-                outcome.accepted += 1;
-                counts[slot].1 += 1;
-            } else {
-                outcome.duplicates += 1;
-                counts[slot].2 += 1;
-            }
-        }
-        for (workflow, accepted, duplicates) in counts {
+        for (workflow, positions) in &by_workflow {
+            let accepted = positions
+                .iter()
+                .filter(|&&i| fresh.get(i as usize).copied().unwrap_or(false))
+                .count() as u64;
+            let duplicates = positions.len() as u64 - accepted;
+            outcome.accepted += accepted;
+            outcome.duplicates += duplicates;
             self.metrics.events(workflow, "accepted", accepted);
             self.metrics.events(workflow, "duplicate", duplicates);
         }
@@ -739,11 +747,23 @@ fn yield_to_requests() {
     std::thread::yield_now();
 }
 
+/// A group commit the store accepted, on its way to the recorder: its jobs, which items of
+/// each were new, and the last event number the commit assigned.
+struct Committed {
+    group: Vec<IngestJob>,
+    results: Vec<Vec<bool>>,
+    last_seq: u64,
+}
+
 /// The writer thread: takes one batch, then every batch already waiting (up to
-/// [`GROUP_COMMIT_MAX`]), and commits them in one transaction — one fsync for all. It then
-/// records the new events into evidence, in commit order, and only then acknowledges each
-/// batch: so the engine's `recorded_seq` is an exact watermark for checkpoints.
-fn run_writer(shared: &std::sync::Weak<Shared>, jobs: &std::sync::mpsc::Receiver<IngestJob>) {
+/// [`GROUP_COMMIT_MAX`]), and commits them in one transaction — one fsync for all — then hands
+/// the commit to the recorder and takes the next group while it records. A failed commit is
+/// answered here: nothing in it was acknowledged or recorded.
+fn run_writer(
+    shared: &std::sync::Weak<Shared>,
+    jobs: &std::sync::mpsc::Receiver<IngestJob>,
+    committed: &std::sync::mpsc::SyncSender<Committed>,
+) {
     while let Ok(first) = jobs.recv() {
         let Some(shared) = shared.upgrade() else {
             return;
@@ -758,34 +778,15 @@ fn run_writer(shared: &std::sync::Weak<Shared>, jobs: &std::sync::mpsc::Receiver
         let now = group.iter().map(|j| j.now).max().unwrap_or(0);
         let batches: Vec<&[BatchItem]> = group.iter().map(|j| j.items.as_slice()).collect();
         match shared.store.ingest_groups(&batches, now) {
-            // On a shared store the leader pulls every replica's events from the database
-            // instead (see `pull_events`): recording here too would count them twice.
-            Ok((results, _)) if shared.replica.is_some() => {
-                for (job, fresh) in group.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(fresh));
-                }
-            }
             Ok((results, last_seq)) => {
-                {
-                    let mut engine = shared.engine();
-                    for (job, fresh) in group.iter().zip(&results) {
-                        for ((item, route), new) in job.items.iter().zip(&job.routes).zip(fresh) {
-                            // Untracked events (no scope) are stored for dedupe only.
-                            if let (true, Some(stored)) = (*new, &item.stored) {
-                                let scope = (stored.scope.clone(), stored.epoch);
-                                engine.record_routed(
-                                    route,
-                                    job.generation,
-                                    Some(&scope),
-                                    &stored.event,
-                                );
-                            }
-                        }
-                    }
-                    engine.recorded_seq = engine.recorded_seq.max(last_seq);
-                }
-                for (job, fresh) in group.into_iter().zip(results) {
-                    let _ = job.reply.send(Ok(fresh));
+                drop(shared);
+                let commit = Committed {
+                    group,
+                    results,
+                    last_seq,
+                };
+                if committed.send(commit).is_err() {
+                    return;
                 }
             }
             Err(e) => {
@@ -795,6 +796,48 @@ fn run_writer(shared: &std::sync::Weak<Shared>, jobs: &std::sync::mpsc::Receiver
                     let _ = job.reply.send(Err(message.clone()));
                 }
             }
+        }
+    }
+}
+
+/// The recorder thread: records each commit's new events into evidence, in commit order, and
+/// only then acknowledges its batches — so the engine's `recorded_seq` is an exact watermark
+/// for checkpoints, and an acknowledged event is in the evidence the next tick reads. It runs
+/// while the writer commits the next group (and waits on its fsync).
+fn run_recorder(
+    shared: &std::sync::Weak<Shared>,
+    committed: &std::sync::mpsc::Receiver<Committed>,
+) {
+    while let Ok(Committed {
+        group,
+        results,
+        last_seq,
+    }) = committed.recv()
+    {
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        // On a shared store the leader pulls every replica's events from the database
+        // instead (see `pull_events`): recording here too would count them twice.
+        if shared.replica.is_none() {
+            let mut engine = shared.engine();
+            for (job, fresh) in group.iter().zip(&results) {
+                for ((item, route), new) in job.items.iter().zip(&job.routes).zip(fresh) {
+                    // Untracked events (no scope) are stored for dedupe only.
+                    if let (true, Some(stored)) = (*new, &item.stored) {
+                        engine.record_routed(
+                            route,
+                            job.generation,
+                            (&stored.scope, stored.epoch),
+                            &item.event,
+                        );
+                    }
+                }
+            }
+            engine.recorded_seq = engine.recorded_seq.max(last_seq);
+        }
+        for (job, fresh) in group.into_iter().zip(results) {
+            let _ = job.reply.send(Ok(fresh));
         }
     }
 }

@@ -20,6 +20,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::core::assign::{Assignment, Reason};
+use crate::core::event::Scalar;
 use crate::serve::controller::Shared;
 use crate::serve::http::{ApiError, Body};
 
@@ -66,15 +67,6 @@ enum ContextField<'a> {
     NotObject,
 }
 
-/// A context field's value: strings, numbers and booleans are attributes; anything else is
-/// ignored (as OFREP providers ignore structured context for targeting).
-enum Scalar<'a> {
-    Text(Cow<'a, str>),
-    /// A number or boolean, as JSON writes it (an attribute; never a targeting key).
-    Written(String),
-    Other,
-}
-
 impl<'de: 'a, 'a> Deserialize<'de> for ContextField<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V<'a>(std::marker::PhantomData<&'a ()>);
@@ -111,53 +103,6 @@ impl<'de: 'a, 'a> Deserialize<'de> for ContextField<'a> {
             }
             fn visit_unit<E>(self) -> Result<Self::Value, E> {
                 Ok(ContextField::NotObject)
-            }
-        }
-        d.deserialize_any(V(std::marker::PhantomData))
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Scalar<'a> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
-            type Value = Scalar<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a context value")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Scalar::Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Scalar::Text(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Scalar::Text(Cow::Owned(v)))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Scalar::Written(v.to_string()))
-            }
-            // Numbers as serde_json writes them, as before.
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Scalar::Written(serde_json::Number::from(v).to_string()))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Scalar::Written(serde_json::Number::from(v).to_string()))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(serde_json::Number::from_f64(v)
-                    .map_or(Scalar::Other, |n| Scalar::Written(n.to_string())))
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Scalar::Other)
-            }
-            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Self::Value, S::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Scalar::Other)
             }
         }
         d.deserialize_any(V(std::marker::PhantomData))

@@ -2,8 +2,10 @@
 //!
 //! One file, `stagegate.redb`, in `data_dir`. Every write is a single ACID transaction with
 //! immediate durability, so what the API acknowledges survives kill -9: an event batch with its
-//! dedupe keys; a decision's new state with its receipt (never one without the other). Events
-//! are keyed by `(scope, epoch, seq)`; an epoch change prunes the old epoch.
+//! dedupe keys; a decision's new state with its receipt (never one without the other). A group
+//! commit writes one record per scope it touches (a *run* of that scope's events, keyed by
+//! `(scope, epoch, last event number)`), one dedupe key per event and one dedupe-log record; an
+//! epoch change prunes the old epoch's runs.
 //!
 //! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
 //! plus the tail of events after them, so it stays flat however many events were stored, and
@@ -21,7 +23,7 @@ use std::sync::RwLock;
 
 use redb::{
     Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition,
+    TableDefinition, TableHandle,
 };
 
 use super::{BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates};
@@ -33,9 +35,18 @@ use crate::core::receipt::Receipt;
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
-const EVENTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("events");
+/// `(scope, epoch, last event number)` → a run: the scope's events of one group commit, in
+/// order (see [`runs`]). One record per scope per commit, not one per event.
+const EVENT_RUNS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("event_runs");
+/// Event id → when it was first accepted.
 const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
-const DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("dedupe_by_time");
+/// Commit time → the ids first accepted then (see [`runs`]): what pruning dedupe keys reads.
+const DEDUPE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_log");
+/// Before event runs: one record per event (a `StoredEvent`). Moved into runs at open.
+const LEGACY_EVENTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("events");
+/// Before the dedupe log: one key per event id. Moved into the log at open.
+const LEGACY_DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> =
+    TableDefinition::new("dedupe_by_time");
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
@@ -224,15 +235,16 @@ impl EmbeddedStore {
         let tx = self.write()?;
         tx.open_table(STATES).map_err(dberr)?;
         tx.open_table(RECEIPTS).map_err(dberr)?;
-        tx.open_table(EVENTS).map_err(dberr)?;
+        tx.open_table(EVENT_RUNS).map_err(dberr)?;
         tx.open_table(DEDUPE).map_err(dberr)?;
-        tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
+        tx.open_table(DEDUPE_LOG).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
         tx.open_table(OUTBOX).map_err(dberr)?;
         tx.open_table(CHECKPOINTS).map_err(dberr)?;
         tx.open_table(SEQ_MARKS).map_err(dberr)?;
         tx.open_table(IDEMPOTENCY).map_err(dberr)?;
         tx.open_table(AFFECTED).map_err(dberr)?;
+        migrate_legacy(&tx)?;
         tx.commit().map_err(dberr)
     }
 
@@ -314,34 +326,46 @@ impl EmbeddedStore {
         let mut results = Vec::with_capacity(groups.len());
         {
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
-            let mut by_time = tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
-            let mut events = tx.open_table(EVENTS).map_err(dberr)?;
             let mut counters = tx.open_table(COUNTERS).map_err(dberr)?;
             let mut seq = counters
                 .get("events")
                 .map_err(dberr)?
                 .map_or(0, |v| v.value());
+            // This commit's runs, by scope and epoch: (last event number, entries).
+            let mut runs: HashMap<(&str, u64), (u64, Vec<u8>)> = HashMap::new();
+            let mut accepted_ids = Vec::new();
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
                 for item in *items {
-                    if dedupe.get(item.event_id.as_str()).map_err(dberr)?.is_some() {
+                    let id = item.event_id();
+                    let seen = dedupe.insert(id, now).map_err(dberr)?.map(|v| v.value());
+                    if let Some(first) = seen {
+                        // A duplicate keeps the time it was first accepted (its log entry's).
+                        dedupe.insert(id, first).map_err(dberr)?;
                         fresh.push(false);
                         continue;
                     }
-                    dedupe.insert(item.event_id.as_str(), now).map_err(dberr)?;
-                    by_time
-                        .insert((now, item.event_id.as_str()), ())
-                        .map_err(dberr)?;
+                    runs::push(&mut accepted_ids, None, id.as_bytes());
                     if let Some(stored) = &item.stored {
                         seq += 1;
-                        let bytes = serde_json::to_vec(stored)?;
-                        events
-                            .insert((stored.scope.as_str(), stored.epoch, seq), bytes.as_slice())
-                            .map_err(dberr)?;
+                        let run = runs
+                            .entry((stored.scope.as_str(), stored.epoch))
+                            .or_default();
+                        run.0 = seq;
+                        runs::push(&mut run.1, Some(seq), &stored.body);
                     }
                     fresh.push(true);
                 }
                 results.push(fresh);
+            }
+            let mut table = tx.open_table(EVENT_RUNS).map_err(dberr)?;
+            for ((scope, epoch), (last, entries)) in &runs {
+                table
+                    .insert((*scope, *epoch, *last), entries.as_slice())
+                    .map_err(dberr)?;
+            }
+            if !accepted_ids.is_empty() {
+                append_dedupe_log(&tx, now, &accepted_ids)?;
             }
             counters.insert("events", seq).map_err(dberr)?;
             advance_clock(&mut counters, now)?;
@@ -400,7 +424,7 @@ impl EmbeddedStore {
                 .map_err(dberr)?;
             // Older epochs go, but the one an open containment lists as affected.
             let keep = change.protected_epoch();
-            let mut events = tx.open_table(EVENTS).map_err(dberr)?;
+            let mut events = tx.open_table(EVENT_RUNS).map_err(dberr)?;
             events
                 .retain_in(
                     (scope.as_str(), 0u64, 0u64)..(scope.as_str(), epoch, 0u64),
@@ -416,20 +440,18 @@ impl EmbeddedStore {
         let tx = self.write()?;
         let mut pruned = 0;
         {
-            let mut by_time = tx.open_table(DEDUPE_BY_TIME).map_err(dberr)?;
+            let mut log = tx.open_table(DEDUPE_LOG).map_err(dberr)?;
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
-            let mut old = Vec::new();
-            for row in by_time.range((0u64, "")..(cutoff, "")).map_err(dberr)? {
-                let (key, _) = row.map_err(dberr)?;
-                old.push(key.value().1.to_string());
+            for row in log.range(..cutoff).map_err(dberr)? {
+                let (_, ids) = row.map_err(dberr)?;
+                for entry in runs::entries(ids.value(), false) {
+                    let (_, id) = entry?;
+                    let id = std::str::from_utf8(id).map_err(|e| runs::damaged(e.to_string()))?;
+                    dedupe.remove(id).map_err(dberr)?;
+                    pruned += 1;
+                }
             }
-            for id in &old {
-                dedupe.remove(id.as_str()).map_err(dberr)?;
-                pruned += 1;
-            }
-            by_time
-                .retain_in((0u64, "")..(cutoff, ""), |_, _| false)
-                .map_err(dberr)?;
+            log.retain_in(..cutoff, |_, _| false).map_err(dberr)?;
         }
         tx.commit().map_err(dberr)?;
         Ok(pruned)
@@ -518,16 +540,30 @@ impl Store for EmbeddedStore {
         f: &mut dyn FnMut(StoredEvent),
     ) -> Result<usize, StoreError> {
         let tx = self.read()?;
-        let events = tx.open_table(EVENTS).map_err(dberr)?;
+        let events = tx.open_table(EVENT_RUNS).map_err(dberr)?;
         let mut n = 0;
         let from = after.saturating_add(1);
+        // A run is keyed by its last event: the first run holding `from` or later is here.
         for row in events
-            .range((scope, epoch, from)..=(scope, epoch, through))
+            .range((scope, epoch, from)..=(scope, epoch, u64::MAX))
             .map_err(dberr)?
         {
             let (_, value) = row.map_err(dberr)?;
-            f(serde_json::from_slice(value.value())?);
-            n += 1;
+            for entry in runs::entries(value.value(), true) {
+                let (seq, body) = entry?;
+                if seq < from {
+                    continue;
+                }
+                if seq > through {
+                    return Ok(n);
+                }
+                f(StoredEvent {
+                    scope: scope.to_string(),
+                    epoch,
+                    event: serde_json::from_slice(body)?,
+                });
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -588,17 +624,20 @@ impl Store for EmbeddedStore {
                     out
                 };
                 let protected = protected_epochs(&tx)?;
-                let mut events = tx.open_table(EVENTS).map_err(dberr)?;
+                let mut events = tx.open_table(EVENT_RUNS).map_err(dberr)?;
                 for (scope, cp) in &checkpoints {
+                    // Whole runs only: a run is gone once its last event is covered.
                     let upto = cp.seq.min(cutoff_seq);
                     let keep = protected.get(scope).copied();
                     let scope = scope.as_str();
                     events
                         .retain_in(
                             (scope, 0u64, 0u64)..=(scope, cp.epoch, upto),
-                            |(_, e, _), _| {
+                            |(_, e, _), run| {
                                 let kept = Some(e) == keep;
-                                pruned += usize::from(!kept);
+                                if !kept {
+                                    pruned += runs::entries(run, true).count();
+                                }
                                 kept
                             },
                         )
@@ -796,6 +835,140 @@ fn advance_clock(
     Ok(())
 }
 
+/// Appends ids accepted at `now` to the dedupe log (a commit in the same millisecond as the
+/// last one extends its record).
+fn append_dedupe_log(
+    tx: &redb::WriteTransaction,
+    now: Millis,
+    ids: &[u8],
+) -> Result<(), StoreError> {
+    let mut log = tx.open_table(DEDUPE_LOG).map_err(dberr)?;
+    let mut record = log
+        .get(now)
+        .map_err(dberr)?
+        .map(|v| v.value().to_vec())
+        .unwrap_or_default();
+    record.extend_from_slice(ids);
+    log.insert(now, record.as_slice()).map_err(dberr)?;
+    Ok(())
+}
+
+/// Moves a store written before event runs and the dedupe log into them: each old event
+/// becomes a run of one, each old dedupe time key an entry of its time's log record. Runs
+/// once, in the transaction that opens the tables; the old tables are then deleted.
+fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    // A write transaction's `open_table` creates what is missing: look before opening.
+    let legacy = [LEGACY_EVENTS.name(), LEGACY_DEDUPE_BY_TIME.name()];
+    let present = tx
+        .list_tables()
+        .map_err(dberr)?
+        .any(|t| legacy.contains(&t.name()));
+    if !present {
+        return Ok(());
+    }
+    let mut moved_events = 0usize;
+    let mut moved_ids = 0usize;
+    let mut events = Vec::new();
+    match tx.open_table(LEGACY_EVENTS) {
+        Ok(old) => {
+            for row in old.iter().map_err(dberr)? {
+                let (key, value) = row.map_err(dberr)?;
+                let (scope, epoch, seq) = key.value();
+                let stored: StoredEvent = serde_json::from_slice(value.value())?;
+                let mut run = Vec::new();
+                runs::push(&mut run, Some(seq), &serde_json::to_vec(&stored.event)?);
+                events.push(((scope.to_string(), epoch, seq), run));
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(dberr(e)),
+    }
+    let mut log: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
+    match tx.open_table(LEGACY_DEDUPE_BY_TIME) {
+        Ok(old) => {
+            for row in old.iter().map_err(dberr)? {
+                let (key, _) = row.map_err(dberr)?;
+                let (at, id) = key.value();
+                runs::push(log.entry(at).or_default(), None, id.as_bytes());
+                moved_ids += 1;
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(e) => return Err(dberr(e)),
+    }
+    if !events.is_empty() {
+        let mut table = tx.open_table(EVENT_RUNS).map_err(dberr)?;
+        for ((scope, epoch, seq), run) in &events {
+            table
+                .insert((scope.as_str(), *epoch, *seq), run.as_slice())
+                .map_err(dberr)?;
+            moved_events += 1;
+        }
+    }
+    for (at, ids) in &log {
+        append_dedupe_log(tx, *at, ids)?;
+    }
+    tx.delete_table(LEGACY_EVENTS).map_err(dberr)?;
+    tx.delete_table(LEGACY_DEDUPE_BY_TIME).map_err(dberr)?;
+    tracing::info!(
+        events = moved_events,
+        dedupe_keys = moved_ids,
+        "store moved to event runs and the dedupe log"
+    );
+    Ok(())
+}
+
+/// The framing of event runs and dedupe log records: entries back to back, each an optional
+/// event number (u64, little-endian), a length (u32, little-endian) and that many bytes.
+mod runs {
+    use super::StoreError;
+
+    pub(super) fn push(buf: &mut Vec<u8>, seq: Option<u64>, bytes: &[u8]) {
+        if let Some(seq) = seq {
+            buf.extend_from_slice(&seq.to_le_bytes());
+        }
+        buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        buf.extend_from_slice(bytes);
+    }
+
+    pub(super) fn damaged(detail: String) -> StoreError {
+        StoreError::Schema(format!("a stored event record is damaged: {detail}"))
+    }
+
+    /// The entries of `buf` (with event numbers if `numbered`; 0 otherwise), in order; a
+    /// truncated entry is an error, never a silent end.
+    pub(super) fn entries(
+        mut buf: &[u8],
+        numbered: bool,
+    ) -> impl Iterator<Item = Result<(u64, &[u8]), StoreError>> {
+        std::iter::from_fn(move || {
+            if buf.is_empty() {
+                return None;
+            }
+            let head = if numbered { 12 } else { 4 };
+            let Some((header, rest)) = buf.split_at_checked(head) else {
+                buf = &[];
+                return Some(Err(damaged("a truncated entry header".into())));
+            };
+            let (seq, len) = if numbered {
+                let (s, l) = header.split_at(8);
+                (
+                    u64::from_le_bytes(s.try_into().unwrap_or_default()),
+                    u32::from_le_bytes(l.try_into().unwrap_or_default()),
+                )
+            } else {
+                (0, u32::from_le_bytes(header.try_into().unwrap_or_default()))
+            };
+            let Some((bytes, rest)) = rest.split_at_checked(len as usize) else {
+                buf = &[];
+                return Some(Err(damaged("a truncated entry".into())));
+            };
+            buf = rest;
+            Some(Ok((seq, bytes)))
+        })
+    }
+}
+
 /// Decodes a JSON record, if there is one.
 fn decode<T: serde::de::DeserializeOwned>(
     found: Option<redb::AccessGuard<'_, &[u8]>>,
@@ -843,4 +1016,188 @@ fn protected_epochs(tx: &redb::WriteTransaction) -> Result<HashMap<String, u64>,
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::{TaskEvent, parse_event};
+    use crate::store::StoredBody;
+    use redb::ReadableTableMetadata;
+
+    fn event(id: &str) -> TaskEvent {
+        parse_event(&format!(
+            r#"{{"event_id":"{id}","workflow":"w","version":"v","quality":0.5}}"#
+        ))
+        .expect("event")
+    }
+
+    fn item(id: &str, scope: Option<&str>) -> BatchItem {
+        let event = event(id);
+        let stored = scope.map(|s| StoredBody::new(s.to_string(), 1, &event).expect("body"));
+        BatchItem { event, stored }
+    }
+
+    fn replayed(store: &EmbeddedStore, scope: &str, after: u64, through: u64) -> Vec<String> {
+        let mut ids = Vec::new();
+        store
+            .replay(scope, 1, after, through, &mut |e| {
+                ids.push(e.event.event_id)
+            })
+            .expect("replay");
+        ids
+    }
+
+    #[test]
+    fn a_commit_writes_one_run_per_scope_and_replay_reads_any_slice_of_it() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        // Two commits, three scopes: runs a and b, then a and c; numbers 1..=5 then 6..=8.
+        let first = [
+            item("a1", Some("a")),
+            item("b1", Some("b")),
+            item("a2", Some("a")),
+            item("u1", None),
+            item("a3", Some("a")),
+            item("b2", Some("b")),
+        ];
+        let (fresh, last) = store.ingest_groups(&[&first], 10).expect("ingest");
+        assert_eq!((fresh[0].iter().filter(|f| **f).count(), last), (6, 5));
+        let second = [
+            item("a4", Some("a")),
+            item("a1", Some("a")), // a duplicate of the first commit
+            item("c1", Some("c")),
+            item("a5", Some("a")),
+            item("a5", Some("a")), // a duplicate inside this commit
+        ];
+        let (fresh, last) = store
+            .ingest_groups(&[&second[..2], &second[2..]], 11)
+            .expect("ingest");
+        assert_eq!(fresh, vec![vec![true, false], vec![true, true, false]]);
+        assert_eq!(last, 8);
+        let tx = store.read().expect("read");
+        assert_eq!(
+            tx.open_table(EVENT_RUNS).expect("runs").len().expect("len"),
+            4
+        );
+        drop(tx);
+        assert_eq!(
+            replayed(&store, "a", 0, u64::MAX),
+            ["a1", "a2", "a3", "a4", "a5"]
+        );
+        // Slices that start and end inside runs: a1=1, a2=3, a3=4, a4=6, a5=8.
+        assert_eq!(replayed(&store, "a", 1, 6), ["a2", "a3", "a4"]);
+        assert_eq!(replayed(&store, "a", 3, 3), Vec::<String>::new());
+        assert_eq!(replayed(&store, "a", 4, 7), ["a4"]);
+        assert_eq!(replayed(&store, "b", 0, 4), ["b1"]);
+        assert_eq!(replayed(&store, "c", 0, u64::MAX), ["c1"]);
+    }
+
+    #[test]
+    fn a_new_store_has_no_tables_from_before_event_runs() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).expect("reopen");
+        let tx = store.read().expect("read");
+        let names: Vec<String> = tx
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(names.contains(&"event_runs".to_string()), "{names:?}");
+        assert!(!names.contains(&"events".to_string()), "{names:?}");
+        assert!(!names.contains(&"dedupe_by_time".to_string()), "{names:?}");
+    }
+
+    #[test]
+    fn dedupe_keys_are_forgotten_by_first_acceptance_time() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        store
+            .ingest(&[item("x", None), item("y", None)], 10)
+            .expect("ingest");
+        store.ingest(&[item("z", None)], 10).expect("ingest"); // the same millisecond
+        // A repeat later does not refresh "x": it is still forgotten with its first time.
+        assert_eq!(
+            store.ingest(&[item("x", None)], 20).expect("ingest"),
+            [false]
+        );
+        store.ingest(&[item("w", None)], 30).expect("ingest");
+        assert_eq!(store.prune_dedupe(20).expect("prune"), 3);
+        assert_eq!(
+            store
+                .ingest(&[item("x", None), item("w", None)], 40)
+                .expect("ingest"),
+            [true, false]
+        );
+    }
+
+    #[test]
+    fn a_store_from_before_event_runs_is_moved_into_them_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let mut events = tx.open_table(LEGACY_EVENTS).expect("events");
+                let mut dedupe = tx.open_table(DEDUPE).expect("dedupe");
+                let mut by_time = tx.open_table(LEGACY_DEDUPE_BY_TIME).expect("by time");
+                for (seq, id) in [(1u64, "old1"), (2, "old2"), (3, "old3")] {
+                    let stored = StoredEvent {
+                        scope: "a".into(),
+                        epoch: 1,
+                        event: event(id),
+                    };
+                    let bytes = serde_json::to_vec(&stored).expect("json");
+                    events
+                        .insert(("a", 1, seq), bytes.as_slice())
+                        .expect("insert");
+                    dedupe.insert(id, 5 * seq).expect("insert");
+                    by_time.insert((5 * seq, id), ()).expect("insert");
+                }
+                let mut counters = tx.open_table(COUNTERS).expect("counters");
+                counters.insert("events", 3).expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        assert_eq!(replayed(&store, "a", 1, u64::MAX), ["old2", "old3"]);
+        let tx = store.read().expect("read");
+        assert!(
+            tx.open_table(LEGACY_EVENTS).is_err(),
+            "the old table is gone"
+        );
+        drop(tx);
+        // The old dedupe keys still refuse repeats, and are forgotten by their old times.
+        assert_eq!(
+            store
+                .ingest(&[item("old1", Some("a"))], 20)
+                .expect("ingest"),
+            [false]
+        );
+        assert_eq!(store.prune_dedupe(11).expect("prune"), 2);
+        let (fresh, last) = store
+            .ingest_groups(&[&[item("old1", Some("a")), item("old3", Some("a"))]], 30)
+            .expect("ingest");
+        assert_eq!((fresh, last), (vec![vec![true, false]], 4));
+        assert_eq!(
+            replayed(&store, "a", 0, u64::MAX),
+            ["old1", "old2", "old3", "old1"]
+        );
+    }
+
+    #[test]
+    fn a_truncated_run_is_an_error_not_an_end() {
+        let mut run = Vec::new();
+        runs::push(&mut run, Some(7), b"{}");
+        runs::push(&mut run, Some(8), b"[1]");
+        let whole: Vec<_> = runs::entries(&run, true)
+            .map(|e| e.map(|(s, _)| s).ok())
+            .collect();
+        assert_eq!(whole, [Some(7), Some(8)]);
+        let cut = &run[..run.len() - 1];
+        let out: Vec<_> = runs::entries(cut, true).collect();
+        assert!(out[0].is_ok() && out[1].is_err() && out.len() == 2);
+    }
 }

@@ -118,10 +118,36 @@ pub struct StoredEvent {
     pub event: TaskEvent,
 }
 
-/// One item of an ingest batch: its dedupe key and, if some scope watches it, the event.
+/// One item of an ingest batch, validated and routed: the event, and — if some scope watches
+/// it — where replay finds it and its stored body.
 pub struct BatchItem {
-    pub event_id: String,
-    pub stored: Option<StoredEvent>,
+    pub event: TaskEvent,
+    pub stored: Option<StoredBody>,
+}
+
+impl BatchItem {
+    /// The dedupe key.
+    pub fn event_id(&self) -> &str {
+        &self.event.event_id
+    }
+}
+
+/// An event as a store keeps it for replay: its scope and epoch, and the event's JSON (written
+/// by the request's worker, so the single writer thread only copies bytes).
+pub struct StoredBody {
+    pub scope: String,
+    pub epoch: u64,
+    pub body: Vec<u8>,
+}
+
+impl StoredBody {
+    pub fn new(scope: String, epoch: u64, event: &TaskEvent) -> Result<StoredBody, StoreError> {
+        Ok(StoredBody {
+            scope,
+            epoch,
+            body: serde_json::to_vec(event)?,
+        })
+    }
 }
 
 /// Every stored state by name: rollouts, and guarded workflows.

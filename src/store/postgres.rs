@@ -22,7 +22,7 @@ use std::time::Duration;
 use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates};
+use super::{BatchItem, Change, Health, Store, StoreError, StoredBody, StoredEvent, StoredStates};
 use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::event::TaskEvent;
@@ -668,7 +668,7 @@ impl Store for PostgresStore {
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&INGEST_LOCK])?;
             let ids: Vec<&str> = groups
                 .iter()
-                .flat_map(|g| g.iter().map(|i| i.event_id.as_str()))
+                .flat_map(|g| g.iter().map(|i| i.event_id()))
                 .collect();
             let fresh_ids: std::collections::HashSet<String> = tx
                 .query(
@@ -681,12 +681,12 @@ impl Store for PostgresStore {
                 .collect();
             let mut claimed = std::collections::HashSet::with_capacity(fresh_ids.len());
             let mut results = Vec::with_capacity(groups.len());
-            let mut stored: Vec<&StoredEvent> = Vec::new();
+            let mut stored: Vec<&StoredBody> = Vec::new();
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
                 for item in *items {
                     // A repeat inside the commit: only its first occurrence is new.
-                    let new = fresh_ids.contains(&item.event_id) && claimed.insert(item.event_id.as_str());
+                    let new = fresh_ids.contains(item.event_id()) && claimed.insert(item.event_id());
                     if new {
                         stored.extend(item.stored.as_ref());
                     }
@@ -709,8 +709,9 @@ impl Store for PostgresStore {
                 let epochs: Vec<i64> = stored.iter().map(|s| sql(s.epoch)).collect();
                 let bodies = stored
                     .iter()
-                    .map(|s| serde_json::to_string(&s.event))
-                    .collect::<Result<Vec<String>, _>>()?;
+                    .map(|s| std::str::from_utf8(&s.body))
+                    .collect::<Result<Vec<&str>, _>>()
+                    .map_err(|e| StoreError::Schema(format!("an event body is not UTF-8: {e}")))?;
                 tx.execute(
                     "INSERT INTO stagegate_events (seq, scope, epoch, at, body) \
                      SELECT s, sc, ep, $5, b FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[]) AS t(s, sc, ep, b)",
