@@ -25,7 +25,7 @@ use stagegate::store::EmbeddedStore;
 mod fleet;
 
 const BATCH: usize = 500;
-const BATCHES_PER_CLIENT: usize = 40;
+const BATCHES_PER_CLIENT: usize = 100;
 const CLIENTS: usize = 8;
 const FLEET: usize = 1000;
 

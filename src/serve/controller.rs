@@ -391,10 +391,11 @@ impl Shared {
     pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<IngestOutcome, IngestError> {
         let items = split_batch(body).map_err(IngestError::Body)?;
         let mut outcome = IngestOutcome::default();
-        let mut valid: Vec<(usize, TaskEvent)> = Vec::with_capacity(items.len());
+        // Each valid item with its text: what the store keeps, as the application wrote it.
+        let mut valid: Vec<(usize, TaskEvent, &str)> = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
-            match item.and_then(parse_event) {
-                Ok(event) => valid.push((index, event)),
+            match item.and_then(|text| parse_event(text).map(|e| (e, text))) {
+                Ok((event, text)) => valid.push((index, event, text)),
                 Err(error) => outcome.rejected.push(Rejected { index, error }),
             }
         }
@@ -405,11 +406,11 @@ impl Shared {
         {
             let engine = self.engine();
             generation = engine.generation;
-            for (index, event) in valid {
+            for (index, event, text) in valid {
                 match engine.route(&event) {
                     Ok(route) => {
                         let scope = route.scope(&engine);
-                        routed.push((route, scope, event));
+                        routed.push((route, scope, event, text));
                     }
                     Err(error) => {
                         if engine.plan.workflow(&event.workflow).is_some() {
@@ -431,7 +432,7 @@ impl Shared {
         let now = self.clock.now();
         // Per workflow, the positions of its items: counted once the writer says which were new.
         let mut by_workflow: HashMap<&str, Vec<u32>> = HashMap::new();
-        for (i, (_, _, event)) in routed.iter().enumerate() {
+        for (i, (_, _, event, _)) in routed.iter().enumerate() {
             by_workflow
                 .entry(&event.workflow)
                 .or_default()
@@ -443,14 +444,12 @@ impl Shared {
             .collect();
         let mut items = Vec::with_capacity(routed.len());
         let mut routes = Vec::with_capacity(routed.len());
-        for (route, scope, event) in routed {
-            let stored = match scope {
-                Some((scope, epoch)) => Some(
-                    StoredBody::new(scope, epoch, &event)
-                        .map_err(|e| IngestError::Store(e.to_string()))?,
-                ),
-                None => None,
-            };
+        for (route, scope, event, text) in routed {
+            let stored = scope.map(|(scope, epoch)| StoredBody {
+                scope,
+                epoch,
+                body: text.as_bytes().to_vec(),
+            });
             items.push(BatchItem { event, stored });
             routes.push(route);
         }

@@ -26,7 +26,9 @@ use redb::{
     TableDefinition, TableHandle,
 };
 
-use super::{BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates};
+use super::{
+    BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates, decode_event,
+};
 use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::evidence::Checkpoint;
@@ -560,7 +562,7 @@ impl Store for EmbeddedStore {
                 f(StoredEvent {
                     scope: scope.to_string(),
                     epoch,
-                    event: serde_json::from_slice(body)?,
+                    event: decode_event(body)?,
                 });
                 n += 1;
             }
@@ -866,47 +868,50 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     if !present {
         return Ok(());
     }
+    // Streamed, table to table: a large old store is never held in memory at once.
     let mut moved_events = 0usize;
     let mut moved_ids = 0usize;
-    let mut events = Vec::new();
     match tx.open_table(LEGACY_EVENTS) {
         Ok(old) => {
+            let mut runs_table = tx.open_table(EVENT_RUNS).map_err(dberr)?;
             for row in old.iter().map_err(dberr)? {
                 let (key, value) = row.map_err(dberr)?;
                 let (scope, epoch, seq) = key.value();
                 let stored: StoredEvent = serde_json::from_slice(value.value())?;
                 let mut run = Vec::new();
                 runs::push(&mut run, Some(seq), &serde_json::to_vec(&stored.event)?);
-                events.push(((scope.to_string(), epoch, seq), run));
+                runs_table
+                    .insert((scope, epoch, seq), run.as_slice())
+                    .map_err(dberr)?;
+                moved_events += 1;
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(dberr(e)),
     }
-    let mut log: std::collections::BTreeMap<u64, Vec<u8>> = Default::default();
     match tx.open_table(LEGACY_DEDUPE_BY_TIME) {
         Ok(old) => {
+            // Rows come in time order: one log record per time.
+            let mut log = tx.open_table(DEDUPE_LOG).map_err(dberr)?;
+            let mut pending: Option<(u64, Vec<u8>)> = None;
             for row in old.iter().map_err(dberr)? {
                 let (key, _) = row.map_err(dberr)?;
                 let (at, id) = key.value();
-                runs::push(log.entry(at).or_default(), None, id.as_bytes());
+                if pending.as_ref().is_some_and(|(t, _)| *t != at) {
+                    if let Some((t, ids)) = pending.take() {
+                        log.insert(t, ids.as_slice()).map_err(dberr)?;
+                    }
+                }
+                let (_, ids) = pending.get_or_insert_with(|| (at, Vec::new()));
+                runs::push(ids, None, id.as_bytes());
                 moved_ids += 1;
+            }
+            if let Some((t, ids)) = pending {
+                log.insert(t, ids.as_slice()).map_err(dberr)?;
             }
         }
         Err(redb::TableError::TableDoesNotExist(_)) => {}
         Err(e) => return Err(dberr(e)),
-    }
-    if !events.is_empty() {
-        let mut table = tx.open_table(EVENT_RUNS).map_err(dberr)?;
-        for ((scope, epoch, seq), run) in &events {
-            table
-                .insert((scope.as_str(), *epoch, *seq), run.as_slice())
-                .map_err(dberr)?;
-            moved_events += 1;
-        }
-    }
-    for (at, ids) in &log {
-        append_dedupe_log(tx, *at, ids)?;
     }
     tx.delete_table(LEGACY_EVENTS).map_err(dberr)?;
     tx.delete_table(LEGACY_DEDUPE_BY_TIME).map_err(dberr)?;
@@ -1034,7 +1039,11 @@ mod tests {
 
     fn item(id: &str, scope: Option<&str>) -> BatchItem {
         let event = event(id);
-        let stored = scope.map(|s| StoredBody::new(s.to_string(), 1, &event).expect("body"));
+        let stored = scope.map(|s| StoredBody {
+            scope: s.to_string(),
+            epoch: 1,
+            body: serde_json::to_vec(&event).expect("json"),
+        });
         BatchItem { event, stored }
     }
 

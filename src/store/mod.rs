@@ -132,21 +132,22 @@ impl BatchItem {
     }
 }
 
-/// An event as a store keeps it for replay: its scope and epoch, and the event's JSON (written
-/// by the request's worker, so the single writer thread only copies bytes).
+/// An event as a store keeps it for replay: its scope and epoch, and the item's JSON text as the
+/// application sent it (validated; nothing is serialised again). [`decode_event`] reads it back.
 pub struct StoredBody {
     pub scope: String,
     pub epoch: u64,
     pub body: Vec<u8>,
 }
 
-impl StoredBody {
-    pub fn new(scope: String, epoch: u64, event: &TaskEvent) -> Result<StoredBody, StoreError> {
-        Ok(StoredBody {
-            scope,
-            epoch,
-            body: serde_json::to_vec(event)?,
-        })
+/// A stored event body back into the event: an item's text as sent (what stores write now), or
+/// a [`TaskEvent`] as serde writes it (what stores wrote before, `ts` in milliseconds).
+pub fn decode_event(body: &[u8]) -> Result<TaskEvent, StoreError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| StoreError::Schema(format!("a stored event is not UTF-8: {e}")))?;
+    match crate::core::event::parse_event(text) {
+        Ok(event) => Ok(event),
+        Err(_) => Ok(serde_json::from_str(text)?),
     }
 }
 
@@ -309,4 +310,24 @@ pub trait Store: Send + Sync {
 
     /// Forgets dedupe keys accepted before `cutoff`; returns how many.
     fn prune_dedupe(&self, cutoff: Millis) -> Result<usize, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::event::parse_event;
+
+    #[test]
+    fn a_stored_body_decodes_as_sent_and_as_stores_wrote_it_before() {
+        let sent = r#"{"event_id":"e1","workflow":"w","version":"v","ts":"2026-12-02T10:00:00.123Z",
+            "attributes":{"tier":"enterprise","seats":5},"quality":0.9,"fallback":true}"#;
+        let event = parse_event(sent).expect("valid");
+        assert_eq!(decode_event(sent.as_bytes()).expect("as sent"), event);
+        // Before: the typed event as serde writes it (`ts` in milliseconds, attributes text).
+        let before = serde_json::to_vec(&event).expect("json");
+        assert!(String::from_utf8_lossy(&before).contains(r#""ts":"#));
+        assert_eq!(decode_event(&before).expect("as written before"), event);
+        assert!(decode_event(b"{\"event_id\":").is_err());
+        assert!(decode_event(&[0xff, 0xfe]).is_err());
+    }
 }

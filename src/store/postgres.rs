@@ -22,10 +22,12 @@ use std::time::Duration;
 use postgres::{Client, NoTls, Transaction};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::{BatchItem, Change, Health, Store, StoreError, StoredBody, StoredEvent, StoredStates};
+use super::{
+    BatchItem, Change, Health, Store, StoreError, StoredBody, StoredEvent, StoredStates,
+    decode_event,
+};
 use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
-use crate::core::event::TaskEvent;
 use crate::core::evidence::Checkpoint;
 use crate::core::notice::Outbox;
 use crate::core::receipt::{Decider, Receipt};
@@ -310,7 +312,7 @@ impl PostgresStore {
             )?;
             rows.iter()
                 .map(|row| {
-                    let event: TaskEvent = serde_json::from_str(row.get(3))?;
+                    let event = decode_event(row.get::<_, &str>(3).as_bytes())?;
                     Ok((
                         num(row.get(0)),
                         StoredEvent {
@@ -577,7 +579,7 @@ impl Store for PostgresStore {
                 )?;
                 for row in &rows {
                     cursor = row.get(0);
-                    let event: TaskEvent = serde_json::from_str(row.get(1))?;
+                    let event = decode_event(row.get::<_, &str>(1).as_bytes())?;
                     f(StoredEvent {
                         scope: scope.to_string(),
                         epoch,
