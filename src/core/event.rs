@@ -266,7 +266,7 @@ pub fn split_batch(body: &[u8]) -> Result<Vec<Result<&str, String>>, String> {
 /// null), which events refuse and OFREP ignores.
 pub enum Scalar<'a> {
     Text(Cow<'a, str>),
-    /// A number or boolean, as JSON writes it (an attribute; never a targeting key).
+    /// A number or boolean, as JSON writes it (OFREP never takes it for a targeting key).
     Written(String),
     Other,
 }
