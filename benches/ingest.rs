@@ -1,7 +1,8 @@
 //! Durable ingestion throughput: batches of 500 events through the real ingest path
 //! (`Shared::ingest`: validation, routing, group commit, evidence) from 8 concurrent clients,
 //! on the shipped config (one rollout) and on the 1 000-rollout fleet of `scripts/bench`
-//! (events spread over every rollout, segment and arm), with fsync-on-commit on and off. The
+//! (events spread over every rollout, segment and arm), with fsync-on-commit on and off; and the
+//! shipped config again with random ids (as UUIDv4s are: each lands in its own dedupe page). The
 //! bare baseline, measured in the same run, is parsing the same bodies into typed events.
 //! Run with `cargo bench --bench ingest`.
 #![allow(
@@ -29,16 +30,28 @@ const BATCHES_PER_CLIENT: usize = 100;
 const CLIENTS: usize = 8;
 const FLEET: usize = 1000;
 
-/// Which config the events go to.
+/// Which config the events go to, and how their ids look.
 #[derive(Clone, Copy)]
 enum Shape {
     Shipped,
+    /// The shipped config with random 128-bit hex ids (as UUIDv4s are), not ordered ones.
+    ShippedRandomIds,
     Fleet,
+}
+
+/// SplitMix64: a well-spread 64-bit value for `x`.
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 fn plan(shape: Shape, dir: &Path) -> Plan {
     let mut plan = match shape {
-        Shape::Shipped => Plan::load(Path::new("config/stagegate.yaml")).expect("shipped config"),
+        Shape::Shipped | Shape::ShippedRandomIds => {
+            Plan::load(Path::new("config/stagegate.yaml")).expect("shipped config")
+        }
         Shape::Fleet => Plan::parse(Path::new("fleet.yaml"), &fleet::config(FLEET, "tick: 1h"))
             .expect("generated config"),
     };
@@ -49,13 +62,19 @@ fn plan(shape: Shape, dir: &Path) -> Plan {
 fn body(shape: Shape, tag: &str, client: usize, batch: usize) -> Vec<u8> {
     let items: Vec<String> = (0..BATCH)
         .map(|i| {
-            let id = format!("{tag}-{client}-{batch}-{i}");
+            let k = (client * BATCHES_PER_CLIENT + batch) * BATCH + i;
+            let id = match shape {
+                Shape::ShippedRandomIds => {
+                    let seed = splitmix(tag.as_bytes()[0].into()) ^ k as u64;
+                    format!("{:016x}{:016x}", splitmix(seed), splitmix(!seed))
+                }
+                _ => format!("{tag}-{client}-{batch}-{i}"),
+            };
             match shape {
-                Shape::Shipped => format!(
+                Shape::Shipped | Shape::ShippedRandomIds => format!(
                     r#"{{"event_id":"{id}","workflow":"support-reply","version":"v8","attributes":{{"team":"support-ops"}},"quality":0.9,"latency_ms":1200,"cost_usd":0.01,"fallback":false,"review":"approved"}}"#
                 ),
                 Shape::Fleet => {
-                    let k = (client * BATCHES_PER_CLIENT + batch) * BATCH + i;
                     let version = if k % 2 == 0 { "a" } else { "b" };
                     fleet::event(&id, (k / 2) % FLEET, (k / 7) % 3, version, k as u64)
                 }
@@ -140,6 +159,7 @@ fn main() {
     );
     for (shape, name) in [
         (Shape::Shipped, "shipped config"),
+        (Shape::ShippedRandomIds, "random ids    "),
         (Shape::Fleet, "1000 rollouts "),
     ] {
         let bare = parse_only(shape);
