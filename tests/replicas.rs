@@ -244,6 +244,9 @@ fn every_replica_hands_out_the_same_versions_and_a_rollback_reaches_them_within_
                         if s.assign(&probe, smb())["version"] == "v7" {
                             return wall();
                         }
+                        // Paced, not spinning: three probes spinning on two cores starve the
+                        // replicas they measure (every switch came 430-860 ms late here).
+                        std::thread::sleep(Duration::from_millis(1));
                         assert!(
                             started.elapsed() < Duration::from_secs(10),
                             "the rollback never arrived"
@@ -280,22 +283,13 @@ fn every_replica_hands_out_the_same_versions_and_a_rollback_reaches_them_within_
         "rollback sent to a follower, decided by the leader {} ms later; the candidate stopped on each replica {delays:?} ms after the decision (tick {TICK_MS} ms)",
         decided_at - sent_at
     );
-    // Every follower routes by the decision within one tick plus the notification's delay of
-    // the leader itself routing by it (slack for a loaded 2-core machine). Measured from the
-    // leader's switch, not from the decision: three probes spinning on two cores can stall
-    // every process alike for hundreds of milliseconds, and that shifts all three switches
-    // together without saying anything about the notification path.
+    // After the decision, every replica routes by it within one tick plus the notification's
+    // delay (slack for a loaded 2-core machine).
     let bound = TICK_MS as i64 + 300;
-    let leader_switched = delays[leader];
-    for (i, d) in delays.iter().enumerate() {
+    for d in &delays {
         assert!(
-            *d <= 5_000,
-            "replica {i} served the candidate {d} ms after the rollback was decided"
-        );
-        assert!(
-            i == leader || d - leader_switched <= bound,
-            "follower {i} served the candidate {} ms after the leader stopped (bound {bound} ms; delays {delays:?})",
-            d - leader_switched
+            *d <= bound,
+            "a replica served the candidate {d} ms after the rollback was decided (bound {bound} ms)"
         );
     }
     let after: Vec<Vec<String>> = servers.iter().map(|s| versions(s, &subjects)).collect();
