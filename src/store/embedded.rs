@@ -562,7 +562,9 @@ impl Store for EmbeddedStore {
                 f(StoredEvent {
                     scope: scope.to_string(),
                     epoch,
-                    event: decode_event(body)?,
+                    event: decode_event(
+                        std::str::from_utf8(body).map_err(|e| runs::damaged(e.to_string()))?,
+                    )?,
                 });
                 n += 1;
             }
@@ -1194,6 +1196,22 @@ mod tests {
             replayed(&store, "a", 0, u64::MAX),
             ["old1", "old2", "old3", "old1"]
         );
+    }
+
+    #[test]
+    fn a_stored_body_that_is_not_utf8_is_an_error_on_replay() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let tx = store.write().expect("write");
+        {
+            let mut table = tx.open_table(EVENT_RUNS).expect("runs");
+            let mut run = Vec::new();
+            runs::push(&mut run, Some(1), &[0xff, 0xfe]);
+            table.insert(("a", 1, 1), run.as_slice()).expect("insert");
+        }
+        tx.commit().expect("commit");
+        let out = store.replay("a", 1, 0, u64::MAX, &mut |_| {});
+        assert!(matches!(out, Err(StoreError::Schema(m)) if m.contains("damaged")));
     }
 
     #[test]

@@ -312,7 +312,7 @@ impl PostgresStore {
             )?;
             rows.iter()
                 .map(|row| {
-                    let event = decode_event(row.get::<_, &str>(3).as_bytes())?;
+                    let event = decode_event(row.get(3))?;
                     Ok((
                         num(row.get(0)),
                         StoredEvent {
@@ -579,7 +579,7 @@ impl Store for PostgresStore {
                 )?;
                 for row in &rows {
                     cursor = row.get(0);
-                    let event = decode_event(row.get::<_, &str>(1).as_bytes())?;
+                    let event = decode_event(row.get(1))?;
                     f(StoredEvent {
                         scope: scope.to_string(),
                         epoch,
