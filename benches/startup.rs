@@ -77,7 +77,7 @@ fn fill(dir: &Path, config: &Path, n: usize) {
             t.await.expect("client");
         }
         let checkpoints = shared.engine().take_checkpoints();
-        shared.store.put_checkpoints(&checkpoints).expect("checkpoint");
+        shared.store.put_checkpoints(&checkpoints, None).expect("checkpoint");
     });
 }
 

@@ -387,3 +387,57 @@ fn a_restart_with_fewer_stages_resumes_at_the_last_one() {
     assert_eq!(s["stage"], "smb-5", "{s}");
     assert_eq!(server.assign("x", internal())["version"], "v8");
 }
+
+#[test]
+fn a_restart_replays_only_events_no_checkpoint_covers_for_every_scope() {
+    // Two scopes: the rollout, and a guard on `summarize`.
+    let text = slow_config().replace(
+        "summarize: { stable: s1, versions: [s1] }",
+        "summarize: { stable: s1, versions: [s1], guards: [ { signal: quality, stat: mean, min: 0.7 } ] }",
+    );
+    let server = Server::start(&text);
+    // The guard's evidence (its `since` is the start time until its state first changes).
+    let guarded = |s: &Server| {
+        let mut g = s.get("/v1/workflows", Some(READER)).body["guarded_workflows"][0].clone();
+        g["since"] = Value::Null;
+        g
+    };
+    let healthy: Vec<Value> = (0..120)
+        .map(|i| json!({"event_id": format!("g-{i}"), "workflow": "summarize", "version": "s1", "quality": 0.9}))
+        .collect();
+    server.send_events(&healthy);
+    server.send_events(&events("a", 300, "v8", internal(), HEALTHY));
+    let (rollout, guard) = (server.status()["segments"].clone(), guarded(&server));
+    // A clean stop checkpoints every scope: nothing is replayed.
+    let server = server.stop_and_restart();
+    let opened = |s: &Server| {
+        s.log()
+            .lines()
+            .rfind(|l| l.contains("store opened"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        opened(&server).contains("restored=2") && opened(&server).contains("replayed=0"),
+        "{}",
+        opened(&server)
+    );
+    assert_eq!(server.status()["segments"], rollout);
+    assert_eq!(guarded(&server), guard);
+    // New events for the rollout only; kill -9 whenever. The guard's evidence comes from its
+    // checkpoint alone, the rollout's from its checkpoint and at most the new events.
+    server.send_events(&events("b", 100, "v8", internal(), HEALTHY));
+    let rollout = server.status()["segments"].clone();
+    let server = server.crash_and_restart();
+    let line = opened(&server);
+    let replayed: u64 = line
+        .split("replayed=")
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no replayed count: {line}"));
+    assert!(replayed <= 100, "{line}");
+    assert_eq!(server.status()["segments"], rollout);
+    assert_eq!(guarded(&server), guard);
+    assert_eq!(internal_candidate_tasks(&server), 400);
+}

@@ -162,6 +162,9 @@ pub struct Shared {
     pub ui: crate::serve::ui::state::Ui,
     /// The low-priority thread the tick's CPU work (and the `/metrics` rendering) runs on.
     pub evaluator: Evaluator,
+    /// The event number the stored checkpoints were last said to cover (see
+    /// [`Store::checkpoints_cover`]); a pass that covers nothing new writes nothing.
+    checkpoints_cover: std::sync::atomic::AtomicU64,
 }
 
 /// Every way a state change can start.
@@ -325,6 +328,7 @@ impl Shared {
             force,
             ui: crate::serve::ui::state::Ui::default(),
             evaluator: Evaluator::start()?,
+            checkpoints_cover: std::sync::atomic::AtomicU64::new(0),
         });
         let (committed_tx, committed) = std::sync::mpsc::sync_channel(2);
         let weak = Arc::downgrade(&shared);
@@ -549,13 +553,16 @@ impl Shared {
     /// copy of the whole fleet's evidence. Runs on the evaluation thread.
     /// A rollout without verdicts (`None`: a decision changed it since) has them computed here.
     fn observe_all(&self, now: Millis, verdicts: &[Option<Vec<GateVerdict>>]) {
-        let count = {
+        // Every event up to here is in the evidence of a scope now dirty or already
+        // checkpointed: once this pass's checkpoints are all written, the store covers it.
+        let (count, covers) = {
             let engine = self.engine();
             self.metrics.forget_removed(&engine);
             self.ui.history.forget_removed(&engine);
-            engine.rollouts.len()
+            (engine.rollouts.len(), engine.recorded_seq)
         };
         let mut checkpoints = Vec::new();
+        let mut written = true;
         for i in 0..count {
             let mut engine = self.engine();
             if i >= engine.rollouts.len() {
@@ -576,7 +583,7 @@ impl Shared {
             checkpoints.extend(engine.take_checkpoint(i));
             drop(engine);
             if checkpoints.len() >= CHECKPOINT_CHUNK {
-                self.put_checkpoints(std::mem::take(&mut checkpoints));
+                written &= self.put_checkpoints(std::mem::take(&mut checkpoints), None);
             }
             yield_to_requests();
         }
@@ -585,20 +592,32 @@ impl Shared {
             self.metrics.observe_workflows(&engine);
             checkpoints.extend(engine.take_guard_checkpoints());
         }
-        self.put_checkpoints(checkpoints);
+        self.put_checkpoints(checkpoints, written.then_some(covers));
     }
 
-    /// Writes evidence checkpoints (blocking); on failure their scopes stay dirty, so the next
-    /// tick writes them again.
-    fn put_checkpoints(&self, checkpoints: Vec<(String, Checkpoint)>) {
-        if checkpoints.is_empty() {
-            return;
+    /// Writes evidence checkpoints (blocking), with what they cover if this ends a complete
+    /// pass; on failure their scopes stay dirty, so the next tick writes them again. Returns
+    /// whether they were written.
+    fn put_checkpoints(&self, checkpoints: Vec<(String, Checkpoint)>, covers: Option<u64>) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let covers = covers.filter(|&seq| seq > self.checkpoints_cover.load(Relaxed));
+        if checkpoints.is_empty() && covers.is_none() {
+            return true;
         }
-        if let Err(e) = self.store.put_checkpoints(&checkpoints) {
-            tracing::warn!(error = %e, "evidence checkpoints not written; retried next tick");
-            let mut engine = self.engine();
-            for (scope, _) in &checkpoints {
-                engine.mark_dirty(scope);
+        match self.store.put_checkpoints(&checkpoints, covers) {
+            Ok(()) => {
+                if let Some(seq) = covers {
+                    self.checkpoints_cover.fetch_max(seq, Relaxed);
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "evidence checkpoints not written; retried next tick");
+                let mut engine = self.engine();
+                for (scope, _) in &checkpoints {
+                    engine.mark_dirty(scope);
+                }
+                false
             }
         }
     }
@@ -683,24 +702,32 @@ fn take_over(
         )?;
         tracing::warn!(receipt = %receipt.id, rollout = %name, "rollout removed from the config on taking over");
     }
-    // Evidence: each scope's checkpoint, then only the events stored after it — up to a
-    // watermark read first, so events committed meanwhile are left for the next pull.
+    // Evidence: each scope's checkpoint, then only the events stored after it — and after
+    // what every checkpoint covers — up to a watermark read first, so events committed
+    // meanwhile are left for the next pull. One pass over the stored events for all scopes.
     let through = store.last_seq()?;
-    let mut replayed = 0usize;
+    let covered = store.checkpoints_cover()?;
     let mut restored = 0usize;
+    let mut wanted = Vec::new();
     for (scope, epoch) in engine.scopes() {
-        let mut after = 0;
-        if let Some(cp) = store.checkpoint(&scope)? {
-            let seq = cp.seq;
-            if engine.restore(&scope, cp) {
-                after = seq;
-                restored += 1;
+        let after = match store.checkpoint(&scope)? {
+            Some(cp) => {
+                let seq = cp.seq;
+                if engine.restore(&scope, cp) {
+                    restored += 1;
+                    seq.max(covered)
+                } else {
+                    // Of another epoch or shape: this epoch's events rebuild the evidence.
+                    0
+                }
             }
-        }
-        replayed += store.replay(&scope, epoch, after, through, &mut |stored| {
-            record_stored(&mut engine, &stored);
-        })?;
+            None => covered,
+        };
+        wanted.push((scope, epoch, after));
     }
+    let replayed = store.replay_scopes(&wanted, through, &mut |stored| {
+        record_stored(&mut engine, &stored);
+    })?;
     engine.recorded_seq = through;
     tracing::info!(store = %store.location(), restored, replayed, "store opened");
     Ok(engine)
@@ -1510,10 +1537,13 @@ pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Inpu
             Input::Shutdown => {
                 if shared.is_leader() {
                     let s = Arc::clone(&shared);
-                    let checkpoints = shared.engine().take_checkpoints();
+                    let (checkpoints, covers) = {
+                        let mut engine = shared.engine();
+                        (engine.take_checkpoints(), engine.recorded_seq)
+                    };
                     let _ = shared
                         .evaluator
-                        .run(move || s.put_checkpoints(checkpoints))
+                        .run(move || s.put_checkpoints(checkpoints, Some(covers)))
                         .await;
                 }
                 if let Some(replica) = &shared.replica {

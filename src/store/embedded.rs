@@ -3,13 +3,15 @@
 //! One file, `stagegate.redb`, in `data_dir`. Every write is a single ACID transaction with
 //! immediate durability, so what the API acknowledges survives kill -9: an event batch with its
 //! dedupe keys; a decision's new state with its receipt (never one without the other). A group
-//! commit writes one record per scope it touches (a *run* of that scope's events, keyed by
-//! `(scope, epoch, last event number)`), one dedupe key per event and one dedupe-log record; an
-//! epoch change prunes the old epoch's runs.
+//! commit appends one record to the *event log*, keyed by the commit's last event number and
+//! holding its events grouped by scope and epoch (see [`records`]), plus one dedupe key per event
+//! and one dedupe-log record: a few pages at the end of each B-tree, however many rollouts the
+//! commit touches.
 //!
 //! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
-//! plus the tail of events after them, so it stays flat however many events were stored, and
-//! raw events covered by a checkpoint are pruned after `server.retention`.
+//! plus the tail of the log after them, in one pass for every scope, so it stays flat however
+//! many events were stored; raw events covered by a checkpoint (and older epochs' events) are
+//! pruned after `server.retention`.
 //!
 //! A failed write (a full disk) marks the store unhealthy: `/readyz` says so, writes answer 503
 //! with what happened, and [`Store::recover`](super::Store::recover) reopens the file once writes succeed again. A
@@ -37,14 +39,20 @@ use crate::core::receipt::Receipt;
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
-/// `(scope, epoch, last event number)` → a run: the scope's events of one group commit, in
-/// order (see [`runs`]). One record per scope per commit, not one per event.
-const EVENT_RUNS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("event_runs");
+/// The event log: a group commit's last event number → its events, grouped by scope and epoch
+/// (see [`records`]). One record per commit, not one per event or per scope.
+const EVENT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("event_log");
+/// `(scope, epoch)` → the epoch's first event number: where replaying an epoch starts.
+const EPOCH_FIRST: TableDefinition<(&str, u64), u64> = TableDefinition::new("epoch_first");
+/// Before the event log: one run per scope per commit, keyed `(scope, epoch, last event
+/// number)`. Moved into the log at open.
+const LEGACY_EVENT_RUNS: TableDefinition<(&str, u64, u64), &[u8]> =
+    TableDefinition::new("event_runs");
 /// Event id → when it was first accepted.
 const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 /// Commit time → the ids first accepted then (see [`runs`]): what pruning dedupe keys reads.
 const DEDUPE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_log");
-/// Before event runs: one record per event (a `StoredEvent`). Moved into runs at open.
+/// Before event runs: one record per event (a `StoredEvent`). Moved into the log at open.
 const LEGACY_EVENTS: TableDefinition<(&str, u64, u64), &[u8]> = TableDefinition::new("events");
 /// Before the dedupe log: one key per event id. Moved into the log at open.
 const LEGACY_DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> =
@@ -64,6 +72,17 @@ const DEFAULT_CACHE_BYTES: usize = crate::plan::DEFAULT_STORE_CACHE_BYTES;
 
 /// The file name inside `data_dir`.
 pub const FILE_NAME: &str = "stagegate.redb";
+
+/// The counter holding the event number every scope's checkpoint covers.
+const CHECKPOINTS_COVER: &str = "checkpoints_cover";
+
+/// One scope's events within a group commit, while the commit's log record is built.
+struct Block<'a> {
+    scope: &'a str,
+    epoch: u64,
+    first: u64,
+    entries: Vec<u8>,
+}
 
 fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
     StoreError::Db(e.into())
@@ -237,7 +256,8 @@ impl EmbeddedStore {
         let tx = self.write()?;
         tx.open_table(STATES).map_err(dberr)?;
         tx.open_table(RECEIPTS).map_err(dberr)?;
-        tx.open_table(EVENT_RUNS).map_err(dberr)?;
+        tx.open_table(EVENT_LOG).map_err(dberr)?;
+        tx.open_table(EPOCH_FIRST).map_err(dberr)?;
         tx.open_table(DEDUPE).map_err(dberr)?;
         tx.open_table(DEDUPE_LOG).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
@@ -333,8 +353,9 @@ impl EmbeddedStore {
                 .get("events")
                 .map_err(dberr)?
                 .map_or(0, |v| v.value());
-            // This commit's runs, by scope and epoch: (last event number, entries).
-            let mut runs: HashMap<(&str, u64), (u64, Vec<u8>)> = HashMap::new();
+            // This commit's events, grouped by scope and epoch, in order of first appearance.
+            let mut blocks: Vec<Block<'_>> = Vec::new();
+            let mut block_of: HashMap<(&str, u64), usize> = HashMap::new();
             let mut accepted_ids = Vec::new();
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
@@ -347,23 +368,48 @@ impl EmbeddedStore {
                         fresh.push(false);
                         continue;
                     }
-                    runs::push(&mut accepted_ids, None, id.as_bytes());
+                    records::push(&mut accepted_ids, None, id.as_bytes());
                     if let Some(stored) = &item.stored {
                         seq += 1;
-                        let run = runs
-                            .entry((stored.scope.as_str(), stored.epoch))
-                            .or_default();
-                        run.0 = seq;
-                        runs::push(&mut run.1, Some(seq), &stored.body);
+                        let key = (stored.scope.as_str(), stored.epoch);
+                        let at = *block_of.entry(key).or_insert_with(|| {
+                            blocks.push(Block {
+                                scope: key.0,
+                                epoch: key.1,
+                                first: seq,
+                                entries: Vec::new(),
+                            });
+                            blocks.len() - 1
+                        });
+                        records::push(&mut blocks[at].entries, Some(seq), &stored.body);
                     }
                     fresh.push(true);
                 }
                 results.push(fresh);
             }
-            let mut table = tx.open_table(EVENT_RUNS).map_err(dberr)?;
-            for ((scope, epoch), (last, entries)) in &runs {
-                table
-                    .insert((*scope, *epoch, *last), entries.as_slice())
+            if !blocks.is_empty() {
+                let mut record = Vec::with_capacity(
+                    blocks
+                        .iter()
+                        .map(|b| b.entries.len() + b.scope.len() + 14)
+                        .sum(),
+                );
+                let mut firsts = tx.open_table(EPOCH_FIRST).map_err(dberr)?;
+                for block in &blocks {
+                    records::push_block(&mut record, block.scope, block.epoch, &block.entries);
+                    if firsts
+                        .get((block.scope, block.epoch))
+                        .map_err(dberr)?
+                        .is_none()
+                    {
+                        firsts
+                            .insert((block.scope, block.epoch), block.first)
+                            .map_err(dberr)?;
+                    }
+                }
+                tx.open_table(EVENT_LOG)
+                    .map_err(dberr)?
+                    .insert(seq, record.as_slice())
                     .map_err(dberr)?;
             }
             if !accepted_ids.is_empty() {
@@ -387,7 +433,7 @@ impl EmbeddedStore {
         receipt: &mut Receipt,
         outbox: &dyn Fn(&Receipt) -> Vec<Outbox>,
     ) -> Result<(), StoreError> {
-        let (key, scope, epoch) = change.key_and_scope();
+        let (key, _, _) = change.key_and_scope();
         let tx = self.write()?;
         {
             let mut counters = tx.open_table(COUNTERS).map_err(dberr)?;
@@ -424,15 +470,8 @@ impl EmbeddedStore {
             states
                 .insert(key.as_str(), change.bytes()?.as_slice())
                 .map_err(dberr)?;
-            // Older epochs go, but the one an open containment lists as affected.
-            let keep = change.protected_epoch();
-            let mut events = tx.open_table(EVENT_RUNS).map_err(dberr)?;
-            events
-                .retain_in(
-                    (scope.as_str(), 0u64, 0u64)..(scope.as_str(), epoch, 0u64),
-                    |(_, e, _), _| Some(e) == keep,
-                )
-                .map_err(dberr)?;
+            // Older epochs' events stay in the log until retention prunes them (see
+            // `prune_events`); replay reads only the current epoch, or the protected one.
         }
         tx.commit().map_err(dberr)?;
         Ok(())
@@ -446,9 +485,10 @@ impl EmbeddedStore {
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
             for row in log.range(..cutoff).map_err(dberr)? {
                 let (_, ids) = row.map_err(dberr)?;
-                for entry in runs::entries(ids.value(), false) {
+                for entry in records::entries(ids.value(), false) {
                     let (_, id) = entry?;
-                    let id = std::str::from_utf8(id).map_err(|e| runs::damaged(e.to_string()))?;
+                    let id =
+                        std::str::from_utf8(id).map_err(|e| records::damaged(e.to_string()))?;
                     dedupe.remove(id).map_err(dberr)?;
                     pruned += 1;
                 }
@@ -541,35 +581,73 @@ impl Store for EmbeddedStore {
         through: u64,
         f: &mut dyn FnMut(StoredEvent),
     ) -> Result<usize, StoreError> {
+        self.replay_scopes(&[(scope.to_string(), epoch, after)], through, f)
+    }
+
+    fn replay_scopes(
+        &self,
+        scopes: &[(String, u64, u64)],
+        through: u64,
+        f: &mut dyn FnMut(StoredEvent),
+    ) -> Result<usize, StoreError> {
         let tx = self.read()?;
-        let events = tx.open_table(EVENT_RUNS).map_err(dberr)?;
+        // Each scope's epoch from its first event after `after`: one pass from the earliest.
+        let firsts = tx.open_table(EPOCH_FIRST).map_err(dberr)?;
+        let mut wanted: HashMap<&str, (u64, u64)> = HashMap::new();
+        let mut start = u64::MAX;
+        for (scope, epoch, after) in scopes {
+            let Some(first) = firsts.get((scope.as_str(), *epoch)).map_err(dberr)? else {
+                continue; // nothing stored in this epoch
+            };
+            let from = first.value().max(after.saturating_add(1));
+            if from <= through {
+                start = start.min(from);
+                wanted.insert(scope.as_str(), (*epoch, from));
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let log = tx.open_table(EVENT_LOG).map_err(dberr)?;
         let mut n = 0;
-        let from = after.saturating_add(1);
-        // A run is keyed by its last event: the first run holding `from` or later is here.
-        for row in events
-            .range((scope, epoch, from)..=(scope, epoch, u64::MAX))
-            .map_err(dberr)?
-        {
-            let (_, value) = row.map_err(dberr)?;
-            for entry in runs::entries(value.value(), true) {
-                let (seq, body) = entry?;
-                if seq < from {
+        // A record is keyed by its last event: the first record holding `start` or later.
+        for row in log.range(start..).map_err(dberr)? {
+            let (_, record) = row.map_err(dberr)?;
+            for block in records::blocks(record.value()) {
+                let (scope, epoch, entries) = block?;
+                let Some(&(want_epoch, from)) = wanted.get(scope) else {
+                    continue;
+                };
+                if epoch != want_epoch {
                     continue;
                 }
-                if seq > through {
-                    return Ok(n);
+                for entry in records::entries(entries, true) {
+                    let (seq, body) = entry?;
+                    if seq < from || seq > through {
+                        continue;
+                    }
+                    f(StoredEvent {
+                        scope: scope.to_string(),
+                        epoch,
+                        event: decode_event(
+                            std::str::from_utf8(body)
+                                .map_err(|e| records::damaged(e.to_string()))?,
+                        )?,
+                    });
+                    n += 1;
                 }
-                f(StoredEvent {
-                    scope: scope.to_string(),
-                    epoch,
-                    event: decode_event(
-                        std::str::from_utf8(body).map_err(|e| runs::damaged(e.to_string()))?,
-                    )?,
-                });
-                n += 1;
             }
         }
         Ok(n)
+    }
+
+    fn checkpoints_cover(&self) -> Result<u64, StoreError> {
+        let tx = self.read()?;
+        let counters = tx.open_table(COUNTERS).map_err(dberr)?;
+        Ok(counters
+            .get(CHECKPOINTS_COVER)
+            .map_err(dberr)?
+            .map_or(0, |v| v.value()))
     }
 
     fn last_seq(&self) -> Result<u64, StoreError> {
@@ -590,8 +668,12 @@ impl Store for EmbeddedStore {
             .map_or(0, |v| v.value()))
     }
 
-    fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError> {
-        if checkpoints.is_empty() {
+    fn put_checkpoints(
+        &self,
+        checkpoints: &[(String, Checkpoint)],
+        covers: Option<u64>,
+    ) -> Result<(), StoreError> {
+        if checkpoints.is_empty() && covers.is_none() {
             return Ok(());
         }
         self.writing(|| {
@@ -601,6 +683,12 @@ impl Store for EmbeddedStore {
                 for (scope, cp) in checkpoints {
                     table
                         .insert(scope.as_str(), serde_json::to_vec(cp)?.as_slice())
+                        .map_err(dberr)?;
+                }
+                if let Some(seq) = covers {
+                    tx.open_table(COUNTERS)
+                        .map_err(dberr)?
+                        .insert(CHECKPOINTS_COVER, seq)
                         .map_err(dberr)?;
                 }
             }
@@ -628,25 +716,46 @@ impl Store for EmbeddedStore {
                     out
                 };
                 let protected = protected_epochs(&tx)?;
-                let mut events = tx.open_table(EVENT_RUNS).map_err(dberr)?;
-                for (scope, cp) in &checkpoints {
-                    // Whole runs only: a run is gone once its last event is covered.
-                    let upto = cp.seq.min(cutoff_seq);
-                    let keep = protected.get(scope).copied();
-                    let scope = scope.as_str();
-                    events
-                        .retain_in(
-                            (scope, 0u64, 0u64)..=(scope, cp.epoch, upto),
-                            |(_, e, _), run| {
-                                let kept = Some(e) == keep;
-                                if !kept {
-                                    pruned += runs::entries(run, true).count();
-                                }
-                                kept
-                            },
-                        )
-                        .map_err(dberr)?;
+                let covers: HashMap<&str, (u64, u64)> = checkpoints
+                    .iter()
+                    .map(|(scope, cp)| (scope.as_str(), (cp.epoch, cp.seq)))
+                    .collect();
+                // An event goes once its scope's checkpoint covers it (or a later epoch began),
+                // unless an open containment keeps its epoch for the affected list.
+                let covered = |scope: &str, epoch: u64, seq: u64| {
+                    covers.get(scope).is_some_and(|&(cp_epoch, cp_seq)| {
+                        (epoch < cp_epoch || (epoch == cp_epoch && seq <= cp_seq))
+                            && protected.get(scope) != Some(&epoch)
+                    })
+                };
+                let mut log = tx.open_table(EVENT_LOG).map_err(dberr)?;
+                let mut gone = Vec::new();
+                let mut rewritten = Vec::new();
+                for row in log.range(..=cutoff_seq).map_err(dberr)? {
+                    let (key, record) = row.map_err(dberr)?;
+                    let (kept, dropped) = records::without(record.value(), &covered)?;
+                    pruned += dropped;
+                    match kept {
+                        _ if dropped == 0 => {}
+                        None => gone.push(key.value()),
+                        Some(kept) => rewritten.push((key.value(), kept)),
+                    }
                 }
+                for key in gone {
+                    log.remove(key).map_err(dberr)?;
+                }
+                for (key, kept) in rewritten {
+                    log.insert(key, kept.as_slice()).map_err(dberr)?;
+                }
+                // An epoch's start is forgotten once a later epoch's checkpoint exists.
+                tx.open_table(EPOCH_FIRST)
+                    .map_err(dberr)?
+                    .retain(|(scope, epoch), _| {
+                        covers.get(scope).is_none_or(|&(cp_epoch, _)| {
+                            epoch >= cp_epoch || protected.get(scope) == Some(&epoch)
+                        })
+                    })
+                    .map_err(dberr)?;
                 // Keep the newest mark at or before the cutoff: it still locates the cutoff.
                 if cutoff > 0 {
                     marks
@@ -858,11 +967,16 @@ fn append_dedupe_log(
 }
 
 /// Moves a store written before event runs and the dedupe log into them: each old event
-/// becomes a run of one, each old dedupe time key an entry of its time's log record. Runs
-/// once, in the transaction that opens the tables; the old tables are then deleted.
+/// becomes a run of one, each old dedupe time key an entry of its time's log record; then
+/// [`migrate_runs`] moves the runs into the event log. Runs once, in the transaction that opens
+/// the tables; the old tables are then deleted.
 fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     // A write transaction's `open_table` creates what is missing: look before opening.
-    let legacy = [LEGACY_EVENTS.name(), LEGACY_DEDUPE_BY_TIME.name()];
+    let legacy = [
+        LEGACY_EVENTS.name(),
+        LEGACY_DEDUPE_BY_TIME.name(),
+        LEGACY_EVENT_RUNS.name(),
+    ];
     let present = tx
         .list_tables()
         .map_err(dberr)?
@@ -875,13 +989,13 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     let mut moved_ids = 0usize;
     match tx.open_table(LEGACY_EVENTS) {
         Ok(old) => {
-            let mut runs_table = tx.open_table(EVENT_RUNS).map_err(dberr)?;
+            let mut runs_table = tx.open_table(LEGACY_EVENT_RUNS).map_err(dberr)?;
             for row in old.iter().map_err(dberr)? {
                 let (key, value) = row.map_err(dberr)?;
                 let (scope, epoch, seq) = key.value();
                 let stored: StoredEvent = serde_json::from_slice(value.value())?;
                 let mut run = Vec::new();
-                runs::push(&mut run, Some(seq), &serde_json::to_vec(&stored.event)?);
+                records::push(&mut run, Some(seq), &serde_json::to_vec(&stored.event)?);
                 runs_table
                     .insert((scope, epoch, seq), run.as_slice())
                     .map_err(dberr)?;
@@ -905,7 +1019,7 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
                     }
                 }
                 let (_, ids) = pending.get_or_insert_with(|| (at, Vec::new()));
-                runs::push(ids, None, id.as_bytes());
+                records::push(ids, None, id.as_bytes());
                 moved_ids += 1;
             }
             if let Some((t, ids)) = pending {
@@ -917,17 +1031,60 @@ fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     }
     tx.delete_table(LEGACY_EVENTS).map_err(dberr)?;
     tx.delete_table(LEGACY_DEDUPE_BY_TIME).map_err(dberr)?;
-    tracing::info!(
-        events = moved_events,
-        dedupe_keys = moved_ids,
-        "store moved to event runs and the dedupe log"
-    );
+    if moved_events + moved_ids > 0 {
+        tracing::info!(
+            events = moved_events,
+            dedupe_keys = moved_ids,
+            "store moved to event runs and the dedupe log"
+        );
+    }
+    migrate_runs(tx)
+}
+
+/// Moves event runs (one record per scope per commit) into the event log: each run becomes a
+/// record of one block, keyed by its last event number (unique, so no two collide), and each
+/// epoch's first run gives the epoch's start. Runs of different scopes may interleave in event
+/// numbers; replay filters every record by number, so that only costs order across scopes,
+/// which evidence does not depend on.
+fn migrate_runs(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let old = match tx.open_table(LEGACY_EVENT_RUNS) {
+        Ok(old) => old,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(()),
+        Err(e) => return Err(dberr(e)),
+    };
+    let mut log = tx.open_table(EVENT_LOG).map_err(dberr)?;
+    let mut firsts = tx.open_table(EPOCH_FIRST).map_err(dberr)?;
+    let mut moved = 0usize;
+    for row in old.iter().map_err(dberr)? {
+        let (key, run) = row.map_err(dberr)?;
+        let (scope, epoch, last) = key.value();
+        let mut first = None;
+        for entry in records::entries(run.value(), true) {
+            let (seq, _) = entry?;
+            first.get_or_insert(seq);
+            moved += 1;
+        }
+        let Some(first) = first else { continue };
+        let mut record = Vec::with_capacity(run.value().len() + scope.len() + 14);
+        records::push_block(&mut record, scope, epoch, run.value());
+        log.insert(last, record.as_slice()).map_err(dberr)?;
+        // Runs come in (scope, epoch, number) order: an epoch's first run comes first.
+        if firsts.get((scope, epoch)).map_err(dberr)?.is_none() {
+            firsts.insert((scope, epoch), first).map_err(dberr)?;
+        }
+    }
+    drop(old);
+    tx.delete_table(LEGACY_EVENT_RUNS).map_err(dberr)?;
+    tracing::info!(events = moved, "store moved to the event log");
     Ok(())
 }
 
-/// The framing of event runs and dedupe log records: entries back to back, each an optional
-/// event number (u64, little-endian), a length (u32, little-endian) and that many bytes.
-mod runs {
+/// The framing of event-log and dedupe-log records. Entries sit back to back, each an optional
+/// event number (u64, little-endian), a length (u32, little-endian) and that many bytes; a
+/// dedupe-log record is entries of ids. An event-log record is *blocks* back to back, one per
+/// scope and epoch the commit touched: the scope's length (u16) and name, the epoch (u64), the
+/// entries' length (u32), then the numbered entries of that scope's event bodies, in order.
+mod records {
     use super::StoreError;
 
     pub(super) fn push(buf: &mut Vec<u8>, seq: Option<u64>, bytes: &[u8]) {
@@ -936,6 +1093,81 @@ mod runs {
         }
         buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
         buf.extend_from_slice(bytes);
+    }
+
+    pub(super) fn push_block(buf: &mut Vec<u8>, scope: &str, epoch: u64, entries: &[u8]) {
+        // Scope names are rollout and workflow names (the config caps them far below 64 KiB).
+        let name = &scope.as_bytes()[..scope.len().min(u16::MAX as usize)];
+        buf.extend_from_slice(&(name.len() as u16).to_le_bytes());
+        buf.extend_from_slice(name);
+        buf.extend_from_slice(&epoch.to_le_bytes());
+        buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        buf.extend_from_slice(entries);
+    }
+
+    /// Splits `n` bytes off the front of `buf`, or says the record is truncated.
+    fn take<'a>(buf: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], StoreError> {
+        let (head, rest) = buf
+            .split_at_checked(n)
+            .ok_or_else(|| damaged(format!("a truncated {what}")))?;
+        *buf = rest;
+        Ok(head)
+    }
+
+    /// The blocks of an event-log record: `(scope, epoch, entries)`, in order.
+    pub(super) fn blocks(
+        mut buf: &[u8],
+    ) -> impl Iterator<Item = Result<(&str, u64, &[u8]), StoreError>> {
+        std::iter::from_fn(move || {
+            if buf.is_empty() {
+                return None;
+            }
+            let block = (|| {
+                let len = u16::from_le_bytes(
+                    take(&mut buf, 2, "block header")?
+                        .try_into()
+                        .unwrap_or_default(),
+                );
+                let scope = std::str::from_utf8(take(&mut buf, len.into(), "scope name")?)
+                    .map_err(|e| damaged(e.to_string()))?;
+                let head = take(&mut buf, 12, "block header")?;
+                let (epoch, len) = head.split_at(8);
+                let epoch = u64::from_le_bytes(epoch.try_into().unwrap_or_default());
+                let len = u32::from_le_bytes(len.try_into().unwrap_or_default());
+                let entries = take(&mut buf, len as usize, "block")?;
+                Ok((scope, epoch, entries))
+            })();
+            if block.is_err() {
+                buf = &[];
+            }
+            Some(block)
+        })
+    }
+
+    /// An event-log record without the entries `covered` says go: the rest (`None` if
+    /// nothing is left) and how many went.
+    pub(super) fn without(
+        record: &[u8],
+        covered: &dyn Fn(&str, u64, u64) -> bool,
+    ) -> Result<(Option<Vec<u8>>, usize), StoreError> {
+        let mut kept = Vec::new();
+        let mut dropped = 0;
+        for block in blocks(record) {
+            let (scope, epoch, entries) = block?;
+            let mut rest = Vec::new();
+            for entry in self::entries(entries, true) {
+                let (seq, body) = entry?;
+                if covered(scope, epoch, seq) {
+                    dropped += 1;
+                } else {
+                    push(&mut rest, Some(seq), body);
+                }
+            }
+            if !rest.is_empty() {
+                push_block(&mut kept, scope, epoch, &rest);
+            }
+        }
+        Ok(((!kept.is_empty()).then_some(kept), dropped))
     }
 
     pub(super) fn damaged(detail: String) -> StoreError {
@@ -1059,11 +1291,25 @@ mod tests {
         ids
     }
 
+    fn log_records(store: &EmbeddedStore) -> u64 {
+        let tx = store.read().expect("read");
+        tx.open_table(EVENT_LOG).expect("log").len().expect("len")
+    }
+
+    fn checkpoint(epoch: u64, seq: u64) -> Checkpoint {
+        Checkpoint {
+            epoch,
+            seq,
+            healthy_read_only: 0,
+            evidence: crate::core::evidence::Evidence::new(Vec::new(), 1, 100.0),
+        }
+    }
+
     #[test]
-    fn a_commit_writes_one_run_per_scope_and_replay_reads_any_slice_of_it() {
+    fn a_commit_appends_one_log_record_and_replay_reads_any_slice_of_it() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = EmbeddedStore::open(dir.path()).expect("open");
-        // Two commits, three scopes: runs a and b, then a and c; numbers 1..=5 then 6..=8.
+        // Two commits, three scopes: a and b, then a and c; numbers 1..=5 then 6..=8.
         let first = [
             item("a1", Some("a")),
             item("b1", Some("b")),
@@ -1086,12 +1332,7 @@ mod tests {
             .expect("ingest");
         assert_eq!(fresh, vec![vec![true, false], vec![true, true, false]]);
         assert_eq!(last, 8);
-        let tx = store.read().expect("read");
-        assert_eq!(
-            tx.open_table(EVENT_RUNS).expect("runs").len().expect("len"),
-            4
-        );
-        drop(tx);
+        assert_eq!(log_records(&store), 2, "one record per commit");
         assert_eq!(
             replayed(&store, "a", 0, u64::MAX),
             ["a1", "a2", "a3", "a4", "a5"]
@@ -1102,6 +1343,85 @@ mod tests {
         assert_eq!(replayed(&store, "a", 4, 7), ["a4"]);
         assert_eq!(replayed(&store, "b", 0, 4), ["b1"]);
         assert_eq!(replayed(&store, "c", 0, u64::MAX), ["c1"]);
+        assert_eq!(replayed(&store, "d", 0, u64::MAX), Vec::<String>::new());
+        // Every scope in one pass, each from its own point; scopes interleave, each in order.
+        let mut got: Vec<(String, String)> = Vec::new();
+        let wanted = [("a".into(), 1, 3), ("b".into(), 1, 0), ("c".into(), 1, 7)];
+        let n = store
+            .replay_scopes(&wanted, 7, &mut |e| got.push((e.scope, e.event.event_id)))
+            .expect("replay");
+        assert_eq!(n, 4);
+        let of = |scope: &str| -> Vec<&str> {
+            got.iter()
+                .filter(|(s, _)| s == scope)
+                .map(|(_, id)| id.as_str())
+                .collect()
+        };
+        assert_eq!(
+            (of("a"), of("b"), of("c")),
+            (vec!["a3", "a4"], vec!["b1", "b2"], vec![])
+        );
+    }
+
+    #[test]
+    fn pruning_drops_covered_events_and_keeps_the_rest_of_a_record() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let epoch2 = |id: &str, scope: &str| {
+            let mut i = item(id, Some(scope));
+            if let Some(s) = i.stored.as_mut() {
+                s.epoch = 2;
+            }
+            i
+        };
+        // 1..=4 at time 10; 5..=6 at time 20.
+        store
+            .ingest(
+                &[
+                    item("a1", Some("a")),
+                    item("b1", Some("b")),
+                    item("a2", Some("a")),
+                    epoch2("a3", "a"),
+                ],
+                10,
+            )
+            .expect("ingest");
+        store
+            .ingest(&[epoch2("a4", "a"), item("b2", Some("b"))], 20)
+            .expect("ingest");
+        // a's epoch 2 checkpoint covers event 4; b has none.
+        store
+            .put_checkpoints(&[("a".into(), checkpoint(2, 4))], Some(6))
+            .expect("checkpoint");
+        assert_eq!(store.checkpoints_cover().expect("cover"), 6);
+        // Only the first commit is older than the cutoff: a's three events go, b1 stays.
+        assert_eq!(store.prune_events(15).expect("prune"), 3);
+        assert_eq!(log_records(&store), 2);
+        assert_eq!(replayed(&store, "b", 0, u64::MAX), ["b1", "b2"]);
+        let mut a2 = Vec::new();
+        store
+            .replay("a", 2, 0, u64::MAX, &mut |e| a2.push(e.event.event_id))
+            .expect("replay");
+        assert_eq!(a2, ["a4"], "epoch 2 from its first event still stored");
+        // Epoch 1's start is forgotten: a later epoch's checkpoint exists.
+        let tx = store.read().expect("read");
+        let firsts = tx.open_table(EPOCH_FIRST).expect("firsts");
+        assert!(firsts.get(("a", 1)).expect("get").is_none());
+        assert_eq!(
+            firsts.get(("a", 2)).expect("get").map(|v| v.value()),
+            Some(4)
+        );
+        drop(firsts);
+        drop(tx);
+        // Nothing more is covered: a second pass changes nothing.
+        assert_eq!(store.prune_events(15).expect("prune"), 0);
+        store
+            .put_checkpoints(&[("b".into(), checkpoint(1, 6))], None)
+            .expect("checkpoint");
+        // b's two go; a4 (event 5) is after a's checkpoint and stays.
+        assert_eq!(store.prune_events(25).expect("prune"), 2);
+        assert_eq!(log_records(&store), 1);
+        assert_eq!(replayed(&store, "b", 0, u64::MAX), Vec::<String>::new());
     }
 
     #[test]
@@ -1116,7 +1436,8 @@ mod tests {
             .expect("tables")
             .map(|t| t.name().to_string())
             .collect();
-        assert!(names.contains(&"event_runs".to_string()), "{names:?}");
+        assert!(names.contains(&"event_log".to_string()), "{names:?}");
+        assert!(!names.contains(&"event_runs".to_string()), "{names:?}");
         assert!(!names.contains(&"events".to_string()), "{names:?}");
         assert!(!names.contains(&"dedupe_by_time".to_string()), "{names:?}");
     }
@@ -1175,10 +1496,12 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).expect("open");
         assert_eq!(replayed(&store, "a", 1, u64::MAX), ["old2", "old3"]);
         let tx = store.read().expect("read");
-        assert!(
-            tx.open_table(LEGACY_EVENTS).is_err(),
-            "the old table is gone"
-        );
+        for old in [LEGACY_EVENTS.name(), LEGACY_EVENT_RUNS.name()] {
+            assert!(
+                !tx.list_tables().expect("tables").any(|t| t.name() == old),
+                "{old} is gone"
+            );
+        }
         drop(tx);
         // The old dedupe keys still refuse repeats, and are forgotten by their old times.
         assert_eq!(
@@ -1199,15 +1522,71 @@ mod tests {
     }
 
     #[test]
+    fn a_store_of_event_runs_is_moved_into_the_log_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                // Runs of two scopes interleaved in event numbers, and an older epoch of a.
+                let mut runs_table = tx.open_table(LEGACY_EVENT_RUNS).expect("runs");
+                type Run<'a> = (&'a str, u64, &'a [(u64, &'a str)]);
+                let runs: [Run<'_>; 4] = [
+                    ("a", 1, &[(1, "a1")]),
+                    ("a", 2, &[(2, "a2"), (4, "a3")]),
+                    ("a", 2, &[(6, "a4")]),
+                    ("b", 1, &[(3, "b1"), (5, "b2")]),
+                ];
+                for (scope, epoch, entries) in runs {
+                    let mut run = Vec::new();
+                    for (seq, id) in entries {
+                        let body = serde_json::to_vec(&event(id)).expect("json");
+                        records::push(&mut run, Some(*seq), &body);
+                    }
+                    let last = entries.last().map_or(0, |(s, _)| *s);
+                    runs_table
+                        .insert((scope, epoch, last), run.as_slice())
+                        .expect("insert");
+                }
+                let mut counters = tx.open_table(COUNTERS).expect("counters");
+                counters.insert("events", 6).expect("insert");
+            }
+            tx.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        assert_eq!(log_records(&store), 4);
+        let mut a2 = Vec::new();
+        store
+            .replay("a", 2, 2, u64::MAX, &mut |e| a2.push(e.event.event_id))
+            .expect("replay");
+        assert_eq!(a2, ["a3", "a4"]);
+        assert_eq!(replayed(&store, "b", 0, 4), ["b1"]);
+        assert_eq!(replayed(&store, "a", 0, u64::MAX), ["a1"]);
+        // New commits continue the numbering after the moved runs.
+        let (_, last) = store
+            .ingest_groups(&[&[item("b3", Some("b"))]], 30)
+            .expect("ingest");
+        assert_eq!(last, 7);
+        assert_eq!(replayed(&store, "b", 0, u64::MAX), ["b1", "b2", "b3"]);
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).expect("reopen");
+        assert_eq!(log_records(&store), 5, "moved once");
+    }
+
+    #[test]
     fn a_stored_body_that_is_not_utf8_is_an_error_on_replay() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = EmbeddedStore::open(dir.path()).expect("open");
         let tx = store.write().expect("write");
         {
-            let mut table = tx.open_table(EVENT_RUNS).expect("runs");
-            let mut run = Vec::new();
-            runs::push(&mut run, Some(1), &[0xff, 0xfe]);
-            table.insert(("a", 1, 1), run.as_slice()).expect("insert");
+            let mut entries = Vec::new();
+            records::push(&mut entries, Some(1), &[0xff, 0xfe]);
+            let mut record = Vec::new();
+            records::push_block(&mut record, "a", 1, &entries);
+            let mut table = tx.open_table(EVENT_LOG).expect("log");
+            table.insert(1, record.as_slice()).expect("insert");
+            let mut firsts = tx.open_table(EPOCH_FIRST).expect("firsts");
+            firsts.insert(("a", 1), 1).expect("insert");
         }
         tx.commit().expect("commit");
         let out = store.replay("a", 1, 0, u64::MAX, &mut |_| {});
@@ -1215,16 +1594,28 @@ mod tests {
     }
 
     #[test]
-    fn a_truncated_run_is_an_error_not_an_end() {
+    fn a_truncated_entry_or_block_is_an_error_not_an_end() {
         let mut run = Vec::new();
-        runs::push(&mut run, Some(7), b"{}");
-        runs::push(&mut run, Some(8), b"[1]");
-        let whole: Vec<_> = runs::entries(&run, true)
+        records::push(&mut run, Some(7), b"{}");
+        records::push(&mut run, Some(8), b"[1]");
+        let whole: Vec<_> = records::entries(&run, true)
             .map(|e| e.map(|(s, _)| s).ok())
             .collect();
         assert_eq!(whole, [Some(7), Some(8)]);
         let cut = &run[..run.len() - 1];
-        let out: Vec<_> = runs::entries(cut, true).collect();
+        let out: Vec<_> = records::entries(cut, true).collect();
         assert!(out[0].is_ok() && out[1].is_err() && out.len() == 2);
+        // The same for a log record's blocks.
+        let mut record = Vec::new();
+        records::push_block(&mut record, "a", 1, &run);
+        records::push_block(&mut record, "bb", 2, &run);
+        let blocks: Vec<_> = records::blocks(&record)
+            .map(|b| b.map(|(s, e, _)| (s.to_string(), e)).ok())
+            .collect();
+        assert_eq!(blocks, [Some(("a".into(), 1)), Some(("bb".into(), 2))]);
+        for cut in [1, 5, record.len() - 1] {
+            let out: Vec<_> = records::blocks(&record[..cut]).collect();
+            assert!(out.last().is_some_and(Result::is_err), "cut at {cut}");
+        }
     }
 }

@@ -226,17 +226,45 @@ pub trait Store: Send + Sync {
         f: &mut dyn FnMut(StoredEvent),
     ) -> Result<usize, StoreError>;
 
+    /// [`Store::replay`] for several `(scope, epoch, after)` at once: each scope's events in
+    /// order (scopes may interleave). The embedded store reads its log once for all of them.
+    fn replay_scopes(
+        &self,
+        scopes: &[(String, u64, u64)],
+        through: u64,
+        f: &mut dyn FnMut(StoredEvent),
+    ) -> Result<usize, StoreError> {
+        let mut n = 0;
+        for (scope, epoch, after) in scopes {
+            n += self.replay(scope, *epoch, *after, through, f)?;
+        }
+        Ok(n)
+    }
+
+    /// The event number every scope's stored checkpoint covers: each scope's evidence up to it
+    /// is in its checkpoint, or the scope had no event in its epoch (0: unknown, as for a
+    /// backend that does not keep it). Start-up replays no scope from before it.
+    fn checkpoints_cover(&self) -> Result<u64, StoreError> {
+        Ok(0)
+    }
+
     /// The last event sequence number committed.
     fn last_seq(&self) -> Result<u64, StoreError>;
 
     /// The latest time any commit was stamped with: a clock anchor that never goes back.
     fn clock_high_water(&self) -> Result<Millis, StoreError>;
 
-    /// Writes evidence checkpoints in one transaction.
-    fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError>;
+    /// Writes evidence checkpoints in one transaction; with `covers`, also that every scope's
+    /// checkpoint now covers events up to that number (see [`Store::checkpoints_cover`]; a
+    /// backend may ignore it).
+    fn put_checkpoints(
+        &self,
+        checkpoints: &[(String, Checkpoint)],
+        covers: Option<u64>,
+    ) -> Result<(), StoreError>;
 
     /// Deletes raw events committed before `cutoff` that a checkpoint covers (events of older
-    /// epochs too); returns how many.
+    /// epochs too, but the one an open containment keeps); returns how many.
     fn prune_events(&self, cutoff: Millis) -> Result<usize, StoreError>;
 
     /// The store file's size on disk, in bytes.
@@ -255,8 +283,8 @@ pub trait Store: Send + Sync {
     ) -> Result<(Vec<Vec<bool>>, u64), StoreError>;
 
     /// Persists a state change and its receipt atomically, assigning the receipt's id, with the
-    /// notifications `outbox` makes from it; drops the scope's events from epochs before the new
-    /// one.
+    /// notifications `outbox` makes from it. The scope's events from epochs before the new one
+    /// are no longer replayed; they go at once or with [`Store::prune_events`].
     fn commit(
         &self,
         change: &Change<'_>,

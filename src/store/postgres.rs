@@ -616,7 +616,11 @@ impl Store for PostgresStore {
         })
     }
 
-    fn put_checkpoints(&self, checkpoints: &[(String, Checkpoint)]) -> Result<(), StoreError> {
+    fn put_checkpoints(
+        &self,
+        checkpoints: &[(String, Checkpoint)],
+        _covers: Option<u64>,
+    ) -> Result<(), StoreError> {
         if checkpoints.is_empty() {
             return Ok(());
         }
