@@ -297,6 +297,22 @@ pub struct Bet {
     pub fixed_above: Vec<f64>,
     #[serde(default)]
     pub fixed_below: Vec<f64>,
+    /// What a 0/1 observation adds to each fixed gambler and detector (see [`BinarySteps`]).
+    #[serde(skip)]
+    binary_steps: BinarySteps,
+}
+
+/// The log increments a 0/1 observation adds to a bet's fixed-stake gamblers and change
+/// detectors: they depend only on the limit, so a bet computes them once (twelve logarithms)
+/// instead of at every observation. Order: `fixed_above`, `fixed_below`, `above`, `below`;
+/// `[x = 0, x = 1]` each. Derived, never stored, and equal whatever it holds.
+#[derive(Debug, Clone, Default)]
+struct BinarySteps(std::sync::OnceLock<Box<[[f64; 2]]>>);
+
+impl PartialEq for BinarySteps {
+    fn eq(&self, _: &BinarySteps) -> bool {
+        true
+    }
 }
 
 /// Page's CUSUM on the log-wealth of one bet: `S = max(0, S + ln(1 ± λ(x − m)))`, for a shift
@@ -329,11 +345,20 @@ impl Cusum {
 
     /// One observation `x` against the limit `m`; `sign` is +1 watching for a rise, −1 a fall.
     fn update(&mut self, x: f64, m: f64, sign: f64, n: u64) {
+        self.add(self.step(x, m, sign), x, n);
+    }
+
+    /// The log-likelihood ratio `x` adds against the limit `m`.
+    fn step(&self, x: f64, m: f64, sign: f64) -> f64 {
         let m = m.clamp(1e-6, 1.0 - 1e-6);
         let p1 = (m * self.factor).clamp(1e-6, 1.0 - 1e-6);
         let cap = if sign > 0.0 { 0.9 / m } else { 0.9 / (1.0 - m) };
         let lambda = ((p1 - m).abs() / (m * (1.0 - m))).min(cap);
-        let step = (1.0 + sign * lambda * (x - m)).max(f64::MIN_POSITIVE).ln();
+        (1.0 + sign * lambda * (x - m)).max(f64::MIN_POSITIVE).ln()
+    }
+
+    /// Adds observation `x` (the `n`th), whose log-likelihood ratio is `step`.
+    fn add(&mut self, step: f64, x: f64, n: u64) {
         self.stat += step;
         self.sum_since += x;
         if self.stat <= 0.0 {
@@ -450,6 +475,7 @@ impl Bet {
             n: 0,
             fixed_above: vec![0.0; SHIFTS_ABOVE.len()],
             fixed_below: vec![0.0; SHIFTS_BELOW.len()],
+            binary_steps: BinarySteps::default(),
         }
     }
 
@@ -493,23 +519,73 @@ impl Bet {
         let x = x.clamp(0.0, 1.0);
         self.log_above += (1.0 + up * (x - m)).ln();
         self.log_below += (1.0 - down * (x - m)).ln();
-        for (log, f) in self.fixed_above.iter_mut().zip(SHIFTS_ABOVE) {
+        self.n += 1;
+        if x == 0.0 || x == 1.0 {
+            let steps = self.binary_steps.0.get_or_init(|| {
+                let (zero, one) = (self.steps(0.0), self.steps(1.0));
+                zero.iter().zip(one.iter()).map(|(&a, &b)| [a, b]).collect()
+            });
+            let mut steps = steps.iter().map(|pair| pair[usize::from(x == 1.0)]);
+            for log in self.fixed_above.iter_mut().chain(&mut self.fixed_below) {
+                *log += steps.next().unwrap_or(0.0);
+            }
+            for c in self.above.iter_mut().chain(&mut self.below) {
+                c.add(steps.next().unwrap_or(0.0), x, self.n);
+            }
+            return;
+        }
+        let steps = self.steps(x);
+        let mut steps = steps.iter().copied();
+        for log in self.fixed_above.iter_mut().chain(&mut self.fixed_below) {
+            *log += steps.next().unwrap_or(0.0);
+        }
+        for c in self.above.iter_mut().chain(&mut self.below) {
+            c.add(steps.next().unwrap_or(0.0), x, self.n);
+        }
+    }
+
+    /// What observation `x` adds to each fixed gambler and detector, in [`BinarySteps`] order.
+    fn steps(&self, x: f64) -> Steps {
+        let m = self.limit;
+        let fixed_above = SHIFTS_ABOVE.iter().take(self.fixed_above.len()).map(|f| {
             let p1 = (m * f).min(1.0 - 1e-6);
             let stake = ((p1 - m) / (m * (1.0 - m))).min(BET_CAP / m);
-            *log += (1.0 + stake * (x - m)).ln();
-        }
-        for (log, f) in self.fixed_below.iter_mut().zip(SHIFTS_BELOW) {
+            (1.0 + stake * (x - m)).ln()
+        });
+        let fixed_below = SHIFTS_BELOW.iter().take(self.fixed_below.len()).map(|f| {
             let p1 = (m * f).max(1e-6);
             let stake = ((m - p1) / (m * (1.0 - m))).min(BET_CAP / (1.0 - m));
-            *log += (1.0 - stake * (x - m)).ln();
+            (1.0 - stake * (x - m)).ln()
+        });
+        let above = self.above.iter().map(|c| c.step(x, m, 1.0));
+        let below = self.below.iter().map(|c| c.step(x, m, -1.0));
+        let mut out = Steps::default();
+        for step in fixed_above.chain(fixed_below).chain(above).chain(below) {
+            out.push(step);
         }
-        self.n += 1;
-        for c in &mut self.above {
-            c.update(x, m, 1.0, self.n);
+        out
+    }
+}
+
+/// A bet's per-observation increments, without allocating: at most one per shift per side for
+/// the fixed gamblers and the detectors each.
+#[derive(Default)]
+struct Steps {
+    values: [f64; 2 * (SHIFTS_ABOVE.len() + SHIFTS_BELOW.len())],
+    len: usize,
+}
+
+impl Steps {
+    /// Keeps `step` if there is room (a bet never has more gamblers than shifts).
+    fn push(&mut self, step: f64) {
+        if let Some(slot) = self.values.get_mut(self.len) {
+            *slot = step;
+            self.len += 1;
         }
-        for c in &mut self.below {
-            c.update(x, m, -1.0, self.n);
-        }
+    }
+
+    fn iter(&self) -> std::slice::Iter<'_, f64> {
+        self.values[..self.len].iter()
     }
 }
 
@@ -917,6 +993,83 @@ mod rank_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Bet::update` as written before 0/1 observations reused their increments: twelve
+    /// logarithms per observation, whatever it is.
+    fn update_uncached(b: &mut Bet, x: f64, n: u64, mean: f64, variance: f64, binary: bool) {
+        let m = b.limit;
+        let nf = n as f64;
+        let shrunk = (nf * mean + BET_PRIOR * m) / (nf + BET_PRIOR);
+        let edge = shrunk - m;
+        let (up, down) = if binary {
+            let kelly = edge / (m * (1.0 - m));
+            (kelly.max(0.0), (-kelly).max(0.0))
+        } else {
+            let spread = (nf * variance + BET_PRIOR * 0.25) / (nf + BET_PRIOR) + edge * edge;
+            let grapa = edge / spread.max(1e-9);
+            (grapa.max(0.0), (-grapa).max(0.0))
+        };
+        let up = up.min(BET_CAP / m);
+        let down = down.min(BET_CAP / (1.0 - m));
+        let x = x.clamp(0.0, 1.0);
+        b.log_above += (1.0 + up * (x - m)).ln();
+        b.log_below += (1.0 - down * (x - m)).ln();
+        for (log, f) in b.fixed_above.iter_mut().zip(SHIFTS_ABOVE) {
+            let p1 = (m * f).min(1.0 - 1e-6);
+            let stake = ((p1 - m) / (m * (1.0 - m))).min(BET_CAP / m);
+            *log += (1.0 + stake * (x - m)).ln();
+        }
+        for (log, f) in b.fixed_below.iter_mut().zip(SHIFTS_BELOW) {
+            let p1 = (m * f).max(1e-6);
+            let stake = ((m - p1) / (m * (1.0 - m))).min(BET_CAP / (1.0 - m));
+            *log += (1.0 - stake * (x - m)).ln();
+        }
+        b.n += 1;
+        for c in &mut b.above {
+            c.update(x, m, 1.0, b.n);
+        }
+        for c in &mut b.below {
+            c.update(x, m, -1.0, b.n);
+        }
+    }
+
+    #[test]
+    fn a_bet_reusing_its_binary_increments_is_bit_for_bit_the_uncached_one() {
+        let mut rng = crate::core::stats::Rng::new(11);
+        for limit in [1e-9, 0.001, 0.02, 0.1, 0.5, 0.8, 0.97, 1.0] {
+            let (mut cached, mut plain) = (Bet::new(limit), Bet::new(limit));
+            let (mut n, mut sum) = (0u64, 0.0);
+            for i in 0..3_000 {
+                // Mostly 0/1 (rates, exceedances), some in between (bounded scores).
+                let u = rng.uniform();
+                let x = match i % 5 {
+                    4 => u,
+                    _ => f64::from(u8::from(u < limit.max(0.05) * 1.5)),
+                };
+                let mean = if n == 0 { 0.0 } else { sum / n as f64 };
+                let binary = i % 5 != 4;
+                cached.update(x, n, mean, mean * (1.0 - mean), binary);
+                update_uncached(&mut plain, x, n, mean, mean * (1.0 - mean), binary);
+                n += 1;
+                sum += x;
+            }
+            let bits = |b: &Bet| -> Vec<u64> {
+                let mut v = vec![b.log_above.to_bits(), b.log_below.to_bits(), b.n];
+                v.extend(
+                    b.fixed_above
+                        .iter()
+                        .chain(&b.fixed_below)
+                        .map(|f| f.to_bits()),
+                );
+                for c in b.above.iter().chain(&b.below) {
+                    v.extend([c.stat.to_bits(), c.since, c.sum_since.to_bits()]);
+                }
+                v
+            };
+            assert_eq!(bits(&cached), bits(&plain), "limit {limit}");
+            assert!(cached.binary_steps.0.get().is_some(), "the cache was used");
+        }
+    }
 
     #[test]
     fn the_gamblers_share_one_unit_of_capital() {
