@@ -98,8 +98,8 @@ fn main() {
     metrics.init_series(&engine.plan);
     let rounds = 5;
     // Before each timed round every arm of every segment gets one more task (untimed): a tick
-    // where every rollout's evidence changed, so nothing computed for an earlier round (the
-    // quantile ranks an arm caches) answers for this one.
+    // where every rollout's evidence changed. As in the server, recording keeps an arm's
+    // quantile buckets current, and every other statistic is computed afresh.
     let mut round = 0u64;
     let mut time = |engine: &mut Engine, f: &mut dyn FnMut(&Engine)| {
         let mut total = 0.0;

@@ -26,9 +26,10 @@ pub struct Moments {
     m2: f64,
     #[serde(with = "histogram_codec", default)]
     hist: Option<Histogram<u64>>,
-    /// The histogram's non-empty buckets as (highest equivalent value, cumulative count),
-    /// built by the first rank asked after a change: the several ranks a tick reads of one arm
-    /// (bounds, point value) then cost one pass over the buckets and a binary search each.
+    /// The histogram's non-empty buckets, ascending, as (highest equivalent value, count):
+    /// built by the first rank asked, then kept current by [`Moments::push`] (a binary search;
+    /// an insert for a value in a new bucket). A rank is then a pass over the buckets in use,
+    /// not a walk over every bucket between the smallest and the largest value.
     #[serde(skip)]
     ranks: std::sync::OnceLock<Vec<(u64, u64)>>,
     /// Betting e-processes against absolute limits (bounded signals only: quality in 0..1).
@@ -153,9 +154,17 @@ impl Moments {
         self.mean += delta / self.n as f64;
         self.m2 += delta * (x - self.mean);
         if let Some(h) = &mut self.hist {
-            self.ranks.take();
+            let value = (x.max(0.0) * SCALE).round() as u64;
             // Auto-resizing histograms accept any u64; a failure only loses quantile precision.
-            let _ = h.record((x.max(0.0) * SCALE).round() as u64);
+            if h.record(value).is_ok() {
+                if let Some(buckets) = self.ranks.get_mut() {
+                    let top = h.highest_equivalent(value);
+                    match buckets.binary_search_by_key(&top, |&(v, _)| v) {
+                        Ok(i) => buckets[i].1 += 1,
+                        Err(i) => buckets.insert(i, (top, 1)),
+                    }
+                }
+            }
         }
     }
 
@@ -200,17 +209,15 @@ impl Moments {
         if q <= 0.0 {
             return Some(h.value_at_quantile(q) as f64 / SCALE);
         }
-        let ranks = self.ranks.get_or_init(|| {
-            // Bucket by bucket from the smallest recorded value to the largest: a handful of
-            // buckets for a signal's usual spread, where the histogram's own iterators (and
-            // value_at_quantile) walk every bucket from zero.
+        let buckets = self.ranks.get_or_init(|| {
+            // Bucket by bucket from the smallest recorded value to the largest, where the
+            // histogram's own iterators (and value_at_quantile) walk every bucket from zero.
             let (mut value, max) = (h.min(), h.max());
-            let (mut total, mut out) = (0, Vec::new());
+            let mut out = Vec::new();
             while value <= max {
                 let count = h.count_at(value);
                 if count > 0 {
-                    total += count;
-                    out.push((h.highest_equivalent(value), total));
+                    out.push((h.highest_equivalent(value), count));
                 }
                 let next = h.next_non_equivalent(value);
                 if next <= value {
@@ -223,8 +230,12 @@ impl Moments {
         // value_at_quantile's own rule: the first bucket whose cumulative count reaches
         // ceil(q·n), at least 1.
         let count = ((q.min(1.0) * h.len() as f64).ceil() as u64).max(1);
-        let i = ranks.partition_point(|&(_, cumulative)| cumulative < count);
-        Some(ranks.get(i).map_or(0, |&(value, _)| value) as f64 / SCALE)
+        let mut cumulative = 0;
+        let found = buckets.iter().find(|&&(_, n)| {
+            cumulative += n;
+            cumulative >= count
+        });
+        Some(found.map_or(0, |&(value, _)| value) as f64 / SCALE)
     }
 }
 
@@ -305,9 +316,16 @@ pub struct Bet {
 /// The log increments a 0/1 observation adds to a bet's fixed-stake gamblers and change
 /// detectors: they depend only on the limit, so a bet computes them once (twelve logarithms)
 /// instead of at every observation. Order: `fixed_above`, `fixed_below`, `above`, `below`;
-/// `[x = 0, x = 1]` each. Derived, never stored, and equal whatever it holds.
-#[derive(Debug, Clone, Default)]
+/// `[x = 0, x = 1]` each. Derived, never stored, not copied with a clone (a checkpoint's copy
+/// is only written out), and equal whatever it holds.
+#[derive(Debug, Default)]
 struct BinarySteps(std::sync::OnceLock<Box<[[f64; 2]]>>);
+
+impl Clone for BinarySteps {
+    fn clone(&self) -> BinarySteps {
+        BinarySteps::default()
+    }
+}
 
 impl PartialEq for BinarySteps {
     fn eq(&self, _: &BinarySteps) -> bool {

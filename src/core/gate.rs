@@ -69,6 +69,94 @@ pub struct ArmSummary {
     pub samples: u64,
 }
 
+/// Why a check reads as it does. The frequent notes keep their numbers and are written out only
+/// when shown (a status request, the UI, a receipt): a tick computes a note for every check of
+/// every rollout and shows none. Serialised as the text; read back as [`Note::Text`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    Text(String),
+    /// A test by betting's evidence (as ln e) both ways, and the e-value it decides at.
+    Betting {
+        breach: f64,
+        comply: f64,
+        decides_at: f64,
+    },
+    /// Fewer than [`MIN_SAMPLES_PER_ARM`] samples in an arm.
+    NeedsSamples {
+        has: u64,
+    },
+    /// A quantile check decided as the share of tasks past its threshold.
+    Share {
+        below: bool,
+        threshold: f64,
+        of: Box<Note>,
+    },
+}
+
+impl Note {
+    /// The note's text if it is fixed text (not one written from numbers).
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Note::Text(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Note::Text(t) => f.write_str(t),
+            Note::Betting {
+                breach,
+                comply,
+                decides_at,
+            } => write!(
+                f,
+                "test by betting: evidence of a breach e={:.3}, of compliance e={:.3}; decides at e ≥ {decides_at:.0}",
+                breach.exp(),
+                comply.exp(),
+            ),
+            Note::NeedsSamples { has } => {
+                write!(f, "needs {MIN_SAMPLES_PER_ARM} samples per arm, has {has}")
+            }
+            Note::Share {
+                below,
+                threshold,
+                of,
+            } => write!(
+                f,
+                "as the share of tasks {} {threshold}: {of}",
+                if *below { "below" } else { "above" }
+            ),
+        }
+    }
+}
+
+impl From<&str> for Note {
+    fn from(text: &str) -> Note {
+        Note::Text(text.to_string())
+    }
+}
+
+impl From<String> for Note {
+    fn from(text: String) -> Note {
+        Note::Text(text)
+    }
+}
+
+impl Serialize for Note {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Note {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Note, D::Error> {
+        String::deserialize(deserializer).map(Note::Text)
+    }
+}
+
 /// The numbers behind one check.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct CheckReport {
@@ -80,7 +168,7 @@ pub struct CheckReport {
     pub margin_upper: Option<f64>,
     pub verdict: Verdict,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub note: Option<String>,
+    pub note: Option<Note>,
     /// While inconclusive: candidate samples still needed to decide at the effect seen so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub samples_to_decide: Option<u64>,
@@ -139,7 +227,7 @@ pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVe
         .collect();
     let applicable: Vec<&CheckReport> = checks
         .iter()
-        .filter(|c| c.note.as_deref() != Some(NO_BASELINE))
+        .filter(|c| c.note.as_ref().and_then(Note::text) != Some(NO_BASELINE))
         .collect();
     let verdict = if applicable.iter().any(|c| c.verdict == Verdict::Fail) {
         Verdict::Fail
@@ -183,7 +271,7 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
     let report = |limit: Option<f64>,
                   margin: Option<Interval>,
                   verdict: Verdict,
-                  note: Option<String>| CheckReport {
+                  note: Option<Note>| CheckReport {
         check: check.to_string(),
         limit,
         margin_lower: margin.map(|m| m.lower).filter(|v| v.is_finite()),
@@ -211,11 +299,11 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
                 Some(w.limit),
                 None,
                 Verdict::Fail,
-                Some(format!(
+                Some(Note::Text(format!(
                     "change detected: candidate mean {mean:.4} over its last {k} tasks (since task {} it was watched) against the limit {:.4} from the baseline's conservative bound; the cumulative comparison is diluted by the earlier tasks (CUSUM: on average at most one false alarm per {CHANGE_ARL:e} tasks)",
                     c.since + 1,
                     w.limit
-                )),
+                ))),
             );
         }
     }
@@ -240,12 +328,10 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
                 .flatten();
             r.margin_lower = shown.map(|m| m.lower).filter(|v| v.is_finite());
             r.margin_upper = shown.map(|m| m.upper).filter(|v| v.is_finite());
-            r.note = r.note.map(|n| {
-                format!(
-                    "as the share of tasks {} {}: {n}",
-                    if e.below { "below" } else { "above" },
-                    e.threshold
-                )
+            r.note = r.note.map(|n| Note::Share {
+                below: e.below,
+                threshold: e.threshold,
+                of: Box::new(n),
             });
             return r;
         }
@@ -257,7 +343,7 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
         .min()
         .unwrap_or(0);
     if short < MIN_SAMPLES_PER_ARM {
-        let note = format!("needs {MIN_SAMPLES_PER_ARM} samples per arm, has {short}");
+        let note = Note::NeedsSamples { has: short };
         let mut r = report(limit, None, Verdict::Inconclusive, Some(note));
         r.samples_to_decide = Some(MIN_SAMPLES_PER_ARM - short);
         return r;
@@ -350,11 +436,11 @@ fn bet_report(
             margin_upper: None,
             verdict: Verdict::Fail,
             samples_to_decide: None,
-            note: Some(format!(
+            note: Some(Note::Text(format!(
                 "change detected: mean {mean:.4} over the last {k} tasks (since task {} of this stage) against the limit {:.4}; the cumulative mean is diluted by the earlier tasks (CUSUM: on average at most one false alarm per {CHANGE_ARL:e} tasks)",
                 c.since + 1,
                 bet.limit
-            )),
+            ))),
         };
     }
     let verdict = if breach >= threshold {
@@ -383,12 +469,11 @@ fn bet_report(
         margin_upper: margin.map(|m| m.upper).filter(|v| v.is_finite()),
         verdict,
         samples_to_decide,
-        note: Some(format!(
-            "test by betting: evidence of a breach e={:.3}, of compliance e={:.3}; decides at e ≥ {:.0}",
-            breach.exp(),
-            comply.exp(),
-            1.0 / input.alpha
-        )),
+        note: Some(Note::Betting {
+            breach,
+            comply,
+            decides_at: 1.0 / input.alpha,
+        }),
     }
 }
 
@@ -517,6 +602,29 @@ fn quantile_margin(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notes_written_from_numbers_read_as_before_and_round_trip_as_text() {
+        let betting = Note::Betting {
+            breach: 0.103_f64.ln(),
+            comply: 6_238_220.038_f64.ln(),
+            decides_at: 20.0,
+        };
+        let shown = "test by betting: evidence of a breach e=0.103, of compliance e=6238220.038; decides at e ≥ 20";
+        assert_eq!(betting.to_string(), shown);
+        let share = Note::Share {
+            below: true,
+            threshold: 4000.0,
+            of: Box::new(betting),
+        };
+        assert_eq!(
+            share.to_string(),
+            format!("as the share of tasks below 4000: {shown}")
+        );
+        let json = serde_json::to_string(&share).expect("json");
+        let back: Note = serde_json::from_str(&json).expect("note");
+        assert_eq!(back.text(), Some(share.to_string().as_str()));
+    }
     use crate::core::event::TaskEvent;
     use crate::core::evidence::Arm;
     use crate::core::evidence::{Evidence, Tracked};
@@ -601,13 +709,8 @@ mod tests {
         let g = gate(Signal::Quality, Stat::Mean, vec![Check::Min(0.8)]);
         let v = run(&g, &ev, false);
         assert_eq!(v.verdict, Verdict::Inconclusive);
-        assert!(
-            v.checks[0]
-                .note
-                .as_deref()
-                .unwrap_or("")
-                .contains("needs 100")
-        );
+        let note = v.checks[0].note.as_ref().map(ToString::to_string);
+        assert_eq!(note.as_deref(), Some("needs 100 samples per arm, has 25"));
     }
 
     #[test]
@@ -659,7 +762,10 @@ mod tests {
         );
         let v = run(&g, &evidence(&pairs), false);
         assert_eq!(v.verdict, Verdict::Pass);
-        assert_eq!(v.checks[1].note.as_deref(), Some(NO_BASELINE));
+        assert_eq!(
+            v.checks[1].note.as_ref().and_then(Note::text),
+            Some(NO_BASELINE)
+        );
     }
 
     #[test]

@@ -547,7 +547,8 @@ fn containment(
                 .filter(|c| c.verdict == Verdict::Fail)
                 .find_map(|c| {
                     c.note
-                        .as_deref()
+                        .as_ref()
+                        .and_then(crate::core::gate::Note::text)
                         .filter(|n| n.starts_with("change detected"))
                 })
             {
