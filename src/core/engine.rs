@@ -39,6 +39,9 @@ pub struct Runtime {
     pub healthy_read_only: u64,
     /// Evidence changed since the last checkpoint.
     pub dirty: bool,
+    /// Decisions applied to this rollout by this engine: verdicts computed at one revision are
+    /// stale at another.
+    pub revision: u64,
 }
 
 /// A guarded workflow's durable state.
@@ -255,6 +258,7 @@ impl Engine {
                 ),
                 healthy_read_only: 0,
                 dirty: true,
+                revision: 0,
             })
             .collect();
         let guards = plan
@@ -616,6 +620,24 @@ impl Engine {
             rt.dirty = true;
         }
         rt.state = decision.after.clone();
+        rt.revision += 1;
+    }
+
+    /// Whether a decision computed earlier (by a tick that ran while commands were served)
+    /// still applies: its subject is still in the state it was decided from. A command in
+    /// between makes it stale, and the next tick assesses again. Indexes are only meaningful
+    /// within one [`Engine::generation`]; the caller checks that.
+    pub fn still_due(&self, pending: &Pending) -> bool {
+        match pending {
+            Pending::Rollout { index, decision } => self
+                .rollouts
+                .get(*index)
+                .is_some_and(|rt| rt.state == decision.before),
+            Pending::Guard { index, decision } => self
+                .guards
+                .get(*index)
+                .is_some_and(|g| g.state.epoch + 1 == decision.after.epoch),
+        }
     }
 
     /// The receipt for a decision on a rollout (its id is set by the store).
@@ -1481,6 +1503,45 @@ auth: { open: true }
             }
         }
         out
+    }
+
+    #[test]
+    fn a_decision_assessed_before_a_command_is_no_longer_due_after_it() {
+        let plan = Plan::parse(Path::new("t.yaml"), PLAN).expect("valid plan");
+        let mut engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
+        let pause = Command::Pause {
+            reason: "look".into(),
+        };
+        let resume = Command::Resume {
+            reason: "fine".into(),
+            ack: true,
+        };
+        // A decision on r0 (as a tick would hold it while commands are served).
+        let assessed = Pending::Rollout {
+            index: 0,
+            decision: engine.operate(0, "t", &pause, 0, 1000).expect("allowed"),
+        };
+        assert!(engine.still_due(&assessed));
+        // A command on another rollout leaves it due; one on r0 makes it stale.
+        let other = engine.operate(1, "t", &pause, 0, 1500).expect("allowed");
+        engine.apply(1, &other);
+        assert!(engine.still_due(&assessed));
+        let revision = engine.rollouts[0].revision;
+        let paused = engine.operate(0, "t", &pause, 0, 2000).expect("allowed");
+        engine.apply(0, &paused);
+        assert_eq!(engine.rollouts[0].revision, revision + 1);
+        assert!(!engine.still_due(&assessed));
+        // It is judged by the state, not the history: back in the state it was decided from,
+        // it applies again.
+        let resumed = engine.operate(0, "t", &resume, 0, 3000).expect("allowed");
+        engine.apply(0, &resumed);
+        let Pending::Rollout { decision, .. } = &assessed else {
+            unreachable!("a rollout decision")
+        };
+        assert_eq!(
+            engine.still_due(&assessed),
+            engine.rollouts[0].state == decision.before
+        );
     }
 
     #[test]

@@ -521,19 +521,7 @@ impl Bet {
     /// and `variance`): Kelly's fraction for 0/1 outcomes, aGRAPA's otherwise.
     fn update(&mut self, x: f64, n: u64, mean: f64, variance: f64, binary: bool) {
         let m = self.limit;
-        let nf = n as f64;
-        let shrunk = (nf * mean + BET_PRIOR * m) / (nf + BET_PRIOR);
-        let edge = shrunk - m;
-        let (up, down) = if binary {
-            let kelly = edge / (m * (1.0 - m));
-            (kelly.max(0.0), (-kelly).max(0.0))
-        } else {
-            let spread = (nf * variance + BET_PRIOR * 0.25) / (nf + BET_PRIOR) + edge * edge;
-            let grapa = edge / spread.max(1e-9);
-            (grapa.max(0.0), (-grapa).max(0.0))
-        };
-        let up = up.min(BET_CAP / m);
-        let down = down.min(BET_CAP / (1.0 - m));
+        let (up, down) = self.adaptive_stakes(n, mean, variance, binary);
         let x = x.clamp(0.0, 1.0);
         self.log_above += (1.0 + up * (x - m)).ln();
         self.log_below += (1.0 - down * (x - m)).ln();
@@ -560,6 +548,23 @@ impl Bet {
         for c in self.above.iter_mut().chain(&mut self.below) {
             c.add(steps.next().unwrap_or(0.0), x, self.n);
         }
+    }
+
+    /// The adaptive gambler's stakes on and against a breach, from the `n` observations so far.
+    fn adaptive_stakes(&self, n: u64, mean: f64, variance: f64, binary: bool) -> (f64, f64) {
+        let m = self.limit;
+        let nf = n as f64;
+        let shrunk = (nf * mean + BET_PRIOR * m) / (nf + BET_PRIOR);
+        let edge = shrunk - m;
+        let (up, down) = if binary {
+            let kelly = edge / (m * (1.0 - m));
+            (kelly.max(0.0), (-kelly).max(0.0))
+        } else {
+            let spread = (nf * variance + BET_PRIOR * 0.25) / (nf + BET_PRIOR) + edge * edge;
+            let grapa = edge / spread.max(1e-9);
+            (grapa.max(0.0), (-grapa).max(0.0))
+        };
+        (up.min(BET_CAP / m), down.min(BET_CAP / (1.0 - m)))
     }
 
     /// What observation `x` adds to each fixed gambler and detector, in [`BinarySteps`] order.
@@ -1016,19 +1021,7 @@ mod tests {
     /// logarithms per observation, whatever it is.
     fn update_uncached(b: &mut Bet, x: f64, n: u64, mean: f64, variance: f64, binary: bool) {
         let m = b.limit;
-        let nf = n as f64;
-        let shrunk = (nf * mean + BET_PRIOR * m) / (nf + BET_PRIOR);
-        let edge = shrunk - m;
-        let (up, down) = if binary {
-            let kelly = edge / (m * (1.0 - m));
-            (kelly.max(0.0), (-kelly).max(0.0))
-        } else {
-            let spread = (nf * variance + BET_PRIOR * 0.25) / (nf + BET_PRIOR) + edge * edge;
-            let grapa = edge / spread.max(1e-9);
-            (grapa.max(0.0), (-grapa).max(0.0))
-        };
-        let up = up.min(BET_CAP / m);
-        let down = down.min(BET_CAP / (1.0 - m));
+        let (up, down) = b.adaptive_stakes(n, mean, variance, binary);
         let x = x.clamp(0.0, 1.0);
         b.log_above += (1.0 + up * (x - m)).ln();
         b.log_below += (1.0 - down * (x - m)).ln();

@@ -165,11 +165,16 @@ pub struct Shared {
     /// The event number the stored checkpoints were last said to cover (see
     /// [`Store::checkpoints_cover`]); a pass that covers nothing new writes nothing.
     checkpoints_cover: std::sync::atomic::AtomicU64,
+    /// A tick's assessment is under way (the next `Tick` waits for it rather than queueing
+    /// another behind it).
+    assessing: AtomicBool,
 }
 
 /// Every way a state change can start.
 pub enum Input {
     Tick,
+    /// A tick's assessment, done on the evaluation thread while commands were served.
+    Assessed(Box<Assessment>),
     Command {
         rollout: String,
         actor: String,
@@ -196,6 +201,15 @@ pub enum Input {
     /// One round of metrics-source answers (`serve::prometheus::run_sources`).
     SourceRound(Vec<crate::core::source::SourceAnswer>),
     Shutdown,
+}
+
+/// What a tick's evaluation found: the decisions due and every rollout's verdicts (with the
+/// revision they were computed at), under one engine generation (one config).
+pub struct Assessment {
+    now: Millis,
+    generation: u64,
+    due: Vec<Pending>,
+    verdicts: Vec<Option<(u64, Vec<GateVerdict>)>>,
 }
 
 /// The outcome of one ingest batch.
@@ -329,6 +343,7 @@ impl Shared {
             ui: crate::serve::ui::state::Ui::default(),
             evaluator: Evaluator::start()?,
             checkpoints_cover: std::sync::atomic::AtomicU64::new(0),
+            assessing: AtomicBool::new(false),
         });
         let (committed_tx, committed) = std::sync::mpsc::sync_channel(2);
         let weak = Arc::downgrade(&shared);
@@ -526,37 +541,51 @@ impl Shared {
     }
 
     /// Every rollout's verdicts and the decisions due at `now`, taking the engine lock for one
-    /// rollout at a time: ingestion interleaves with the evaluation instead of waiting for all
-    /// of it. Runs on the evaluation thread.
-    fn assess_all(&self, now: Millis) -> (Vec<Pending>, Vec<Vec<GateVerdict>>) {
-        let count = self.engine().rollouts.len();
-        let mut pending = Vec::new();
+    /// rollout at a time: ingestion and commands interleave with the evaluation instead of
+    /// waiting for all of it. Runs on the evaluation thread; a reload meanwhile (another
+    /// generation) ends it early, and the controller then drops it.
+    fn assess_all(&self, now: Millis) -> Assessment {
+        let (count, generation) = {
+            let engine = self.engine();
+            (engine.rollouts.len(), engine.generation)
+        };
+        let mut due = Vec::new();
         let mut verdicts = Vec::with_capacity(count);
         for index in 0..count {
             let engine = self.engine();
-            if index >= engine.rollouts.len() {
+            if engine.generation != generation {
                 break;
             }
-            let (due, v) = engine.step_rollout(index, now);
+            let (pending, v) = engine.step_rollout(index, now);
+            verdicts.push(Some((engine.rollouts[index].revision, v)));
             drop(engine);
-            pending.extend(due);
-            verdicts.push(v);
+            due.extend(pending);
             yield_to_requests();
         }
-        pending.extend(self.engine().step_guards(now));
-        (pending, verdicts)
+        due.extend(self.engine().step_guards(now));
+        Assessment {
+            now,
+            generation,
+            due,
+            verdicts,
+        }
     }
 
     /// After a tick's decisions: every rollout's gauges (from the tick's verdicts), the UI's
     /// history and the checkpoints of changed evidence, one rollout per lock. Checkpoints are
     /// written [`CHECKPOINT_CHUNK`] at a time, so a tick after heavy ingestion never holds a
     /// copy of the whole fleet's evidence. Runs on the evaluation thread.
-    /// A rollout without verdicts (`None`: a decision changed it since) has them computed here.
-    fn observe_all(&self, now: Millis, verdicts: &[Option<Vec<GateVerdict>>]) {
+    /// A rollout whose verdicts are missing or stale (a decision changed it since) has them
+    /// computed here. After a reload (another generation) it stops: the next tick observes.
+    fn observe_all(&self, assessed: &Assessment) {
+        let now = assessed.now;
         // Every event up to here is in the evidence of a scope now dirty or already
         // checkpointed: once this pass's checkpoints are all written, the store covers it.
         let (count, covers) = {
             let engine = self.engine();
+            if engine.generation != assessed.generation {
+                return;
+            }
             self.metrics.forget_removed(&engine);
             self.ui.history.forget_removed(&engine);
             (engine.rollouts.len(), engine.recorded_seq)
@@ -565,11 +594,18 @@ impl Shared {
         let mut written = true;
         for i in 0..count {
             let mut engine = self.engine();
-            if i >= engine.rollouts.len() {
+            if engine.generation != assessed.generation {
+                written = false;
                 break;
             }
-            match verdicts.get(i).and_then(Option::as_ref) {
-                Some(v) => self.metrics.observe_rollout(&engine, i, now, v),
+            let revision = engine.rollouts[i].revision;
+            match assessed
+                .verdicts
+                .get(i)
+                .and_then(Option::as_ref)
+                .filter(|(at, _)| *at == revision)
+            {
+                Some((_, v)) => self.metrics.observe_rollout(&engine, i, now, v),
                 None => {
                     let v = crate::core::rollout::verdicts(
                         &engine.plan.rollouts[i],
@@ -927,29 +963,62 @@ async fn commit(
     Ok(receipt)
 }
 
-/// One tick: assess every rollout and guard, act on what is due. On a shared store the
-/// leader first pulls the events every replica committed since the last tick.
-async fn tick(shared: &Arc<Shared>) {
-    if let Some(replica) = &shared.replica {
-        if let Err(e) = pull_events(shared, replica).await {
-            tracing::warn!(error = %e, "could not read new events; no decision this tick");
-            return;
-        }
+/// Starts a tick: on a shared store the leader first pulls the events every replica committed
+/// since the last one; then every rollout and guard is assessed on the evaluation thread, and
+/// the result comes back as [`Input::Assessed`]. The controller serves commands meanwhile, so
+/// an operator never waits for an evaluation.
+fn start_tick(shared: &Arc<Shared>) {
+    if shared.assessing.swap(true, Ordering::AcqRel) {
+        return; // the last tick's assessment is still running
     }
-    let now = shared.clock.now();
-    // The evaluation runs on its own low-priority thread, one rollout per engine lock: no
-    // request worker and no request's lock waits behind it.
-    let s = Arc::clone(shared);
-    let Some((due, verdicts)) = shared.evaluator.run(move || s.assess_all(now)).await else {
-        tracing::error!("the evaluation thread failed; no decision this tick");
-        return;
-    };
-    let mut verdicts: Vec<Option<Vec<GateVerdict>>> = verdicts.into_iter().map(Some).collect();
-    for pending in due {
+    let shared = Arc::clone(shared);
+    tokio::spawn(async move {
+        if let Some(replica) = &shared.replica {
+            if let Err(e) = pull_events(&shared, replica).await {
+                tracing::warn!(error = %e, "could not read new events; no decision this tick");
+                shared.assessing.store(false, Ordering::Release);
+                return;
+            }
+        }
+        let now = shared.clock.now();
+        // The evaluation runs on its own low-priority thread, one rollout per engine lock: no
+        // request worker, no request's lock and no command waits behind it.
+        let s = Arc::clone(&shared);
+        match shared.evaluator.run(move || s.assess_all(now)).await {
+            Some(assessed) => {
+                let _ = shared
+                    .inputs
+                    .send(Input::Assessed(Box::new(assessed)))
+                    .await;
+            }
+            None => {
+                tracing::error!("the evaluation thread failed; no decision this tick");
+                shared.assessing.store(false, Ordering::Release);
+            }
+        }
+    });
+}
+
+/// Ends a tick: commits the decisions still due (a command or a reload since the assessment
+/// makes a decision stale; the next tick assesses again), then hands the gauges, the UI's
+/// history and the checkpoints to the evaluation thread without waiting for them.
+async fn finish_tick(shared: &Arc<Shared>, mut assessed: Assessment) {
+    shared.assessing.store(false, Ordering::Release);
+    for pending in std::mem::take(&mut assessed.due) {
+        let current = {
+            let engine = shared.engine();
+            engine.generation == assessed.generation && engine.still_due(&pending)
+        };
+        if !current {
+            tracing::debug!(
+                "a decision went stale while it was assessed; the next tick assesses again"
+            );
+            continue;
+        }
         if let Pending::Rollout { index, .. } = &pending {
             // A decision changes what the gates look at: observe_all computes its rollout's
             // verdicts again, on the evaluation thread.
-            if let Some(slot) = verdicts.get_mut(*index) {
+            if let Some(slot) = assessed.verdicts.get_mut(*index) {
                 *slot = None;
             }
         }
@@ -958,14 +1027,7 @@ async fn tick(shared: &Arc<Shared>) {
         }
     }
     let s = Arc::clone(shared);
-    if shared
-        .evaluator
-        .run(move || s.observe_all(now, &verdicts))
-        .await
-        .is_none()
-    {
-        tracing::error!("the evaluation thread failed while recording the tick");
-    }
+    shared.evaluator.submit(move || s.observe_all(&assessed));
 }
 
 /// The leader's cursor over the shared event table: records, in commit order, every event
@@ -1468,8 +1530,12 @@ async fn reload_follower(
 pub async fn run_controller(shared: Arc<Shared>, mut inputs: mpsc::Receiver<Input>) {
     while let Some(input) = inputs.recv().await {
         match input {
-            Input::Tick if shared.is_leader() => tick(&shared).await,
+            Input::Tick if shared.is_leader() => start_tick(&shared),
             Input::Tick => {}
+            Input::Assessed(assessed) if shared.is_leader() => {
+                finish_tick(&shared, *assessed).await;
+            }
+            Input::Assessed(_) => shared.assessing.store(false, Ordering::Release),
             Input::Command {
                 rollout,
                 actor,

@@ -4,7 +4,8 @@
 //! worker, and when a request and the evaluation both want the CPU the kernel runs the request.
 //!
 //! The work itself takes the engine lock one rollout at a time (see `Shared::assess_all`), so
-//! ingestion, which needs the lock briefly, is never held behind a whole tick either.
+//! ingestion, which needs the lock briefly, is never held behind a whole tick either; and the
+//! controller does not wait for it (`start_tick`, `finish_tick`), so neither is a command.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc;
@@ -31,7 +32,9 @@ impl Evaluator {
                 lower_priority();
                 while let Ok(job) = queue.recv() {
                     // A panicking job loses its answer (its caller sees `None`), not the thread.
-                    let _ = std::panic::catch_unwind(AssertUnwindSafe(job));
+                    if std::panic::catch_unwind(AssertUnwindSafe(job)).is_err() {
+                        tracing::error!("an evaluation job panicked; its work was lost");
+                    }
                 }
             })?;
         Ok(Evaluator { jobs })
@@ -50,6 +53,14 @@ impl Evaluator {
             }))
             .ok()?;
         rx.await.ok()
+    }
+
+    /// Runs `work` on the evaluation thread without waiting for it (after every job queued
+    /// before it, before every job queued after); a panic in it is logged.
+    pub fn submit(&self, work: impl FnOnce() + Send + 'static) {
+        if self.jobs.send(Box::new(work)).is_err() {
+            tracing::error!("the evaluation thread is gone; work dropped");
+        }
     }
 }
 
