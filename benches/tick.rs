@@ -1,14 +1,18 @@
 //! The controller's tick at a thousand rollouts (issue 14): a generated config of 1 000
-//! rollouts × 3 segments with evidence in every arm; measures `Engine::step` (every verdict
-//! and decision) and `Metrics::observe` (every gauge), and as the bare baseline the same
-//! rollouts' verdicts alone, in the same run. Run with `cargo bench --bench tick`.
+//! rollouts × 3 segments with evidence in every arm; measures, with criterion, `Engine::step`
+//! (every verdict and decision) and `Metrics::observe` (every gauge), and as the bare baseline
+//! the same rollouts' verdicts alone, in the same run; then prints each against the baseline
+//! (medians of the same timed samples criterion analysed), resident memory, routing and the
+//! scrape sizes. Run with `cargo bench --bench tick`.
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark times itself with the wall clock"
 )]
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
 
 use stagegate::core::engine::{Engine, Route};
 use stagegate::core::evidence::Arm;
@@ -53,6 +57,12 @@ fn record_everywhere(engine: &mut Engine, tag: &str, k: u64) -> u64 {
     n
 }
 
+/// The middle of `values` (0 when empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
 /// This process's resident memory.
 fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
@@ -68,9 +78,11 @@ fn rss_mib() -> f64 {
 fn main() {
     let plan = Plan::parse(std::path::Path::new("tick.yaml"), &config()).expect("generated config");
     let mut engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
-    // 60 tasks per arm per segment: evidence everywhere, no decision due.
+    // 120 tasks per arm per segment: evidence everywhere, past the 100 samples below which a
+    // check answers `inconclusive` without computing (so every timed function sees every
+    // statistic computed, however many iterations criterion runs), and no decision due.
     let mut n = 0u64;
-    for k in 0..60 {
+    for k in 0..120 {
         n += record_everywhere(&mut engine, &format!("e{k}"), k);
     }
     // Routing: which rollout, segment and arm an event belongs to, against parsing it (the
@@ -96,35 +108,53 @@ fn main() {
     let rss_evidence = rss_mib();
     let metrics = Metrics::new();
     metrics.init_series(&engine.plan);
-    let rounds = 5;
-    // Before each timed round every arm of every segment gets one more task (untimed): a tick
-    // where every rollout's evidence changed. As in the server, recording keeps an arm's
-    // quantile buckets current, and every other statistic is computed afresh.
-    let mut round = 0u64;
-    let mut time = |engine: &mut Engine, f: &mut dyn FnMut(&Engine)| {
-        let mut total = 0.0;
-        for _ in 0..rounds {
-            round += 1;
-            record_everywhere(engine, &format!("t{round}"), 1000 + round);
-            let t = Instant::now();
-            f(engine);
-            total += t.elapsed().as_secs_f64();
-        }
-        total * 1000.0 / f64::from(rounds)
-    };
+    // Before each timed iteration every arm of every segment gets one more task (untimed): a
+    // tick where every rollout's evidence changed. As in the server, recording keeps an arm's
+    // quantile buckets current, and every other statistic is computed afresh. Criterion sees
+    // the timed part only; each function's samples are kept to print ratios to the baseline.
     let now = 60_000;
-    let bare = time(&mut engine, &mut |engine| {
-        for (plan, rt) in engine.plan.rollouts.iter().zip(&engine.rollouts) {
-            std::hint::black_box(stagegate::core::rollout::verdicts(
-                plan,
-                &rt.state,
-                &rt.evidence,
-            ));
-        }
+    let mut criterion = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(4))
+        .configure_from_args();
+    let mut group = criterion.benchmark_group("tick at 1000 rollouts");
+    let mut round = 0u64;
+    let mut timed =
+        |engine: &mut Engine, iters: u64, samples: &mut Vec<f64>, f: &mut dyn FnMut(&Engine)| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                round += 1;
+                record_everywhere(engine, &format!("t{round}"), 1000 + round);
+                let t = Instant::now();
+                f(engine);
+                let took = t.elapsed();
+                samples.push(took.as_secs_f64() * 1000.0);
+                total += took;
+            }
+            total
+        };
+    let (mut bare, mut step, mut observe) = (Vec::new(), Vec::new(), Vec::new());
+    group.bench_function("verdicts (baseline)", |b| {
+        b.iter_custom(|iters| {
+            timed(&mut engine, iters, &mut bare, &mut |engine| {
+                for (plan, rt) in engine.plan.rollouts.iter().zip(&engine.rollouts) {
+                    std::hint::black_box(stagegate::core::rollout::verdicts(
+                        plan,
+                        &rt.state,
+                        &rt.evidence,
+                    ));
+                }
+            })
+        });
     });
     let mut verdicts = Vec::new();
-    let step = time(&mut engine, &mut |engine| {
-        verdicts = std::hint::black_box(engine.step_with_verdicts(now)).1;
+    group.bench_function("Engine::step", |b| {
+        b.iter_custom(|iters| {
+            timed(&mut engine, iters, &mut step, &mut |engine| {
+                verdicts = std::hint::black_box(engine.step_with_verdicts(now)).1;
+            })
+        });
     });
     let t = Instant::now();
     metrics.observe_with(&engine, now, &verdicts);
@@ -133,9 +163,15 @@ fn main() {
     let checkpoints = engine.take_checkpoints();
     let rss_checkpoints = rss_mib();
     drop(checkpoints);
-    let observe = time(&mut engine, &mut |engine| {
-        metrics.observe_with(engine, now, &verdicts)
+    group.bench_function("Metrics::observe_with", |b| {
+        b.iter_custom(|iters| {
+            timed(&mut engine, iters, &mut observe, &mut |engine| {
+                metrics.observe_with(engine, now, &verdicts)
+            })
+        });
     });
+    group.finish();
+    let (bare, step, observe) = (median(bare), median(step), median(observe));
     let t = Instant::now();
     let text = metrics.render();
     let render = t.elapsed().as_secs_f64() * 1000.0;
@@ -146,6 +182,7 @@ fn main() {
     println!(
         "  resident memory            {rss_evidence:8.0} MiB with the evidence, {rss_series:.0} MiB with every series, {rss_checkpoints:.0} MiB while every rollout's checkpoint is held"
     );
+    println!("  (medians of the samples criterion timed)");
     println!("  bare verdicts (baseline)   {bare:8.1} ms");
     println!(
         "  Engine::step (+ verdicts)  {step:8.1} ms  ({:.2}× the baseline)",
