@@ -6,6 +6,7 @@
 //! persists the decision with its receipt and only then applies it.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -631,13 +632,21 @@ fn expansion(
     let Some(next) = plan.stages.get(stage + 1) else {
         return Err("at the last stage".into());
     };
-    let pending: Vec<String> = verdicts
+    // Written into one string: every held rollout writes this at every tick.
+    let mut waiting = String::new();
+    for v in verdicts
         .iter()
         .filter(|v| v.verdict != Verdict::Pass && !plan.observes(&v.gate))
-        .map(|v| format!("{}@{} {}", v.gate, v.segment, v.verdict.name()))
-        .collect();
-    if !pending.is_empty() {
-        return Err(format!("waiting for gates to pass: {}", pending.join(", ")));
+    {
+        waiting.push_str(if waiting.is_empty() {
+            "waiting for gates to pass: "
+        } else {
+            ", "
+        });
+        let _ = write!(waiting, "{}@{} {}", v.gate, v.segment, v.verdict.name());
+    }
+    if !waiting.is_empty() {
+        return Err(waiting);
     }
     // Narrowed with memory: the gate that breached must pass where it breached, on evidence
     // gathered since the narrow (this epoch), before the candidate goes back there.
@@ -1142,6 +1151,21 @@ auth: { open: true }
     fn record(engine: &mut Engine, e: &TaskEvent) {
         let route = engine.route(e).expect("routable");
         engine.record(&route, e);
+    }
+
+    #[test]
+    fn a_rollout_without_evidence_waits_for_every_gate_by_name_and_segment() {
+        let s = Sim::new();
+        let waiting = s.engine.assess(0, s.now).waiting.unwrap_or_default();
+        let gates: Vec<String> = s.engine.plan.rollouts[0]
+            .gates
+            .iter()
+            .map(|g| format!("{}@internal inconclusive", g.name))
+            .collect();
+        assert_eq!(
+            waiting,
+            format!("waiting for gates to pass: {}", gates.join(", "))
+        );
     }
 
     #[test]
