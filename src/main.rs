@@ -574,7 +574,7 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
         };
         stagegate::serve::listener::serve(
             listener,
-            stagegate::serve::api::router(shared.clone()),
+            stagegate::serve::api::Api::new(shared.clone()),
             limits,
             shutdown_signal(),
             std::time::Duration::from_secs(10),

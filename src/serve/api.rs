@@ -88,8 +88,36 @@ async fn admit(
     next.run(req).await
 }
 
+/// The API as the listener serves it: the request limits, every endpoint, and every error in
+/// the JSON shape. The limits and the error mapping run here, once per request, rather than as
+/// router layers, each of which clones and boxes the service stack for every request.
+#[derive(Clone)]
+pub struct Api {
+    router: Router,
+}
+
+impl Api {
+    pub fn new(shared: Arc<Shared>) -> Api {
+        Api {
+            router: router(shared),
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(&self, req: Request<hyper::body::Incoming>) -> Response {
+        if let Some(refused) = request_limits(&req) {
+            return refused;
+        }
+        let response = match tower::ServiceExt::oneshot(self.router.clone(), req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        json_errors(response).await
+    }
+}
+
 /// The router with every endpoint.
-pub fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.plan.load().server.max_body_bytes;
     let gate =
         |access: Access| axum::middleware::from_fn_with_state((Arc::clone(&shared), access), admit);
@@ -151,8 +179,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
                 "method not allowed on this endpoint",
             )
         })
-        .layer(axum::middleware::from_fn(request_limits))
-        .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(shared)
 }
@@ -165,15 +191,18 @@ pub const MAX_HEADERS: usize = 64;
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 
 /// Refuses oversized request targets (414) and headers (431) before routing.
-async fn request_limits(req: Request, next: axum::middleware::Next) -> Response {
+/// The refusal of a request whose target or headers are too large, if it is one.
+fn request_limits<B>(req: &axum::http::Request<B>) -> Option<Response> {
     let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if uri > MAX_URI_BYTES {
-        return ApiError::new(
-            StatusCode::URI_TOO_LONG,
-            "uri_too_long",
-            format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
-        )
-        .into_response();
+        return Some(
+            ApiError::new(
+                StatusCode::URI_TOO_LONG,
+                "uri_too_long",
+                format!("the request target is {uri} bytes; at most {MAX_URI_BYTES} are accepted"),
+            )
+            .into_response(),
+        );
     }
     let headers = req.headers();
     let bytes: usize = headers
@@ -181,7 +210,7 @@ async fn request_limits(req: Request, next: axum::middleware::Next) -> Response 
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum();
     if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
-        return ApiError::new(
+        return Some(ApiError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!(
@@ -189,9 +218,9 @@ async fn request_limits(req: Request, next: axum::middleware::Next) -> Response 
                 headers.len()
             ),
         )
-        .into_response();
+        .into_response());
     }
-    next.run(req).await
+    None
 }
 
 /// Every error leaves in the one JSON shape, including the plain-text rejections axum's

@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
@@ -49,11 +48,11 @@ struct Activity {
     active: AtomicUsize,
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then drains open connections
+/// Serves `api` on `listener` until `shutdown` resolves, then drains open connections
 /// (at most `drain` long).
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    api: crate::serve::api::Api,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
@@ -95,7 +94,7 @@ pub async fn serve(
                 }
             },
         };
-        let router = router.clone();
+        let api = api.clone();
         let mut stop = stop_rx.clone();
         let idle = limits.idle_timeout;
         tokio::spawn(async move {
@@ -106,16 +105,16 @@ pub async fn serve(
                 .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let tracked = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-                let router = router.clone();
+                let api = api.clone();
                 let tracked = Arc::clone(&tracked);
                 tracked.active.fetch_add(1, Ordering::Relaxed);
                 async move {
-                    let response = tower::ServiceExt::oneshot(router, req).await;
+                    let response = api.handle(req).await;
                     tracked
                         .last_ms
                         .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
                     tracked.active.fetch_sub(1, Ordering::Relaxed);
-                    response
+                    Ok::<_, std::convert::Infallible>(response)
                 }
             });
             let mut builder = hyper::server::conn::http1::Builder::new();
