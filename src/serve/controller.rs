@@ -553,7 +553,7 @@ impl Shared {
         let mut verdicts = Vec::with_capacity(count);
         for index in 0..count {
             let engine = self.engine();
-            if engine.generation != generation {
+            if engine.generation != generation || index >= engine.rollouts.len() {
                 break;
             }
             let (pending, v) = engine.step_rollout(index, now);
@@ -594,7 +594,7 @@ impl Shared {
         let mut written = true;
         for i in 0..count {
             let mut engine = self.engine();
-            if engine.generation != assessed.generation {
+            if engine.generation != assessed.generation || i >= engine.rollouts.len() {
                 written = false;
                 break;
             }
