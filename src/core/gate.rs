@@ -75,6 +75,9 @@ pub struct ArmSummary {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
     Text(String),
+    /// A relative check where the segment sends the baseline no traffic at this stage: it
+    /// does not count towards the gate's verdict.
+    NoBaseline,
     /// A test by betting's evidence (as ln e) both ways, and the e-value it decides at.
     Betting {
         breach: f64,
@@ -107,6 +110,7 @@ impl std::fmt::Display for Note {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Note::Text(t) => f.write_str(t),
+            Note::NoBaseline => f.write_str(NO_BASELINE),
             Note::Betting {
                 breach,
                 comply,
@@ -227,7 +231,7 @@ pub fn evaluate(gate: &GateSpec, segment: &str, input: &GateInput<'_>) -> GateVe
         .collect();
     let applicable: Vec<&CheckReport> = checks
         .iter()
-        .filter(|c| c.note.as_ref().and_then(Note::text) != Some(NO_BASELINE))
+        .filter(|c| c.note != Some(Note::NoBaseline))
         .collect();
     let verdict = if applicable.iter().any(|c| c.verdict == Verdict::Fail) {
         Verdict::Fail
@@ -282,7 +286,7 @@ fn evaluate_check(gate: &GateSpec, check: &Check, input: &GateInput<'_>) -> Chec
     };
     let baseline = if check.is_relative() {
         match input.baseline {
-            None => return report(None, None, Verdict::Inconclusive, Some(NO_BASELINE.into())),
+            None => return report(None, None, Verdict::Inconclusive, Some(Note::NoBaseline)),
             Some(b) => Some(b),
         }
     } else {
@@ -762,9 +766,11 @@ mod tests {
         );
         let v = run(&g, &evidence(&pairs), false);
         assert_eq!(v.verdict, Verdict::Pass);
+        assert_eq!(v.checks[1].note, Some(Note::NoBaseline));
         assert_eq!(
-            v.checks[1].note.as_ref().and_then(Note::text),
-            Some(NO_BASELINE)
+            serde_json::to_value(&v.checks[1]).expect("json")["note"],
+            NO_BASELINE,
+            "shown as before"
         );
     }
 
