@@ -52,6 +52,68 @@ fn roles_are_enforced_with_401_and_403() {
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
+/// Every authenticated endpoint, by the roles it admits: a missing token is 401 and a token of
+/// any other role 403, before the body or the path's names are looked at.
+#[test]
+fn every_endpoint_admits_exactly_the_roles_it_names() {
+    let server = Server::start(&config(""));
+    let ingest = &[INGEST, ADMIN][..];
+    let read = &[READER, INGEST, OPERATOR, ADMIN][..];
+    let operate = &[OPERATOR, ADMIN][..];
+    let admin = &[ADMIN][..];
+    let endpoints: &[(&str, &str, &[&str])] = &[
+        ("POST", "/v1/assign", ingest),
+        ("POST", "/ofrep/v1/evaluate/flags", ingest),
+        ("POST", "/ofrep/v1/evaluate/flags/support-reply", ingest),
+        ("POST", "/v1/events", ingest),
+        ("GET", "/v1/rollouts", read),
+        ("GET", "/v1/rollouts/nope", read),
+        ("GET", "/v1/workflows", read),
+        ("GET", "/v1/receipts", read),
+        ("GET", "/v1/receipts/nope", read),
+        ("POST", "/v1/rollouts/nope/pause", operate),
+        ("POST", "/v1/rollouts/nope/resume", operate),
+        ("POST", "/v1/rollouts/nope/rollback", operate),
+        ("GET", "/v1/rollouts/nope/affected", operate),
+        ("POST", "/v1/rollouts/nope/affected/e1", operate),
+        ("POST", "/v1/workflows/nope/resume", operate),
+        ("POST", "/v1/rollouts/nope/promote", admin),
+        ("POST", "/v1/config/reload", admin),
+    ];
+    let body = json!({"reason": "x"});
+    for &(method, path, allowed) in endpoints {
+        for token in [
+            None,
+            Some(READER),
+            Some(INGEST),
+            Some(OPERATOR),
+            Some(ADMIN),
+        ] {
+            let r = match method {
+                "GET" => server.get(path, token),
+                _ => server.post(path, token, &body),
+            };
+            let expected = match token {
+                None => Some(401),
+                Some(t) if !allowed.contains(&t) => Some(403),
+                Some(_) => None,
+            };
+            match expected {
+                Some(status) => assert_eq!(
+                    r.status, status,
+                    "{method} {path} with {token:?}: {}",
+                    r.text
+                ),
+                None => assert!(
+                    r.status != 401 && r.status != 403,
+                    "{method} {path} refused {token:?}: {}",
+                    r.text
+                ),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_malformed_event_is_rejected_alone() {
     let server = Server::start(&config(""));

@@ -6,9 +6,10 @@
 //! (seed 0, as Unleash does) modulo 10 000 basis points: a subject is on the candidate iff its
 //! bucket is below the segment's weight, so raising a weight never moves anyone off it.
 
-use std::collections::HashMap;
 use std::io::Read;
 use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::core::event::Mode;
 use crate::core::rollout::Phase;
@@ -70,7 +71,9 @@ pub struct WorkflowRoute {
 #[derive(Debug, Clone, Default)]
 pub struct Routing {
     pub workflows: Vec<Arc<WorkflowRoute>>,
-    index: Arc<HashMap<String, usize>>,
+    /// Workflow name → position. Keyed by the config's names only, so a fast unkeyed hash is
+    /// safe: a request's name can only miss, never make the table degrade.
+    index: Arc<FxHashMap<String, usize>>,
 }
 
 /// Why a task got its version.

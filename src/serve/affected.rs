@@ -6,7 +6,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use crate::core::affected::{AffectedItem, Tag, TagRecord};
 use crate::core::clock::rfc3339;
 use crate::serve::controller::{Shared, affected_list};
 use crate::serve::failure::InputError;
-use crate::serve::http::{ApiError, Body, Caller, blocking};
+use crate::serve::http::{Admitted, ApiError, Body, access, blocking};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,7 @@ pub struct AffectedQuery {
 }
 
 pub async fn list(
+    _admitted: Admitted<access::Operator>,
     State(shared): State<Arc<Shared>>,
     Path(name): Path<String>,
     Query(q): Query<AffectedQuery>,
@@ -100,8 +101,8 @@ struct TagBody {
 pub const MAX_NOTE_BYTES: usize = 2_000;
 
 pub async fn tag(
+    Admitted { caller, .. }: Admitted<access::Operator>,
     State(shared): State<Arc<Shared>>,
-    Extension(caller): Extension<Caller>,
     Path((name, event_id)): Path<(String, String)>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -131,7 +132,7 @@ pub async fn tag(
         let record = TagRecord {
             tag,
             note: req.note,
-            by: caller.name,
+            by: caller.name.to_string(),
             at: rfc3339(now),
         };
         s.store

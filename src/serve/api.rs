@@ -5,10 +5,9 @@
 //! with the matching status.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Extension, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -17,76 +16,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::core::rollout::Command;
-use crate::plan::Role;
 use crate::serve::controller::{IngestError, Input, Shared};
-use crate::serve::http::{ApiError, Body, Caller, MAX_REASON_BYTES, authorize, blocking};
+use crate::serve::http::{
+    Admitted, ApiError, Attributes, Body, Caller, MAX_REASON_BYTES, access, blocking,
+};
 use crate::serve::metrics::Metrics;
 
 type AppState = State<Arc<Shared>>;
-
-/// Who may call a route. Checked from the headers alone, before any body byte is read.
-#[derive(Clone, Copy)]
-enum Access {
-    /// Assignment and OFREP: an ingest token, unless `auth.open_assign`.
-    Assign,
-    Needs(Role),
-}
-
-/// Authorizes from the headers, then reserves the request's body size from the in-flight body
-/// budget (`server.max_inflight_body_bytes`) for as long as the request runs. A request without
-/// a valid token never gets to send its body; one that would overflow the budget gets 503.
-async fn admit(
-    State((shared, access)): State<(Arc<Shared>, Access)>,
-    mut req: Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let caller = match access {
-        Access::Assign if shared.tokens.load().open_assign => Ok(Caller {
-            name: "anonymous".into(),
-        }),
-        Access::Assign => authorize(&shared, req.headers(), Role::Ingest),
-        Access::Needs(role) => authorize(&shared, req.headers(), role),
-    };
-    let caller = match caller {
-        Ok(c) => c,
-        Err(e) => return e.into_response(),
-    };
-    let _reserved = if req.method() == axum::http::Method::POST {
-        let limit = shared.plan.load().server.max_body_bytes;
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > limit) {
-            return ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the body is larger than server.max_body_bytes ({limit})"),
-            )
-            .into_response();
-        }
-        match shared.body_budget.reserve(declared.unwrap_or(limit)) {
-            Some(permit) => Some(permit),
-            None => {
-                let mut response = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy",
-                    "too many request bytes in flight (server.max_inflight_body_bytes); retry shortly",
-                )
-                .into_response();
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                return response;
-            }
-        }
-    } else {
-        None
-    };
-    req.extensions_mut().insert(caller);
-    next.run(req).await
-}
 
 /// The API as the listener serves it: the request limits, every endpoint, and every error in
 /// the JSON shape. The limits and the error mapping run here, once per request, rather than as
@@ -119,9 +55,8 @@ impl Api {
 /// The router with every endpoint.
 fn router(shared: Arc<Shared>) -> Router {
     let limit = shared.plan.load().server.max_body_bytes;
-    let gate =
-        |access: Access| axum::middleware::from_fn_with_state((Arc::clone(&shared), access), admit);
-    let assign_routes = Router::new()
+    // Each handler's first argument, `Admitted<access::…>`, says who may call it.
+    Router::new()
         .route("/v1/assign", post(assign))
         .route(
             "/ofrep/v1/evaluate/flags",
@@ -131,18 +66,12 @@ fn router(shared: Arc<Shared>) -> Router {
             "/ofrep/v1/evaluate/flags/{key}",
             post(crate::serve::ofrep::evaluate_flag),
         )
-        .route_layer(gate(Access::Assign));
-    let ingest_routes = Router::new()
         .route("/v1/events", post(events))
-        .route_layer(gate(Access::Needs(Role::Ingest)));
-    let read_routes = Router::new()
         .route("/v1/rollouts", get(list_rollouts))
         .route("/v1/rollouts/{name}", get(get_rollout))
         .route("/v1/workflows", get(list_workflows))
         .route("/v1/receipts", get(list_receipts))
         .route("/v1/receipts/{id}", get(get_receipt))
-        .route_layer(gate(Access::Needs(Role::Read)));
-    let operator_routes = Router::new()
         .route("/v1/rollouts/{name}/pause", post(pause))
         .route("/v1/rollouts/{name}/resume", post(resume))
         .route("/v1/rollouts/{name}/rollback", post(rollback))
@@ -155,17 +84,8 @@ fn router(shared: Arc<Shared>) -> Router {
             post(crate::serve::affected::tag),
         )
         .route("/v1/workflows/{name}/resume", post(resume_workflow))
-        .route_layer(gate(Access::Needs(Role::Operator)));
-    let admin_routes = Router::new()
         .route("/v1/rollouts/{name}/promote", post(promote))
         .route("/v1/config/reload", post(reload))
-        .route_layer(gate(Access::Needs(Role::Admin)));
-    Router::new()
-        .merge(assign_routes)
-        .merge(ingest_routes)
-        .merge(read_routes)
-        .merge(operator_routes)
-        .merge(admin_routes)
         .merge(crate::serve::ui::router())
         .route("/metrics", get(metrics))
         .route("/metrics/gates", get(gate_metrics))
@@ -270,7 +190,7 @@ struct AssignRequest<'a> {
     #[serde(borrow, default)]
     subject: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
-    attributes: HashMap<Cow<'a, str>, Cow<'a, str>>,
+    attributes: Attributes<'a>,
 }
 
 #[derive(Serialize)]
@@ -284,18 +204,19 @@ struct AssignResponse<'a> {
     reason: &'static str,
 }
 
-async fn assign(State(shared): AppState, body: Body) -> Result<Response, ApiError> {
+async fn assign(
+    _admitted: Admitted<access::Assign>,
+    State(shared): AppState,
+    body: Body,
+) -> Result<Response, ApiError> {
     let req: AssignRequest<'_> = body.json()?;
-    crate::core::event::check_identity(
-        req.subject.as_deref(),
-        req.attributes.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
-    )
-    .map_err(ApiError::bad_request)?;
+    crate::core::event::check_identity(req.subject.as_deref(), req.attributes.pairs())
+        .map_err(ApiError::bad_request)?;
     let snapshot = shared.snapshot.load();
     let a = snapshot
         .routing
         .assign(&req.workflow, req.subject.as_deref(), |k| {
-            req.attributes.get(k).map(|v| v.as_ref())
+            req.attributes.get(k)
         })
         .ok_or_else(|| ApiError::not_found(format!("unknown workflow `{}`", req.workflow)))?;
     snapshot.counters[a.workflow_index][a.version_index].inc(a.mode);
@@ -319,7 +240,11 @@ async fn assign(State(shared): AppState, body: Body) -> Result<Response, ApiErro
         .into_response())
 }
 
-async fn events(State(shared): AppState, body: Body) -> Result<Response, ApiError> {
+async fn events(
+    _admitted: Admitted<access::Ingest>,
+    State(shared): AppState,
+    body: Body,
+) -> Result<Response, ApiError> {
     let outcome = shared.ingest(&body.0).await.map_err(|e| match e {
         IngestError::Body(m) => ApiError::bad_request(m),
         IngestError::Store(m) => {
@@ -329,7 +254,10 @@ async fn events(State(shared): AppState, body: Body) -> Result<Response, ApiErro
     Ok(Json(outcome).into_response())
 }
 
-async fn list_rollouts(State(shared): AppState) -> Result<Response, ApiError> {
+async fn list_rollouts(
+    _admitted: Admitted<access::Read>,
+    State(shared): AppState,
+) -> Result<Response, ApiError> {
     let now = shared.clock.now();
     let engine = shared.engine();
     let all: Vec<_> = (0..engine.rollouts.len())
@@ -339,6 +267,7 @@ async fn list_rollouts(State(shared): AppState) -> Result<Response, ApiError> {
 }
 
 async fn get_rollout(
+    _admitted: Admitted<access::Read>,
     State(shared): AppState,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -408,7 +337,7 @@ async fn command(
     let receipt = shared
         .ask(|reply| Input::Command {
             rollout: name,
-            actor: caller.name,
+            actor: caller.name.to_string(),
             command,
             idempotency_key,
             reply,
@@ -418,8 +347,8 @@ async fn command(
 }
 
 async fn pause(
+    Admitted { caller: c, .. }: Admitted<access::Operator>,
     State(s): AppState,
-    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     h: HeaderMap,
     b: Body,
@@ -428,8 +357,8 @@ async fn pause(
 }
 
 async fn resume(
+    Admitted { caller: c, .. }: Admitted<access::Operator>,
     State(s): AppState,
-    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     h: HeaderMap,
     b: Body,
@@ -442,8 +371,8 @@ async fn resume(
 }
 
 async fn promote(
+    Admitted { caller: c, .. }: Admitted<access::Admin>,
     State(s): AppState,
-    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     h: HeaderMap,
     b: Body,
@@ -456,8 +385,8 @@ async fn promote(
 }
 
 async fn rollback(
+    Admitted { caller: c, .. }: Admitted<access::Operator>,
     State(s): AppState,
-    Extension(c): Extension<Caller>,
     Path(n): Path<String>,
     h: HeaderMap,
     b: Body,
@@ -465,7 +394,10 @@ async fn rollback(
     command(s, c, n, h, b, |r| Command::Rollback { reason: r.reason }).await
 }
 
-async fn list_workflows(State(shared): AppState) -> Result<Response, ApiError> {
+async fn list_workflows(
+    _admitted: Admitted<access::Read>,
+    State(shared): AppState,
+) -> Result<Response, ApiError> {
     let now = shared.clock.now();
     let engine = shared.engine();
     let guarded: Vec<_> = (0..engine.guards.len())
@@ -475,8 +407,8 @@ async fn list_workflows(State(shared): AppState) -> Result<Response, ApiError> {
 }
 
 async fn resume_workflow(
+    Admitted { caller, .. }: Admitted<access::Operator>,
     State(shared): AppState,
-    Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -485,7 +417,7 @@ async fn resume_workflow(
     let receipt = shared
         .ask(|reply| Input::ResumeWorkflow {
             workflow: name,
-            actor: caller.name,
+            actor: caller.name.to_string(),
             reason: req.reason,
             ack: req.ack,
             reply,
@@ -503,6 +435,7 @@ struct ReceiptQuery {
 }
 
 async fn list_receipts(
+    _admitted: Admitted<access::Read>,
     State(shared): AppState,
     query: Result<Query<ReceiptQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
@@ -538,6 +471,7 @@ async fn list_receipts(
 }
 
 async fn get_receipt(
+    _admitted: Admitted<access::Read>,
     State(shared): AppState,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -556,14 +490,14 @@ struct ReloadQuery {
 }
 
 async fn reload(
+    Admitted { caller, .. }: Admitted<access::Admin>,
     State(shared): AppState,
-    Extension(caller): Extension<Caller>,
     query: Result<Query<ReloadQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let reloaded = shared
         .ask(|reply| Input::Reload {
-            actor: caller.name,
+            actor: caller.name.to_string(),
             force: q.force,
             reply: Some(reply),
         })

@@ -103,7 +103,8 @@ impl BodyBudget {
 /// A bearer token resolved from the environment.
 pub struct Token {
     pub secret: String,
-    pub name: String,
+    /// Shared with every request it admits (a `Caller`), so admitting one allocates nothing.
+    pub name: Arc<str>,
     pub role: Role,
 }
 
@@ -111,6 +112,8 @@ pub struct Token {
 pub struct Tokens {
     pub tokens: Option<Vec<Token>>,
     pub open_assign: bool,
+    /// The caller's name where no token is asked for.
+    pub anonymous: Arc<str>,
 }
 
 impl Tokens {
@@ -118,7 +121,7 @@ impl Tokens {
         let tokens = plan.auth.tokens.as_ref().map(|list| {
             list.iter()
                 .filter_map(|t| match std::env::var(&t.token_env) {
-                    Ok(secret) if !secret.is_empty() => Some(Token { secret, name: t.name.clone(), role: t.role }),
+                    Ok(secret) if !secret.is_empty() => Some(Token { secret, name: Arc::from(t.name.as_str()), role: t.role }),
                     _ => {
                         tracing::warn!(token = %t.name, env = %t.token_env, "token variable unset: this token is disabled");
                         None
@@ -129,6 +132,7 @@ impl Tokens {
         Tokens {
             tokens,
             open_assign: plan.auth.open_assign,
+            anonymous: Arc::from("anonymous"),
         }
     }
 }

@@ -7,7 +7,6 @@
 //! The bulk endpoint answers with a strong `ETag` over its body and honours `If-None-Match`.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -22,12 +21,12 @@ use sha2::{Digest, Sha256};
 use crate::core::assign::{Assignment, Reason};
 use crate::core::event::Scalar;
 use crate::serve::controller::Shared;
-use crate::serve::http::{ApiError, Body};
+use crate::serve::http::{Admitted, ApiError, Attributes, Body, Text, access};
 
 /// The evaluation context: the subject and the attributes, borrowed from the request body.
 struct Context<'a> {
     targeting_key: Cow<'a, str>,
-    attributes: HashMap<Cow<'a, str>, Cow<'a, str>>,
+    attributes: Attributes<'a>,
 }
 
 /// Why a request carries no usable context.
@@ -63,7 +62,8 @@ struct EvaluationRequest<'a> {
 
 /// `context`: an object of scalars, or something else (refused as not an object).
 enum ContextField<'a> {
-    Object(HashMap<Cow<'a, str>, Scalar<'a>>),
+    /// The fields in the order sent.
+    Object(Vec<(Cow<'a, str>, Scalar<'a>)>),
     NotObject,
 }
 
@@ -76,9 +76,9 @@ impl<'de: 'a, 'a> Deserialize<'de> for ContextField<'a> {
                 f.write_str("an object")
             }
             fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
-                let mut out = HashMap::new();
-                while let Some((k, v)) = map.next_entry::<Cow<'de, str>, Scalar<'de>>()? {
-                    out.insert(k, v);
+                let mut out = Vec::with_capacity(map.size_hint().unwrap_or(4).min(16));
+                while let Some((Text(k), v)) = map.next_entry::<Text<'de>, Scalar<'de>>()? {
+                    out.push((k, v));
                 }
                 Ok(ContextField::Object(out))
             }
@@ -124,26 +124,19 @@ fn context(body: &Body) -> Result<Context<'_>, ContextError> {
         Some(ContextField::Object(fields)) => fields,
     };
     let mut targeting_key = None;
-    let mut attributes = HashMap::with_capacity(fields.len());
+    let mut attributes = Attributes(Vec::with_capacity(fields.len()));
     for (k, v) in fields {
         match (k.as_ref(), v) {
-            ("targetingKey", Scalar::Text(t)) if !t.is_empty() => targeting_key = Some(t),
-            ("targetingKey", _) => {}
-            (_, Scalar::Text(t)) => {
-                attributes.insert(k, t);
-            }
-            (_, Scalar::Written(t)) => {
-                attributes.insert(k, Cow::Owned(t));
-            }
+            ("targetingKey", Scalar::Text(t)) => targeting_key = Some(t).filter(|t| !t.is_empty()),
+            ("targetingKey", _) => targeting_key = None,
+            (_, Scalar::Text(t)) => attributes.0.push((k, t)),
+            (_, Scalar::Written(t)) => attributes.0.push((k, Cow::Owned(t))),
             (_, Scalar::Other) => {}
         }
     }
     let targeting_key = targeting_key.ok_or(ContextError::TargetingKeyMissing)?;
-    crate::core::event::check_identity(
-        Some(&targeting_key),
-        attributes.iter().map(|(k, v)| (k.as_ref(), v.as_ref())),
-    )
-    .map_err(ContextError::Invalid)?;
+    crate::core::event::check_identity(Some(&targeting_key), attributes.pairs())
+        .map_err(ContextError::Invalid)?;
     Ok(Context {
         targeting_key,
         attributes,
@@ -203,6 +196,7 @@ fn evaluation<'a>(a: &Assignment<'a>) -> Evaluation<'a> {
 
 /// `POST /ofrep/v1/evaluate/flags/{key}`.
 pub async fn evaluate_flag(
+    _admitted: Admitted<access::Assign>,
     State(shared): State<Arc<Shared>>,
     Path(key): Path<String>,
     body: Body,
@@ -214,9 +208,7 @@ pub async fn evaluate_flag(
     let snapshot = shared.snapshot.load();
     let Some(a) = snapshot
         .routing
-        .assign(&key, Some(&ctx.targeting_key), |k| {
-            ctx.attributes.get(k).map(AsRef::as_ref)
-        })
+        .assign(&key, Some(&ctx.targeting_key), |k| ctx.attributes.get(k))
     else {
         let missing = json!({"key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": format!("no workflow `{key}`")});
         return Ok((StatusCode::NOT_FOUND, Json(missing)).into_response());
@@ -236,6 +228,7 @@ pub async fn evaluate_flag(
 
 /// `POST /ofrep/v1/evaluate/flags`: every workflow for one context.
 pub async fn evaluate_bulk(
+    _admitted: Admitted<access::Assign>,
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     body: Body,
@@ -252,9 +245,7 @@ pub async fn evaluate_bulk(
         .filter_map(|w| {
             snapshot
                 .routing
-                .assign(&w.name, Some(&ctx.targeting_key), |k| {
-                    ctx.attributes.get(k).map(AsRef::as_ref)
-                })
+                .assign(&w.name, Some(&ctx.targeting_key), |k| ctx.attributes.get(k))
         })
         .map(|a| evaluation(&a))
         .collect();
