@@ -179,8 +179,13 @@ fn a_malformed_event_is_rejected_alone() {
             .contains(r#"stagegate_events_total{outcome="duplicate",workflow="support-reply"} 1"#)
     );
     assert!(
-        metrics.contains(r#"stagegate_events_total{outcome="rejected",workflow="_unknown"}"#),
-        "unknown names never become labels"
+        metrics.contains(r#"stagegate_events_total{outcome="rejected",workflow="_unknown"} 6"#),
+        "unknown names never become labels; items that do not parse name no workflow: {metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"stagegate_events_total{outcome="rejected",workflow="support-reply"} 1"#),
+        "a known workflow's unknown version counts under the workflow"
     );
 }
 

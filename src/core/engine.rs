@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::core::assign::{RolloutRoute, Routing, WorkflowRoute};
@@ -114,14 +115,15 @@ pub struct Engine {
 /// rollout: at a thousand rollouts the scans were most of the ingest path.
 #[derive(Debug, Default)]
 struct Index {
-    /// Workflow name → its position in the plan, its rollout's, its guard's.
-    workflows: HashMap<String, (usize, Option<usize>, Option<usize>)>,
-    rollouts: HashMap<String, usize>,
+    /// Workflow name → its position in the plan, its rollout's, its guard's. Keyed by the
+    /// config's names only, so a fast unkeyed hash is safe (an event's name can only miss).
+    workflows: FxHashMap<String, (usize, Option<usize>, Option<usize>)>,
+    rollouts: FxHashMap<String, usize>,
 }
 
 impl Index {
     fn build(plan: &Plan, guards: &[GuardRuntime]) -> Index {
-        let mut workflows: HashMap<String, (usize, Option<usize>, Option<usize>)> = plan
+        let mut workflows: FxHashMap<String, (usize, Option<usize>, Option<usize>)> = plan
             .workflows
             .iter()
             .enumerate()
@@ -137,7 +139,7 @@ impl Index {
                 entry.2.get_or_insert(i);
             }
         }
-        let mut rollouts = HashMap::new();
+        let mut rollouts = FxHashMap::default();
         for (i, r) in plan.rollouts.iter().enumerate() {
             rollouts.entry(r.name.clone()).or_insert(i);
         }

@@ -150,16 +150,8 @@ pub fn check_identity<'a>(
 /// Checks one JSON item's shape and ranges (not whether the workflow exists: the engine does),
 /// parsing its text straight into the typed event.
 pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
-    let mut de = serde_json::Deserializer::from_str(item);
-    let w: WireEvent<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        if path == "." {
-            e.inner().to_string()
-        } else {
-            format!("`{path}`: {}", e.inner())
-        }
-    })?;
-    de.end().map_err(|e| e.to_string())?;
+    // The plain parse first; only an item that fails it is parsed again to name the field.
+    let w: WireEvent<'_> = serde_json::from_str(item).map_err(|e| wire_error(item, &e))?;
     let event_id = w.event_id.ok_or("missing `event_id`")?;
     if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
         return Err(format!("`event_id` must be 1 to {MAX_EVENT_ID} bytes"));
@@ -237,6 +229,23 @@ pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
         review: w.review,
         signals: w.signals,
     })
+}
+
+/// What is wrong with an item that does not parse as an event, naming the field at fault
+/// (`attributes.tier`: …) by parsing it again with the path tracked.
+fn wire_error(item: &str, plain: &serde_json::Error) -> String {
+    let mut de = serde_json::Deserializer::from_str(item);
+    let tracked = serde_path_to_error::deserialize::<_, WireEvent<'_>>(&mut de)
+        .err()
+        .map(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("`{path}`: {}", e.inner())
+            }
+        });
+    tracked.unwrap_or_else(|| plain.to_string())
 }
 
 /// Splits a request body into items, each the text of one JSON value borrowed from the body

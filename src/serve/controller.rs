@@ -7,12 +7,12 @@
 //! request tasks: it routes under a brief engine lock, commits the batch durably, then adds
 //! it to evidence.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::affected::{self, AffectedItem};
@@ -28,7 +28,9 @@ use crate::core::rollout::Command;
 use crate::plan::{Plan, Role, StorePlan};
 use crate::serve::evaluator::Evaluator;
 use crate::serve::failure::InputError;
-use crate::serve::metrics::{AssignmentCounters, Metrics, UNKNOWN_WORKFLOW};
+use crate::serve::metrics::{
+    AssignmentCounters, EventCounters, EventOutcome, Metrics, UNKNOWN_WORKFLOW,
+};
 use crate::serve::replica::{
     Answer, COMMAND_EXPIRY_MS, Forwarded, ForwardedError, Replica, Wake, run_election, run_listener,
 };
@@ -41,6 +43,8 @@ pub struct Snapshot {
     pub routing: Routing,
     /// `[workflow][version]` → its assignment counters (fixed per plan).
     pub counters: Arc<Vec<Vec<AssignmentCounters>>>,
+    /// `[workflow]` → its event counters (fixed per plan).
+    pub events: Arc<Vec<EventCounters>>,
     /// The engine generation (plan) this snapshot was built under.
     generation: u64,
 }
@@ -59,10 +63,21 @@ impl Snapshot {
             })
             .collect();
         Snapshot {
+            events: Arc::new(Snapshot::event_counters(engine, metrics)),
             routing,
             counters: Arc::new(counters),
             generation: engine.generation,
         }
+    }
+
+    /// Each workflow's event counters, by its position in `engine`'s plan.
+    fn event_counters(engine: &Engine, metrics: &Metrics) -> Vec<EventCounters> {
+        engine
+            .plan
+            .workflows
+            .iter()
+            .map(|w| metrics.event_counters(&w.name))
+            .collect()
     }
 
     /// This snapshot with workflow `w`'s route read again from the engine: what one decision
@@ -75,6 +90,7 @@ impl Snapshot {
         Snapshot {
             routing: self.routing.with_workflow(w, engine.workflow_route(w)),
             counters: Arc::clone(&self.counters),
+            events: Arc::clone(&self.events),
             generation: self.generation,
         }
     }
@@ -423,23 +439,33 @@ impl Shared {
             }
         }
         let mut unknown_rejects = outcome.rejected.len() as u64;
-        // Route under the lock; keep only what the plan knows.
+        // Route under the lock; keep only what the plan knows. Each routed item notes its
+        // workflow's position, which indexes the event counters of the same plan.
         let mut routed = Vec::with_capacity(valid.len());
         let generation;
+        let counters;
         {
             let engine = self.engine();
             generation = engine.generation;
+            let snapshot = self.snapshot.load();
+            counters = if snapshot.generation == generation {
+                Arc::clone(&snapshot.events)
+            } else {
+                Arc::new(Snapshot::event_counters(&engine, &self.metrics))
+            };
             for (index, event, text) in valid {
+                let workflow = engine.workflow_position(&event.workflow);
                 match engine.route(&event) {
                     Ok(route) => {
                         let scope = route.scope(&engine);
-                        routed.push((route, scope, event, text));
+                        // A routed event's workflow is in the plan; `MAX` indexes no counter.
+                        let workflow = workflow.unwrap_or(usize::MAX);
+                        routed.push((route, scope, event, text, workflow));
                     }
                     Err(error) => {
-                        if engine.plan.workflow(&event.workflow).is_some() {
-                            self.metrics.events(&event.workflow, "rejected", 1);
-                        } else {
-                            unknown_rejects += 1;
+                        match workflow.and_then(|w| counters.get(w)) {
+                            Some(c) => c.add(EventOutcome::Rejected, 1),
+                            None => unknown_rejects += 1,
                         }
                         outcome.rejected.push(Rejected { index, error });
                     }
@@ -447,27 +473,16 @@ impl Shared {
             }
         }
         self.metrics
-            .events(UNKNOWN_WORKFLOW, "rejected", unknown_rejects);
+            .events(UNKNOWN_WORKFLOW, EventOutcome::Rejected, unknown_rejects);
         outcome.rejected.sort_by_key(|r| r.index);
         if routed.is_empty() {
             return Ok(outcome);
         }
         let now = self.clock.now();
-        // Per workflow, the positions of its items: counted once the writer says which were new.
-        let mut by_workflow: HashMap<&str, Vec<u32>> = HashMap::new();
-        for (i, (_, _, event, _)) in routed.iter().enumerate() {
-            by_workflow
-                .entry(&event.workflow)
-                .or_default()
-                .push(i as u32);
-        }
-        let by_workflow: Vec<(String, Vec<u32>)> = by_workflow
-            .into_iter()
-            .map(|(w, positions)| (w.to_string(), positions))
-            .collect();
         let mut items = Vec::with_capacity(routed.len());
         let mut routes = Vec::with_capacity(routed.len());
-        for (route, scope, event, text) in routed {
+        let mut workflows = Vec::with_capacity(routed.len());
+        for (route, scope, event, text, workflow) in routed {
             let stored = scope.map(|(scope, epoch)| StoredBody {
                 scope,
                 epoch,
@@ -475,6 +490,7 @@ impl Shared {
             });
             items.push(BatchItem { event, stored });
             routes.push(route);
+            workflows.push(workflow);
         }
         let (reply, done) = oneshot::channel();
         let stopped = || IngestError::Store("the store writer stopped".into());
@@ -492,16 +508,19 @@ impl Shared {
             .await
             .map_err(|_| stopped())?
             .map_err(IngestError::Store)?;
-        for (workflow, positions) in &by_workflow {
-            let accepted = positions
-                .iter()
-                .filter(|&&i| fresh.get(i as usize).copied().unwrap_or(false))
-                .count() as u64;
-            let duplicates = positions.len() as u64 - accepted;
+        // Per workflow, how many were new and how many duplicates.
+        let mut tally: FxHashMap<usize, [u64; 2]> = FxHashMap::default();
+        for (i, &workflow) in workflows.iter().enumerate() {
+            let new = fresh.get(i).copied().unwrap_or(false);
+            tally.entry(workflow).or_default()[usize::from(!new)] += 1;
+        }
+        for (workflow, [accepted, duplicates]) in tally {
             outcome.accepted += accepted;
             outcome.duplicates += duplicates;
-            self.metrics.events(workflow, "accepted", accepted);
-            self.metrics.events(workflow, "duplicate", duplicates);
+            if let Some(c) = counters.get(workflow) {
+                c.add(EventOutcome::Accepted, accepted);
+                c.add(EventOutcome::Duplicate, duplicates);
+            }
         }
         Ok(outcome)
     }

@@ -95,6 +95,48 @@ impl AssignmentCounters {
     }
 }
 
+/// What became of an ingested event: the `outcome` of `stagegate_events_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventOutcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+impl EventOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventOutcome::Accepted => "accepted",
+            EventOutcome::Duplicate => "duplicate",
+            EventOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+/// One workflow's `stagegate_events_total` series, resolved once per plan rather than by label
+/// lookup per batch; a series still appears with its first count.
+pub struct EventCounters {
+    family: IntCounterVec,
+    workflow: String,
+    /// Accepted, duplicate, rejected.
+    series: [OnceLock<IntCounter>; 3],
+}
+
+impl EventCounters {
+    /// Counts `n` events of this workflow with `outcome`.
+    pub fn add(&self, outcome: EventOutcome, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.series[outcome as usize]
+            .get_or_init(|| {
+                self.family
+                    .with_label_values(&[self.workflow.as_str(), outcome.name()])
+            })
+            .inc_by(n);
+    }
+}
+
 /// The `outcome` values of `stagegate_notifications_total`.
 pub const NOTIFICATION_OUTCOMES: [&str; 4] = ["sent", "retried", "failed", "skipped"];
 
@@ -347,11 +389,20 @@ impl Metrics {
         }
     }
 
-    pub fn events(&self, workflow: &str, outcome: &str, n: u64) {
+    pub fn events(&self, workflow: &str, outcome: EventOutcome, n: u64) {
         if n > 0 {
             self.events
-                .with_label_values(&[workflow, outcome])
+                .with_label_values(&[workflow, outcome.name()])
                 .inc_by(n);
+        }
+    }
+
+    /// Workflow `workflow`'s event counters, to keep where ingestion finds them by position.
+    pub fn event_counters(&self, workflow: &str) -> EventCounters {
+        EventCounters {
+            family: self.events.clone(),
+            workflow: workflow.to_string(),
+            series: Default::default(),
         }
     }
 
