@@ -464,7 +464,14 @@ fn main() -> Result<()> {
         }
         bail!("stagegate did not answer /healthz");
     };
-    let bare = || Server::start(&baseline, &["127.0.0.1:0", &o.rollouts.to_string()], &log);
+    let bare_log = dir.path().join("bare.log");
+    let bare = || {
+        Server::start(
+            &baseline,
+            &["127.0.0.1:0", &o.rollouts.to_string()],
+            &bare_log,
+        )
+    };
     // One wrk load of `kind` over `connections`, each pausing `delay_ms` between requests.
     let run = |server: &Server, kind: &str, connections: usize, delay_ms: u64| {
         wrk(
@@ -533,22 +540,31 @@ fn main() -> Result<()> {
     let mut lines = Vec::new();
     let mut rss = Vec::new();
     for round in 1..=o.rounds {
-        // Closed loop: the most each serves.
+        // Both servers up at once (the idle one costs nothing), each load run on one and then
+        // at once on the other, alternating which goes first: this host's speed drifts by the
+        // minute, and a pair measured back to back drifts least.
         let b = bare()?;
-        let b_assign = run(&b, "assign", 32, 0)?;
-        let b_ofrep = run(&b, "ofrep", 32, 0)?;
-        let b_events = run(&b, "events", 8, 0)?;
+        let s = serve(&still)?;
+        let pair = |connections: usize, kind: &str, delay_ms: u64| -> Result<(Run, Run)> {
+            if round % 2 == 1 {
+                let bare = run(&b, kind, connections, delay_ms)?;
+                Ok((bare, run(&s, kind, connections, delay_ms)?))
+            } else {
+                let ours = run(&s, kind, connections, delay_ms)?;
+                Ok((run(&b, kind, connections, delay_ms)?, ours))
+            }
+        };
+        // Closed loop: the most each serves.
+        let (b_assign, s_assign) = pair(32, "assign", 0)?;
+        let (b_ofrep, s_ofrep) = pair(32, "ofrep", 0)?;
+        let (b_events, s_events) = pair(8, "events", 0)?;
         // Half the baseline's most, offered at a fixed rate: 10 ms between a connection's
-        // requests.
+        // requests. Stagegate's run comes last, just before the ticking one it is compared with.
         let rate = b_assign.rps / 2.0;
         let connections = ((rate / 100.0).round() as usize).clamp(8, 2000);
         let b_fixed = run(&b, "assign", connections, 10)?;
-        drop(b);
-        let s = serve(&still)?;
-        let s_assign = run(&s, "assign", 32, 0)?;
-        let s_ofrep = run(&s, "ofrep", 32, 0)?;
         let s_fixed = run(&s, "assign", connections, 10)?;
-        let s_events = run(&s, "events", 8, 0)?;
+        drop(b);
         drop(s);
         let s = serve(&ticking)?;
         let t_fixed = run(&s, "assign", connections, 10)?;
