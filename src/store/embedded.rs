@@ -21,12 +21,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 use redb::{
     Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
     TableDefinition, TableHandle,
 };
+use rustc_hash::FxHashMap;
 
 use super::{
     BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates, decode_event,
@@ -97,6 +98,37 @@ pub struct EmbeddedStore {
     health: Health,
     /// redb's page cache, bytes: the bound on what the store holds in memory.
     cache_bytes: usize,
+    /// Epochs whose start `epoch_first` is known to hold, so a commit looks up only new ones.
+    started: Mutex<StartedEpochs>,
+}
+
+/// A cache of `epoch_first`'s keys. Filled after a commit that wrote or read them; emptied
+/// (and its generation moved) inside any transaction that removes them and on recovery, so a
+/// commit that raced such a change adds nothing stale.
+#[derive(Default)]
+struct StartedEpochs {
+    generation: u64,
+    /// Scope → its epochs known to be started.
+    known: FxHashMap<String, Vec<u64>>,
+}
+
+impl StartedEpochs {
+    fn contains(&self, scope: &str, epoch: u64) -> bool {
+        self.known.get(scope).is_some_and(|e| e.contains(&epoch))
+    }
+}
+
+impl EmbeddedStore {
+    fn started(&self) -> MutexGuard<'_, StartedEpochs> {
+        self.started.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets every known epoch start (their table changed under the cache).
+    fn forget_started(&self) {
+        let mut started = self.started();
+        started.generation += 1;
+        started.known.clear();
+    }
 }
 
 /// Whether a redb error means the file system refused a write (the store must be reopened).
@@ -155,6 +187,7 @@ impl EmbeddedStore {
             durability: Durability::Immediate,
             health: Health::default(),
             cache_bytes,
+            started: Mutex::default(),
         };
         store.create_tables().map_err(|e| StoreError::Unreadable {
             path: store.path.clone(),
@@ -346,6 +379,8 @@ impl EmbeddedStore {
         let tx = self.write()?;
         let last_seq;
         let mut results = Vec::with_capacity(groups.len());
+        // Epoch starts this commit wrote or found, under the cache generation it read.
+        let mut newly_started: (u64, Vec<(String, u64)>) = (0, Vec::new());
         {
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
             let mut counters = tx.open_table(COUNTERS).map_err(dberr)?;
@@ -355,7 +390,7 @@ impl EmbeddedStore {
                 .map_or(0, |v| v.value());
             // This commit's events, grouped by scope and epoch, in order of first appearance.
             let mut blocks: Vec<Block<'_>> = Vec::new();
-            let mut block_of: HashMap<(&str, u64), usize> = HashMap::new();
+            let mut block_of: FxHashMap<(&str, u64), usize> = FxHashMap::default();
             let mut accepted_ids = Vec::new();
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
@@ -395,8 +430,18 @@ impl EmbeddedStore {
                         .sum(),
                 );
                 let mut firsts = tx.open_table(EPOCH_FIRST).map_err(dberr)?;
+                let (generation, unknown): (u64, Vec<&Block<'_>>) = {
+                    let started = self.started();
+                    let unknown = blocks
+                        .iter()
+                        .filter(|b| !started.contains(b.scope, b.epoch))
+                        .collect();
+                    (started.generation, unknown)
+                };
                 for block in &blocks {
                     records::push_block(&mut record, block.scope, block.epoch, &block.entries);
+                }
+                for block in &unknown {
                     if firsts
                         .get((block.scope, block.epoch))
                         .map_err(dberr)?
@@ -407,6 +452,13 @@ impl EmbeddedStore {
                             .map_err(dberr)?;
                     }
                 }
+                newly_started = (
+                    generation,
+                    unknown
+                        .iter()
+                        .map(|b| (b.scope.to_string(), b.epoch))
+                        .collect(),
+                );
                 tx.open_table(EVENT_LOG)
                     .map_err(dberr)?
                     .insert(seq, record.as_slice())
@@ -424,6 +476,16 @@ impl EmbeddedStore {
             last_seq = seq;
         }
         tx.commit().map_err(dberr)?;
+        let (generation, newly) = newly_started;
+        let mut started = self.started();
+        if started.generation == generation {
+            for (scope, epoch) in newly {
+                let epochs = started.known.entry(scope).or_default();
+                if !epochs.contains(&epoch) {
+                    epochs.push(epoch);
+                }
+            }
+        }
         Ok((results, last_seq))
     }
 
@@ -522,6 +584,7 @@ impl Store for EmbeddedStore {
         };
         // The old handle must go first: it holds the file lock.
         drop(slot.take());
+        self.forget_started();
         let reopened = quietly(|| builder(self.cache_bytes).open(&self.path))
             .ok()
             .and_then(|r| {
@@ -748,6 +811,7 @@ impl Store for EmbeddedStore {
                     log.insert(key, kept.as_slice()).map_err(dberr)?;
                 }
                 // An epoch's start is forgotten once a later epoch's checkpoint exists.
+                self.forget_started();
                 tx.open_table(EPOCH_FIRST)
                     .map_err(dberr)?
                     .retain(|(scope, epoch), _| {
@@ -1422,6 +1486,22 @@ mod tests {
         assert_eq!(store.prune_events(25).expect("prune"), 2);
         assert_eq!(log_records(&store), 1);
         assert_eq!(replayed(&store, "b", 0, u64::MAX), Vec::<String>::new());
+        // A late event of the forgotten epoch starts it again: the commits' cache of started
+        // epochs was emptied by the pruning, so it records the start rather than trust it.
+        store.ingest(&[item("a5", Some("a"))], 30).expect("ingest");
+        let tx = store.read().expect("read");
+        let firsts = tx.open_table(EPOCH_FIRST).expect("firsts");
+        assert_eq!(
+            firsts.get(("a", 1)).expect("get").map(|v| v.value()),
+            Some(7)
+        );
+        drop(firsts);
+        drop(tx);
+        let mut a1 = Vec::new();
+        store
+            .replay("a", 1, 0, u64::MAX, &mut |e| a1.push(e.event.event_id))
+            .expect("replay");
+        assert_eq!(a1, ["a5"]);
     }
 
     #[test]
