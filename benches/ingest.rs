@@ -145,7 +145,7 @@ impl Server {
                 let shared = Arc::clone(&self.shared);
                 tasks.push(tokio::spawn(async move {
                     for b in batches {
-                        let out = shared.ingest(&b).await.expect("ingest");
+                        let out = shared.ingest(&b.into()).await.expect("ingest");
                         assert_eq!(out.accepted as usize, BATCH);
                     }
                 }));

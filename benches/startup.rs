@@ -69,7 +69,7 @@ fn fill(dir: &Path, config: &Path, n: usize) {
                         })
                         .collect();
                     let body = format!("[{}]", items.join(","));
-                    shared.ingest(body.as_bytes()).await.expect("ingest");
+                    shared.ingest(&body.into_bytes().into()).await.expect("ingest");
                 }
             }));
         }

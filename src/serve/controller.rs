@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use rustc_hash::FxHashMap;
 use tokio::sync::{mpsc, oneshot};
 
@@ -150,6 +151,18 @@ impl Tokens {
             open_assign: plan.auth.open_assign,
             anonymous: Arc::from("anonymous"),
         }
+    }
+}
+
+/// `part` of `body` as a view that shares `body`'s buffer; a copy if `part` lies elsewhere
+/// (the batch splitter only ever borrows from the body, so that is a fallback, not a path).
+fn within(body: &Bytes, part: &[u8]) -> Bytes {
+    let range = body.as_ptr_range();
+    let inside = range.start <= part.as_ptr() && part.as_ptr_range().end <= range.end;
+    if inside {
+        body.slice_ref(part)
+    } else {
+        Bytes::copy_from_slice(part)
     }
 }
 
@@ -427,7 +440,7 @@ impl Shared {
     }
 
     /// Validates, deduplicates and durably stores a batch, then adds it to evidence.
-    pub async fn ingest(self: &Arc<Self>, body: &[u8]) -> Result<IngestOutcome, IngestError> {
+    pub async fn ingest(self: &Arc<Self>, body: &Bytes) -> Result<IngestOutcome, IngestError> {
         let items = split_batch(body).map_err(IngestError::Body)?;
         let mut outcome = IngestOutcome::default();
         // Each valid item with its text: what the store keeps, as the application wrote it.
@@ -486,7 +499,7 @@ impl Shared {
             let stored = scope.map(|(scope, epoch)| StoredBody {
                 scope,
                 epoch,
-                body: text.as_bytes().to_vec(),
+                body: within(body, text.as_bytes()),
             });
             items.push(BatchItem { event, stored });
             routes.push(route);
@@ -1715,5 +1728,26 @@ pub async fn run_pruner(shared: Arc<Shared>) {
             .metrics
             .store(shared.store.size_bytes(), shared.store.is_healthy());
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_item_of_the_body_is_shared_and_anything_else_copied() {
+        let body = Bytes::from_static(br#"[{"event_id":"a"},{"event_id":"b"}]"#);
+        let items = split_batch(&body).expect("a JSON array");
+        let Some(Ok(second)) = items.get(1) else {
+            panic!("two items: {items:?}");
+        };
+        let view = within(&body, second.as_bytes());
+        assert_eq!(&view[..], br#"{"event_id":"b"}"#);
+        assert_eq!(view.as_ptr(), second.as_ptr(), "a view, not a copy");
+        let elsewhere = br#"{"event_id":"c"}"#.to_vec();
+        let copied = within(&body, &elsewhere);
+        assert_eq!(&copied[..], &elsewhere[..]);
+        assert_ne!(copied.as_ptr(), elsewhere.as_ptr());
     }
 }

@@ -1340,7 +1340,7 @@ mod tests {
         let stored = scope.map(|s| StoredBody {
             scope: s.to_string(),
             epoch: 1,
-            body: serde_json::to_vec(&event).expect("json"),
+            body: serde_json::to_vec(&event).expect("json").into(),
         });
         BatchItem { event, stored }
     }

@@ -137,7 +137,8 @@ impl BatchItem {
 pub struct StoredBody {
     pub scope: String,
     pub epoch: u64,
-    pub body: Vec<u8>,
+    /// The item's text as sent: a view into the request's body, shared, not copied.
+    pub body: bytes::Bytes,
 }
 
 /// A stored event body back into the event: an item's text as sent (what stores write now), or
