@@ -303,10 +303,30 @@ impl Engine {
 
     /// Checks an event against the plan and finds where its evidence goes.
     pub fn route(&self, event: &TaskEvent) -> Result<Route, String> {
-        let entry = self.index.workflows.get(&event.workflow).copied();
-        let Some((workflow, rollout, _)) = entry else {
-            return Err(format!("unknown workflow `{}`", event.workflow));
-        };
+        self.locate(event).1
+    }
+
+    /// [`Engine::route`], with the position in the plan of the event's workflow (`None` for one
+    /// the plan does not know), from the same lookup.
+    pub fn locate(&self, event: &TaskEvent) -> (Option<usize>, Result<Route, String>) {
+        match self.index.workflows.get(&event.workflow).copied() {
+            None => (None, Err(format!("unknown workflow `{}`", event.workflow))),
+            Some((workflow, rollout, guard)) => (
+                Some(workflow),
+                self.route_known(event, workflow, rollout, guard),
+            ),
+        }
+    }
+
+    /// Routes an event of workflow `workflow` (its position), whose rollout and guard are
+    /// `rollout` and `guard`.
+    fn route_known(
+        &self,
+        event: &TaskEvent,
+        workflow: usize,
+        rollout: Option<usize>,
+        guard: Option<usize>,
+    ) -> Result<Route, String> {
         let workflow = &self.plan.workflows[workflow];
         if !workflow.versions.contains(&event.version) {
             return Err(format!(
@@ -338,7 +358,7 @@ impl Engine {
                 epoch: self.rollouts[rollout].state.epoch,
             });
         }
-        match self.guard_index(&event.workflow) {
+        match guard {
             Some(guard) if event.version == workflow.stable => Ok(Route::Guard {
                 guard,
                 epoch: self.guards[guard].state.epoch,

@@ -467,8 +467,8 @@ impl Shared {
                 Arc::new(Snapshot::event_counters(&engine, &self.metrics))
             };
             for (index, event, text) in valid {
-                let workflow = engine.workflow_position(&event.workflow);
-                match engine.route(&event) {
+                let (workflow, route) = engine.locate(&event);
+                match route {
                     Ok(route) => {
                         let scope = route.scope(&engine);
                         // A routed event's workflow is in the plan; `MAX` indexes no counter.

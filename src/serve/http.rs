@@ -274,7 +274,7 @@ fn reserve_body(
 }
 
 /// Checks the `Authorization: Bearer` (or `X-API-Key`) token for `needed`.
-pub fn authorize(tokens: &Tokens, headers: &HeaderMap, needed: Role) -> Result<Caller, ApiError> {
+fn authorize(tokens: &Tokens, headers: &HeaderMap, needed: Role) -> Result<Caller, ApiError> {
     let Some(list) = &tokens.tokens else {
         return Ok(Caller {
             name: Arc::clone(&tokens.anonymous),

@@ -380,7 +380,7 @@ impl EmbeddedStore {
         let last_seq;
         let mut results = Vec::with_capacity(groups.len());
         // Epoch starts this commit wrote or found, under the cache generation it read.
-        let mut newly_started: (u64, Vec<(String, u64)>) = (0, Vec::new());
+        let mut newly_started: Option<(u64, Vec<(String, u64)>)> = None;
         {
             let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
             let mut counters = tx.open_table(COUNTERS).map_err(dberr)?;
@@ -452,13 +452,13 @@ impl EmbeddedStore {
                             .map_err(dberr)?;
                     }
                 }
-                newly_started = (
+                newly_started = Some((
                     generation,
                     unknown
                         .iter()
                         .map(|b| (b.scope.to_string(), b.epoch))
                         .collect(),
-                );
+                ));
                 tx.open_table(EVENT_LOG)
                     .map_err(dberr)?
                     .insert(seq, record.as_slice())
@@ -476,9 +476,10 @@ impl EmbeddedStore {
             last_seq = seq;
         }
         tx.commit().map_err(dberr)?;
-        let (generation, newly) = newly_started;
         let mut started = self.started();
-        if started.generation == generation {
+        if let Some((generation, newly)) = newly_started
+            && started.generation == generation
+        {
             for (scope, epoch) in newly {
                 let epochs = started.known.entry(scope).or_default();
                 if !epochs.contains(&epoch) {
