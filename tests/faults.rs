@@ -188,6 +188,79 @@ fn idle_and_slowloris_connections_are_closed_and_healthz_answers_under_fd_pressu
     assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
+/// Whether the server has closed `s` (EOF or reset) rather than left it open and silent.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
+    let mut b = [0u8; 512];
+    loop {
+        match s.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    }
+}
+
+#[test]
+fn the_header_timeout_runs_from_a_heads_first_byte_and_spares_idle_keep_alive() {
+    // A long idle timeout, so only the header timeout can close a connection here.
+    let server = Server::start(&with_server_settings(
+        "header_timeout: 1s, idle_timeout: 60s",
+    ));
+    let request = b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n";
+    // A keep-alive connection that served a request, and one that never sent a byte.
+    let mut kept = TcpStream::connect(server.addr()).expect("connect");
+    kept.write_all(request).expect("write");
+    let mut b = [0u8; 512];
+    kept.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    assert!(kept.read(&mut b).expect("answer") > 0);
+    let mut silent = TcpStream::connect(server.addr()).expect("connect");
+    // A slowloris: a head that never ends, a byte at a time.
+    let mut slow = TcpStream::connect(server.addr()).expect("connect");
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nx-a: ")
+        .expect("write");
+    let started = Instant::now();
+    let mut closed_after = None;
+    while started.elapsed() < Duration::from_secs(4) {
+        std::thread::sleep(Duration::from_millis(100));
+        if slow.write_all(b"a").is_err() || closed_by_server(&mut slow) {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.unwrap_or_else(|| {
+        panic!("a head dribbled for 4 s under a 1 s header timeout was not cut off")
+    });
+    // One timeout, and at most two watchdog periods (a quarter of it each) and a poll late.
+    assert!(
+        closed_after >= Duration::from_millis(900) && closed_after < Duration::from_millis(2500),
+        "the slow head was cut off after {closed_after:?}"
+    );
+    // Past the header timeout, the idle connections are still open and still serve.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(closed_after));
+    assert!(
+        !closed_by_server(&mut kept),
+        "an idle keep-alive connection was closed"
+    );
+    assert!(
+        !closed_by_server(&mut silent),
+        "a silent connection was closed"
+    );
+    for s in [&mut kept, &mut silent] {
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(request).expect("write");
+        let n = s.read(&mut b).expect("answer");
+        assert!(
+            String::from_utf8_lossy(&b[..n]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&b[..n])
+        );
+    }
+}
+
 /// Runs stagegate with SIGXFSZ ignored, so a file-size limit makes writes fail with EFBIG
 /// (as a full disk makes them fail with ENOSPC) instead of killing the process.
 const IGNORE_XFSZ: [&str; 3] = ["sh", "-c", "trap '' XFSZ; exec \"$0\" \"$@\""];

@@ -8,7 +8,7 @@
 //! it to evidence.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use arc_swap::ArcSwap;
@@ -97,23 +97,44 @@ impl Snapshot {
     }
 }
 
-/// The request-body bytes all in-flight requests may hold at once, counted in KiB.
+/// The request-body bytes all in-flight requests may hold at once, counted in KiB. A lock-free
+/// counter: reserving and releasing are one atomic operation each, and nothing ever waits on
+/// it (a request it cannot hold is refused, not queued).
 pub struct BodyBudget {
-    kib: Arc<tokio::sync::Semaphore>,
+    free_kib: Arc<AtomicUsize>,
+}
+
+/// A request's share of the [`BodyBudget`], given back when dropped.
+pub struct BodyReservation {
+    free_kib: Arc<AtomicUsize>,
+    kib: usize,
+}
+
+impl Drop for BodyReservation {
+    fn drop(&mut self) {
+        self.free_kib.fetch_add(self.kib, Ordering::Release);
+    }
 }
 
 impl BodyBudget {
     fn new(bytes: usize) -> BodyBudget {
-        let kib = (bytes / 1024).clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
         BodyBudget {
-            kib: Arc::new(tokio::sync::Semaphore::new(kib)),
+            free_kib: Arc::new(AtomicUsize::new((bytes / 1024).max(1))),
         }
     }
 
-    /// Reserves `bytes` until the permit drops; `None` when the budget is spent.
-    pub fn reserve(&self, bytes: usize) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
-        Arc::clone(&self.kib).try_acquire_many_owned(kib).ok()
+    /// Reserves `bytes` until the reservation drops; `None` when the budget cannot hold them.
+    pub fn reserve(&self, bytes: usize) -> Option<BodyReservation> {
+        let kib = bytes.div_ceil(1024).max(1);
+        self.free_kib
+            .fetch_update(Ordering::Acquire, Ordering::Relaxed, |free| {
+                free.checked_sub(kib)
+            })
+            .ok()
+            .map(|_| BodyReservation {
+                free_kib: Arc::clone(&self.free_kib),
+                kib,
+            })
     }
 }
 

@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::plan::Role;
-use crate::serve::controller::{Shared, Tokens};
+use crate::serve::controller::{BodyReservation, Shared, Tokens};
 use crate::serve::failure::InputError;
 use crate::serve::replica::ForwardedError;
 
@@ -185,7 +185,7 @@ pub mod access {
 /// a router layer, it costs a request no boxed service or future of its own.
 pub struct Admitted<A> {
     pub caller: Caller,
-    _reserved: Option<tokio::sync::OwnedSemaphorePermit>,
+    _reserved: Option<BodyReservation>,
     _access: PhantomData<fn() -> A>,
 }
 
@@ -255,10 +255,7 @@ impl IntoResponse for BodyRefusal {
 
 /// Reserves a request's declared body size (or the most a body may be) from the in-flight
 /// budget.
-fn reserve_body(
-    shared: &Shared,
-    headers: &HeaderMap,
-) -> Result<tokio::sync::OwnedSemaphorePermit, BodyRefusal> {
+fn reserve_body(shared: &Shared, headers: &HeaderMap) -> Result<BodyReservation, BodyRefusal> {
     let limit = shared.plan.load().server.max_body_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -285,7 +282,7 @@ fn authorize(tokens: &Tokens, headers: &HeaderMap, needed: Role) -> Result<Calle
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
         .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()));
-    let Some(presented) = presented else {
+    let Some(presented) = presented.map(str::trim) else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -294,7 +291,7 @@ fn authorize(tokens: &Tokens, headers: &HeaderMap, needed: Role) -> Result<Calle
     };
     let Some(token) = list
         .iter()
-        .find(|t| constant_time_eq(t.secret.as_bytes(), presented.trim().as_bytes()))
+        .find(|t| constant_time_eq(t.secret.as_bytes(), presented.as_bytes()))
     else {
         return Err(ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -318,10 +315,11 @@ fn authorize(tokens: &Tokens, headers: &HeaderMap, needed: Role) -> Result<Calle
     })
 }
 
-/// The token of an `Authorization: Bearer …` header; the scheme is case-insensitive (RFC 7235).
+/// The token of an `Authorization: Bearer …` header, untrimmed; the scheme is case-insensitive
+/// (RFC 7235).
 fn bearer_token(value: &str) -> Option<&str> {
     let (scheme, token) = value.trim_start().split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    scheme.eq_ignore_ascii_case("bearer").then_some(token)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

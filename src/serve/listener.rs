@@ -7,14 +7,17 @@
 //! serves one request per connection with a short header timeout (so probes get through while
 //! the main pool drains), and beyond that a connection is closed at once.
 
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, oneshot, watch};
 
 /// Descriptors kept free for the store, logs and outgoing notifications.
 const RESERVED_FDS: u64 = 64;
@@ -41,11 +44,129 @@ impl Limits {
     }
 }
 
-/// When a connection last finished a request, and how many it is serving now.
+/// What a connection's watchdog reads: counters the request path bumps, so serving a request
+/// costs a few relaxed atomic operations and no clock read or timer.
 #[derive(Default)]
 struct Activity {
-    last_ms: AtomicU64,
+    /// Requests whose headers were read (the service was called).
+    served: AtomicU64,
+    /// Requests in service now.
     active: AtomicUsize,
+    /// Bytes arrived since the last request's headers were read or its response produced:
+    /// with none in service, the start of a request head.
+    head_pending: AtomicBool,
+}
+
+/// A connection's socket that notes, for the watchdog, when request bytes arrive.
+struct Watched {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.head_pending.store(true, Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// How a connection's watchdog ends it.
+enum Close {
+    /// Idle, or shutting down: finish what is in flight, then close.
+    Drain,
+    /// A request head took longer than the header timeout: close at once.
+    Now,
+}
+
+/// Waits until the connection should close, and says how on `close`; returns early once the
+/// connection has ended (`close` closed). It closes a connection that has served nothing for
+/// `idle` with no request in flight, one whose request head has been arriving for
+/// `header_timeout` (a slowloris), and every connection at shutdown. Each rule is checked at
+/// the watchdog's period, a quarter of the shorter timeout (25 ms to 1 s), so each fires at
+/// most two periods late.
+async fn watch_connection(
+    mut close: oneshot::Sender<Close>,
+    mut stop: watch::Receiver<bool>,
+    activity: Arc<Activity>,
+    idle: Duration,
+    header_timeout: Duration,
+) {
+    let period =
+        (idle.min(header_timeout) / 4).clamp(Duration::from_millis(25), Duration::from_secs(1));
+    let mut watchdog = tokio::time::interval(period);
+    watchdog.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_served = 0;
+    let mut quiet_since = tokio::time::Instant::now();
+    // The request count when a pending head was first seen, and when.
+    let mut head_seen: Option<(u64, tokio::time::Instant)> = None;
+    let how = loop {
+        tokio::select! {
+            () = close.closed() => return,
+            _ = stop.changed() => break Close::Drain,
+            _ = watchdog.tick() => {
+                let now = tokio::time::Instant::now();
+                let served = activity.served.load(Ordering::Relaxed);
+                let active = activity.active.load(Ordering::Relaxed);
+                if served != last_served || active > 0 {
+                    last_served = served;
+                    quiet_since = now;
+                } else if now.duration_since(quiet_since) >= idle {
+                    break Close::Drain;
+                }
+                if active > 0 || !activity.head_pending.load(Ordering::Relaxed) {
+                    head_seen = None;
+                    continue;
+                }
+                match head_seen {
+                    Some((at, since)) if at == served => {
+                        if now.duration_since(since) >= header_timeout {
+                            break Close::Now;
+                        }
+                    }
+                    _ => head_seen = Some((served, now)),
+                }
+            }
+        }
+    };
+    let _ = close.send(how);
 }
 
 /// Serves `api` on `listener` until `shutdown` resolves, then drains open connections
@@ -62,7 +183,6 @@ pub async fn serve(
     let pool = Arc::new(Semaphore::new(cap));
     let overflow = Arc::new(Semaphore::new(OVERFLOW));
     let (stop_tx, stop_rx) = watch::channel(false);
-    let started = tokio::time::Instant::now();
     let mut backoff = Duration::from_millis(5);
     tokio::pin!(shutdown);
     loop {
@@ -95,62 +215,64 @@ pub async fn serve(
             },
         };
         let api = api.clone();
-        let mut stop = stop_rx.clone();
+        let stop = stop_rx.clone();
         let idle = limits.idle_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             let activity = Arc::new(Activity::default());
-            activity
-                .last_ms
-                .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let tracked = Arc::clone(&activity);
             let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
                 let api = api.clone();
                 let tracked = Arc::clone(&tracked);
+                tracked.head_pending.store(false, Ordering::Relaxed);
+                tracked.served.fetch_add(1, Ordering::Relaxed);
                 tracked.active.fetch_add(1, Ordering::Relaxed);
                 async move {
                     let response = api.handle(req).await;
-                    tracked
-                        .last_ms
-                        .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    tracked.head_pending.store(false, Ordering::Relaxed);
                     tracked.active.fetch_sub(1, Ordering::Relaxed);
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
+            // No hyper timer: its header-read timeout arms and cancels a timer-wheel entry per
+            // request; the watchdog enforces the header timeout from counters instead.
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
                 .keep_alive(keep_alive)
                 // Headroom past the API's own limits (`api::request_limits`), so that oversized
                 // URIs and headers are refused there, in the JSON error shape, not by hyper.
                 // hyper's default header count (100, above the API's `MAX_HEADERS`) parses on
                 // the stack; a larger one costs two heap arrays per request.
                 .max_buf_size(256 * 1024);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let io = TokioIo::new(Watched {
+                stream,
+                activity: Arc::clone(&activity),
+            });
+            let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
-            let period = idle.clamp(Duration::from_millis(50), Duration::from_secs(1));
-            let mut watchdog = tokio::time::interval(period);
-            loop {
-                tokio::select! {
-                    _ = conn.as_mut() => return,
-                    _ = stop.changed() => break,
-                    _ = watchdog.tick() => {
-                        let now = started.elapsed().as_millis() as u64;
-                        let last = activity.last_ms.load(Ordering::Relaxed);
-                        if activity.active.load(Ordering::Relaxed) == 0
-                            && now.saturating_sub(last) >= idle.as_millis() as u64
-                        {
-                            break;
-                        }
-                    }
-                }
+            // A request's every wake-up polls only the connection and a one-shot receiver; the
+            // shutdown signal and the watchdog wait in a task of their own, which says when to
+            // close (and ends when the connection does).
+            let (close_tx, close_rx) = oneshot::channel();
+            tokio::spawn(watch_connection(
+                close_tx,
+                stop,
+                activity,
+                idle,
+                header_timeout,
+            ));
+            let how = tokio::select! {
+                biased;
+                _ = conn.as_mut() => return,
+                how = close_rx => how,
+            };
+            if let Ok(Close::Drain) = how {
+                // Finish what is in flight, then close. A peer that is still dribbling a
+                // request's headers gets no more than one header timeout.
+                conn.as_mut().graceful_shutdown();
+                let grace = header_timeout + Duration::from_secs(1);
+                let _ = tokio::time::timeout(grace, conn).await;
             }
-            // Idle, or shutting down: finish what is in flight, then close. A peer that is
-            // still dribbling a request's headers gets no more than one header timeout.
-            conn.as_mut().graceful_shutdown();
-            let grace = header_timeout + Duration::from_secs(1);
-            let _ = tokio::time::timeout(grace, conn).await;
         });
     }
     drop(listener);
