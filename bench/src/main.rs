@@ -5,8 +5,12 @@
 //! limit). Servers are pinned to CPU 0 and wrk to CPU 1 when there are two or more.
 //!
 //! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S] [--tick-only]
-//! [--memory EVENTS]`. `--memory` ingests that many events (batches of 500 from 8 clients), then
-//! prints the resident memory, the store's size, and both again after a restart on that store.
+//! [--memory EVENTS] [--instructions]`. `--memory` ingests that many events (batches of 500 from
+//! 8 clients), then prints the resident memory, the store's size, and both again after a restart
+//! on that store. `--instructions` runs each server under valgrind's callgrind and prints the
+//! user-space instructions each spends per request of each load, and their ratio: a measure of
+//! the work itself that a noisy host's speed does not move (kernel time, cache misses and waits
+//! are not in it, so it complements the timed ratios rather than replacing them).
 
 #![allow(
     clippy::disallowed_methods,
@@ -35,6 +39,8 @@ struct Options {
     tick_only: bool,
     /// Only memory: ingest this many events, restart, and print RSS both times.
     memory: Option<u64>,
+    /// Only instructions per request, under callgrind.
+    instructions: bool,
 }
 
 fn options() -> Result<Options> {
@@ -44,11 +50,16 @@ fn options() -> Result<Options> {
         seconds: 8,
         tick_only: false,
         memory: None,
+        instructions: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         if flag == "--tick-only" {
             o.tick_only = true;
+            continue;
+        }
+        if flag == "--instructions" {
+            o.instructions = true;
             continue;
         }
         let value = args
@@ -502,6 +513,9 @@ fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    if o.instructions {
+        return instructions(&o, dir.path(), &stagegate, &still, &baseline);
+    }
     if let Some(events) = o.memory {
         return memory(&serve, &still, &data, events, &|s: &Server| {
             run(s, "events", 8, 0).map(|r| r.rps * 500.0 * o.seconds as f64)
@@ -647,6 +661,121 @@ fn main() -> Result<()> {
         median(rss)
     );
     Ok(())
+}
+
+/// `--instructions`: the bare server and stagegate (on `config`, its store preloaded) each run
+/// under callgrind, counting only while a load runs; every load runs on both, with the same
+/// connections and length. Prints instructions per request (per event for `events`) and the
+/// ratio.
+fn instructions(
+    o: &Options,
+    dir: &Path,
+    stagegate: &Path,
+    config: &Path,
+    baseline: &Path,
+) -> Result<()> {
+    if !which("valgrind") || !which("callgrind_control") {
+        bail!("valgrind is not installed: run scripts/bench, which installs it");
+    }
+    let kinds = ["assign", "ofrep", "events"];
+    let mut per_request = [[0.0; 3]; 2];
+    for (slot, (program, args)) in [
+        (
+            baseline,
+            vec!["127.0.0.1:0".to_string(), o.rollouts.to_string()],
+        ),
+        (
+            stagegate,
+            vec![
+                "serve".into(),
+                "--config".into(),
+                config.display().to_string(),
+            ],
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let out = dir.join(format!("callgrind.{slot}"));
+        let mut valgrind_args = vec![
+            "--tool=callgrind".to_string(),
+            "--instr-atstart=no".into(),
+            format!("--callgrind-out-file={}.%p", out.display()),
+            program.display().to_string(),
+        ];
+        valgrind_args.extend(args);
+        let args: Vec<&str> = valgrind_args.iter().map(String::as_str).collect();
+        let server = Server::start(Path::new("valgrind"), &args, &dir.join("callgrind.log"))?;
+        let pid = server.pid().to_string();
+        // Start-up work (restoring evidence, the first tick: slow under valgrind) is not a
+        // request's: wait until the server is idle, at most two minutes.
+        let mut cpu = server.cpu_seconds();
+        for _ in 0..120 {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = server.cpu_seconds();
+            if now - cpu < 0.05 {
+                break;
+            }
+            cpu = now;
+        }
+        let control = |flag: &str| -> Result<()> {
+            let ok = Command::new("callgrind_control")
+                .args([flag, &pid])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()?
+                .success();
+            if !ok {
+                bail!("callgrind_control {flag} {pid} failed");
+            }
+            Ok(())
+        };
+        for (k, kind) in kinds.iter().enumerate() {
+            // A short run first, uncounted: connections open, caches and pages warm.
+            wrk(&server, dir, kind, o.rollouts, 8, 0, 2)?;
+            control("--instr=on")?;
+            let run = wrk(&server, dir, kind, o.rollouts, 8, 0, o.seconds)?;
+            control("--instr=off")?;
+            control("--dump")?;
+            let requests = run.rps * o.seconds as f64;
+            let units = if *kind == "events" {
+                requests * 500.0
+            } else {
+                requests
+            };
+            // callgrind numbers its dumps from 1.
+            let dump = dir.join(format!("callgrind.{slot}.{pid}.{}", k + 1));
+            per_request[slot][k] = dump_total(&dump)? / units;
+        }
+    }
+    println!();
+    println!(
+        "| user-space instructions per request (callgrind, 8 connections) | bare | stagegate | stagegate / bare |"
+    );
+    println!("|---|---|---|---|");
+    for (k, kind) in kinds.iter().enumerate() {
+        let [bare, ours] = [per_request[0][k], per_request[1][k]];
+        let unit = if *kind == "events" {
+            "per event"
+        } else {
+            "per request"
+        };
+        println!(
+            "| {kind} ({unit}) | {bare:.0} | {ours:.0} | {:.3} |",
+            ours / bare
+        );
+    }
+    Ok(())
+}
+
+/// The instruction total of a callgrind dump.
+fn dump_total(dump: &Path) -> Result<f64> {
+    let text = std::fs::read_to_string(dump)
+        .with_context(|| format!("reading callgrind's dump {}", dump.display()))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("totals:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .context("a callgrind dump without totals")
 }
 
 /// `--memory`: ingests at least `events` events through wrk rounds (`round` returns how many one
