@@ -81,15 +81,20 @@ pub enum Route {
 }
 
 impl Route {
-    /// The scope and epoch stored with the event so a restart can replay it.
-    pub fn scope(&self, engine: &Engine) -> Option<(String, u64)> {
+    /// The scope and epoch stored with the event so a restart can replay it. The name is
+    /// shared with the engine's index, so naming an event's scope allocates nothing.
+    pub fn scope(&self, engine: &Engine) -> Option<(Arc<str>, u64)> {
         match *self {
-            Route::Rollout { rollout, epoch, .. } => {
-                Some((engine.plan.rollouts[rollout].name.clone(), epoch))
-            }
-            Route::Guard { guard, epoch } => {
-                Some((format!("workflow:{}", engine.guards[guard].workflow), epoch))
-            }
+            Route::Rollout { rollout, epoch, .. } => engine
+                .index
+                .rollout_scopes
+                .get(rollout)
+                .map(|s| (Arc::clone(s), epoch)),
+            Route::Guard { guard, epoch } => engine
+                .index
+                .guard_scopes
+                .get(guard)
+                .map(|s| (Arc::clone(s), epoch)),
             Route::Untracked => None,
         }
     }
@@ -111,6 +116,11 @@ pub struct Engine {
     index: Arc<Index>,
 }
 
+/// The scope a workflow guard's events, state and checkpoints are stored under.
+pub fn guard_scope(workflow: &str) -> String {
+    format!("workflow:{workflow}")
+}
+
 /// Routing an event or naming a rollout is a hash lookup, not a scan of every workflow and
 /// rollout: at a thousand rollouts the scans were most of the ingest path.
 #[derive(Debug, Default)]
@@ -119,6 +129,9 @@ struct Index {
     /// config's names only, so a fast unkeyed hash is safe (an event's name can only miss).
     workflows: FxHashMap<String, (usize, Option<usize>, Option<usize>)>,
     rollouts: FxHashMap<String, usize>,
+    /// The scope name each rollout's and each guard's events are stored under, by position.
+    rollout_scopes: Vec<Arc<str>>,
+    guard_scopes: Vec<Arc<str>>,
 }
 
 impl Index {
@@ -146,6 +159,15 @@ impl Index {
         Index {
             workflows,
             rollouts,
+            rollout_scopes: plan
+                .rollouts
+                .iter()
+                .map(|r| r.name.as_str().into())
+                .collect(),
+            guard_scopes: guards
+                .iter()
+                .map(|g| guard_scope(&g.workflow).into())
+                .collect(),
         }
     }
 }
@@ -396,7 +418,7 @@ impl Engine {
         } else if let Ok(fresh) = self.route(event) {
             if fresh
                 .scope(self)
-                .is_some_and(|(name, epoch)| name == scope.0 && epoch == scope.1)
+                .is_some_and(|(name, epoch)| *name == *scope.0 && epoch == scope.1)
             {
                 self.record(&fresh, event);
             }
@@ -414,7 +436,7 @@ impl Engine {
         let guards = self
             .guards
             .iter()
-            .map(|g| (format!("workflow:{}", g.workflow), g.state.epoch));
+            .map(|g| (guard_scope(&g.workflow), g.state.epoch));
         rollouts.chain(guards).collect()
     }
 
@@ -497,7 +519,7 @@ impl Engine {
         for g in &mut self.guards {
             if std::mem::take(&mut g.dirty) {
                 out.push((
-                    format!("workflow:{}", g.workflow),
+                    guard_scope(&g.workflow),
                     Checkpoint {
                         epoch: g.state.epoch,
                         seq,

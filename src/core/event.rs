@@ -2,7 +2,7 @@
 //! validation. Each item of a batch is checked alone so a malformed one never sinks the rest.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
@@ -89,13 +89,13 @@ impl TaskEvent {
 /// The wire shape, permissive so that every field's problem can be named.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct WireEvent<'a> {
+struct WireEvent {
     event_id: Option<String>,
     workflow: Option<String>,
     version: Option<String>,
     subject: Option<String>,
-    #[serde(default, borrow)]
-    attributes: BTreeMap<String, Scalar<'a>>,
+    #[serde(default)]
+    attributes: WireAttributes,
     mode: Option<Mode>,
     ts: Option<String>,
     quality: Option<f64>,
@@ -105,6 +105,45 @@ struct WireEvent<'a> {
     review: Option<Review>,
     #[serde(default)]
     signals: BTreeMap<String, f64>,
+}
+
+/// `attributes` as sent, parsed straight into the map an event keeps: a key sent twice keeps
+/// its last value, as a map does; keys whose last value is not a string, number or boolean are
+/// set aside to be refused.
+#[derive(Default)]
+struct WireAttributes {
+    map: BTreeMap<String, String>,
+    refused: BTreeSet<String>,
+}
+
+impl<'de> Deserialize<'de> for WireAttributes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = WireAttributes;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Self::Value, M::Error> {
+                let mut out = WireAttributes::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = match map.next_value::<Scalar<'de>>()? {
+                        Scalar::Text(s) => s.into_owned(),
+                        Scalar::Written(s) => s,
+                        Scalar::Other => {
+                            out.map.remove(&key);
+                            out.refused.insert(key);
+                            continue;
+                        }
+                    };
+                    out.refused.remove(&key);
+                    out.map.insert(key, value);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 /// Longest accepted `event_id`, in bytes.
@@ -151,7 +190,7 @@ pub fn check_identity<'a>(
 /// parsing its text straight into the typed event.
 pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
     // The plain parse first; only an item that fails it is parsed again to name the field.
-    let w: WireEvent<'_> = serde_json::from_str(item).map_err(|e| wire_error(item, &e))?;
+    let w: WireEvent = serde_json::from_str(item).map_err(|e| wire_error(item, &e))?;
     let event_id = w.event_id.ok_or("missing `event_id`")?;
     if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
         return Err(format!("`event_id` must be 1 to {MAX_EVENT_ID} bytes"));
@@ -186,19 +225,12 @@ pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
             parse_rfc3339(&text).ok_or_else(|| format!("`ts` {text:?} is not an RFC 3339 time"))?,
         ),
     };
-    let mut attributes = BTreeMap::new();
-    for (key, value) in w.attributes {
-        let value = match value {
-            Scalar::Text(s) => s.into_owned(),
-            Scalar::Written(s) => s,
-            Scalar::Other => {
-                return Err(format!(
-                    "attribute `{key}` must be a string, number or boolean"
-                ));
-            }
-        };
-        attributes.insert(key, value);
+    if let Some(key) = w.attributes.refused.first() {
+        return Err(format!(
+            "attribute `{key}` must be a string, number or boolean"
+        ));
     }
+    let attributes = w.attributes.map;
     check_identity(
         w.subject.as_deref(),
         attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -235,7 +267,7 @@ pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
 /// (`attributes.tier`: …) by parsing it again with the path tracked.
 fn wire_error(item: &str, plain: &serde_json::Error) -> String {
     let mut de = serde_json::Deserializer::from_str(item);
-    let tracked = serde_path_to_error::deserialize::<_, WireEvent<'_>>(&mut de)
+    let tracked = serde_path_to_error::deserialize::<_, WireEvent>(&mut de)
         .err()
         .map(|e| {
             let path = e.path().to_string();
@@ -373,6 +405,29 @@ mod tests {
             let err = parse_event(&item.to_string()).unwrap_err();
             assert!(err.contains(needle), "{err} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn attributes_keep_the_last_value_and_refuse_what_is_not_a_scalar() {
+        let parse = |attributes: &str| {
+            parse_event(&format!(
+                r#"{{"event_id":"a","workflow":"w","version":"v","attributes":{attributes}}}"#
+            ))
+        };
+        let e = parse(r#"{"tier":"a","tier":"b","n":3,"on":true}"#).expect("valid");
+        assert_eq!(e.attribute("tier"), Some("b"));
+        assert_eq!(e.attribute("n"), Some("3"));
+        assert_eq!(e.attribute("on"), Some("true"));
+        // A refused value that a later one replaces is no longer refused, and the reverse.
+        assert_eq!(
+            parse(r#"{"x":{},"x":"ok"}"#).expect("valid").attribute("x"),
+            Some("ok")
+        );
+        let err = parse(r#"{"x":"ok","x":[1]}"#).unwrap_err();
+        assert!(err.contains("attribute `x`"), "{err}");
+        // Of several refused keys, the first in key order is named.
+        let err = parse(r#"{"b":[],"a":null}"#).unwrap_err();
+        assert!(err.contains("attribute `a`"), "{err}");
     }
 
     #[test]

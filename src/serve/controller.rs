@@ -749,7 +749,7 @@ fn record_stored(engine: &mut Engine, stored: &StoredEvent) {
     if let Ok(route) = engine.route(&stored.event) {
         if route
             .scope(engine)
-            .is_some_and(|(s, e)| s == stored.scope && e == stored.epoch)
+            .is_some_and(|(s, e)| *s == *stored.scope && e == stored.epoch)
         {
             engine.record(&route, &stored.event);
         }

@@ -406,7 +406,7 @@ impl EmbeddedStore {
                     records::push(&mut accepted_ids, None, id.as_bytes());
                     if let Some(stored) = &item.stored {
                         seq += 1;
-                        let key = (stored.scope.as_str(), stored.epoch);
+                        let key = (&*stored.scope, stored.epoch);
                         let at = *block_of.entry(key).or_insert_with(|| {
                             blocks.push(Block {
                                 scope: key.0,
@@ -1339,7 +1339,7 @@ mod tests {
     fn item(id: &str, scope: Option<&str>) -> BatchItem {
         let event = event(id);
         let stored = scope.map(|s| StoredBody {
-            scope: s.to_string(),
+            scope: s.into(),
             epoch: 1,
             body: serde_json::to_vec(&event).expect("json").into(),
         });

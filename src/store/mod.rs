@@ -135,7 +135,8 @@ impl BatchItem {
 /// An event as a store keeps it for replay: its scope and epoch, and the item's JSON text as the
 /// application sent it (validated; nothing is serialised again). [`decode_event`] reads it back.
 pub struct StoredBody {
-    pub scope: String,
+    /// Shared with the engine's index (see `Route::scope`).
+    pub scope: std::sync::Arc<str>,
     pub epoch: u64,
     /// The item's text as sent: a view into the request's body, shared, not copied.
     pub body: bytes::Bytes,
@@ -173,7 +174,7 @@ impl Change<'_> {
             }
             Change::Guard { workflow, state } => (
                 format!("guard:{workflow}"),
-                format!("workflow:{workflow}"),
+                crate::core::engine::guard_scope(workflow),
                 state.epoch,
             ),
         }

@@ -711,7 +711,7 @@ impl Store for PostgresStore {
                     .get(0);
                 let first = end - n + 1;
                 let seqs: Vec<i64> = (first..=end).collect();
-                let scopes: Vec<&str> = stored.iter().map(|s| s.scope.as_str()).collect();
+                let scopes: Vec<&str> = stored.iter().map(|s| &*s.scope).collect();
                 let epochs: Vec<i64> = stored.iter().map(|s| sql(s.epoch)).collect();
                 let bodies = stored
                     .iter()
