@@ -24,6 +24,10 @@ use stagegate::plan::Plan;
 use stagegate::serve::controller::Shared;
 use stagegate::store::EmbeddedStore;
 
+/// The allocator the binary ships with (`src/main.rs`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The same fleet as the A/B benchmark (`scripts/bench`).
 #[path = "../bench/src/fleet.rs"]
 #[allow(dead_code, reason = "the HTTP driver's helpers are not used here")]
