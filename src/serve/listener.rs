@@ -110,9 +110,10 @@ impl AsyncWrite for Watched {
 
 /// How a connection's watchdog ends it.
 enum Close {
-    /// Idle, or shutting down: finish what is in flight, then close.
+    /// Shutting down with a request in flight: finish it, then close.
     Drain,
-    /// A request head took longer than the header timeout: close at once.
+    /// Idle, a head that took longer than the header timeout, or shutting down with nothing in
+    /// flight: close at once.
     Now,
 }
 
@@ -140,18 +141,26 @@ async fn watch_connection(
     let how = loop {
         tokio::select! {
             () = close.closed() => return,
-            _ = stop.changed() => break Close::Drain,
+            // At shutdown, a connection with nothing in flight closes at once; one serving a
+            // request finishes it first.
+            _ = stop.changed() => break if activity.active.load(Ordering::Relaxed) == 0 {
+                Close::Now
+            } else {
+                Close::Drain
+            },
             _ = watchdog.tick() => {
                 let now = tokio::time::Instant::now();
                 let served = activity.served.load(Ordering::Relaxed);
                 let active = activity.active.load(Ordering::Relaxed);
+                let head_pending = active == 0 && activity.head_pending.load(Ordering::Relaxed);
                 if served != last_served || active > 0 {
                     last_served = served;
                     quiet_since = now;
                 } else if now.duration_since(quiet_since) >= idle {
-                    break Close::Drain;
+                    // Nothing in flight to finish, and a head still arriving is not waited for.
+                    break Close::Now;
                 }
-                if active > 0 || !activity.head_pending.load(Ordering::Relaxed) {
+                if !head_pending {
                     head_seen = None;
                     continue;
                 }
@@ -267,8 +276,8 @@ pub async fn serve(
                 how = close_rx => how,
             };
             if let Ok(Close::Drain) = how {
-                // Finish what is in flight, then close. A peer that is still dribbling a
-                // request's headers gets no more than one header timeout.
+                // Finish what is in flight, then close; a peer that holds its request open
+                // gets no more than one header timeout and a second.
                 conn.as_mut().graceful_shutdown();
                 let grace = header_timeout + Duration::from_secs(1);
                 let _ = tokio::time::timeout(grace, conn).await;
