@@ -3,10 +3,10 @@
 //! One file, `stagegate.redb`, in `data_dir`. Every write is a single ACID transaction with
 //! immediate durability, so what the API acknowledges survives kill -9: an event batch with its
 //! dedupe keys; a decision's new state with its receipt (never one without the other). A group
-//! commit appends one record to the *event log*, keyed by the commit's last event number and
-//! holding its events grouped by scope and epoch (see [`records`]), plus one dedupe key per event
-//! and one dedupe-log record: a few pages at the end of each B-tree, however many rollouts the
-//! commit touches.
+//! commit appends its events to the *event log*, grouped by scope and epoch, in records of at
+//! most 64 KiB each keyed by the last event number it holds (see [`records`]), plus one dedupe
+//! key per event and one dedupe-log record: a few pages at the end of each B-tree, however many
+//! rollouts the commit touches.
 //!
 //! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
 //! plus the tail of the log after them, in one pass for every scope, so it stays flat however
@@ -40,8 +40,9 @@ use crate::core::receipt::Receipt;
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
-/// The event log: a group commit's last event number → its events, grouped by scope and epoch
-/// (see [`records`]). One record per commit, not one per event or per scope.
+/// The event log: the last event number a record holds → a group commit's events, grouped by
+/// scope and epoch (see [`records`]). A commit writes a record per 64 KiB of its events
+/// ([`records::pieces`]), not one per event or per scope.
 const EVENT_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("event_log");
 /// `(scope, epoch)` → the epoch's first event number: where replaying an epoch starts.
 const EPOCH_FIRST: TableDefinition<(&str, u64), u64> = TableDefinition::new("epoch_first");
@@ -77,12 +78,11 @@ pub const FILE_NAME: &str = "stagegate.redb";
 /// The counter holding the event number every scope's checkpoint covers.
 const CHECKPOINTS_COVER: &str = "checkpoints_cover";
 
-/// One scope's events within a group commit, while the commit's log record is built.
+/// One scope's events within a group commit, while the commit's log records are built.
 struct Block<'a> {
     scope: &'a str,
     epoch: u64,
     first: u64,
-    entries: Vec<u8>,
 }
 
 fn dberr<E: Into<redb::Error>>(e: E) -> StoreError {
@@ -391,7 +391,15 @@ impl EmbeddedStore {
             // This commit's events, grouped by scope and epoch, in order of first appearance.
             let mut blocks: Vec<Block<'_>> = Vec::new();
             let mut block_of: FxHashMap<(&str, u64), usize> = FxHashMap::default();
-            let mut accepted_ids = Vec::new();
+            // Each accepted event's block, number and text, in order of acceptance.
+            let mut logged: Vec<(usize, u64, &[u8])> = Vec::new();
+            let mut accepted_ids = Vec::with_capacity(
+                groups
+                    .iter()
+                    .flat_map(|items| items.iter())
+                    .map(|item| 4 + item.event_id().len())
+                    .sum(),
+            );
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
                 for item in *items {
@@ -412,23 +420,16 @@ impl EmbeddedStore {
                                 scope: key.0,
                                 epoch: key.1,
                                 first: seq,
-                                entries: Vec::new(),
                             });
                             blocks.len() - 1
                         });
-                        records::push(&mut blocks[at].entries, Some(seq), &stored.body);
+                        logged.push((at, seq, &stored.body));
                     }
                     fresh.push(true);
                 }
                 results.push(fresh);
             }
             if !blocks.is_empty() {
-                let mut record = Vec::with_capacity(
-                    blocks
-                        .iter()
-                        .map(|b| b.entries.len() + b.scope.len() + 14)
-                        .sum(),
-                );
                 let mut firsts = tx.open_table(EPOCH_FIRST).map_err(dberr)?;
                 let (generation, unknown): (u64, Vec<&Block<'_>>) = {
                     let started = self.started();
@@ -438,9 +439,6 @@ impl EmbeddedStore {
                         .collect();
                     (started.generation, unknown)
                 };
-                for block in &blocks {
-                    records::push_block(&mut record, block.scope, block.epoch, &block.entries);
-                }
                 for block in &unknown {
                     if firsts
                         .get((block.scope, block.epoch))
@@ -459,10 +457,18 @@ impl EmbeddedStore {
                         .map(|b| (b.scope.to_string(), b.epoch))
                         .collect(),
                 ));
-                tx.open_table(EVENT_LOG)
-                    .map_err(dberr)?
-                    .insert(seq, record.as_slice())
-                    .map_err(dberr)?;
+                let mut log = tx.open_table(EVENT_LOG).map_err(dberr)?;
+                // Grouped by block, each block's events in order (the sort is stable).
+                logged.sort_by_key(|&(block, _, _)| block);
+                let pieces = records::pieces(
+                    logged.iter().map(|&(block, seq, body)| {
+                        (blocks[block].scope, blocks[block].epoch, seq, body)
+                    }),
+                    records::PIECE_BYTES,
+                );
+                for (last, piece) in pieces {
+                    log.insert(last, piece.as_slice()).map_err(dberr)?;
+                }
             }
             if !accepted_ids.is_empty() {
                 append_dedupe_log(&tx, now, &accepted_ids)?;
@@ -1170,6 +1176,61 @@ mod records {
         buf.extend_from_slice(entries);
     }
 
+    /// The most bytes an event-log record holds, unless one event alone is larger. redb gives
+    /// a record this large a page of its own, sized up to the next power of two, and writes
+    /// the whole page: a commit's 520 KiB as one record took a 1 MiB page. Pieces that fill
+    /// 64 KiB pages (less redb's 16-byte leaf header) leave only the last piece's page part
+    /// empty.
+    pub(super) const PIECE_BYTES: usize = 64 * 1024 - 64;
+
+    /// A commit's events, `(scope, epoch, number, text)` with each scope and epoch's events
+    /// together, as event-log records of at most `limit` bytes each (unless one event alone is
+    /// larger), every one keyed by the highest event number it holds. A block that does not fit
+    /// is cut between entries and goes on under the same header in the next piece. Readers need
+    /// nothing new: a record holds whole blocks of whole entries, and is keyed by its last event,
+    /// as a commit's single record was.
+    pub(super) fn pieces<'a>(
+        events: impl Iterator<Item = (&'a str, u64, u64, &'a [u8])> + Clone,
+        limit: usize,
+    ) -> Vec<(u64, Vec<u8>)> {
+        // What the commit's entries need, headers aside: each piece is sized once, not grown.
+        let mut left: usize = events.clone().map(|e| 12 + e.3.len()).sum();
+        let fresh = |left: usize| Vec::with_capacity(limit.min(left.saturating_add(1024)));
+        let mut out = Vec::new();
+        let mut piece = fresh(left);
+        let mut last = 0;
+        // The open block: its scope and epoch, and where its entries' length goes.
+        let mut open: Option<(&str, u64, usize)> = None;
+        let close = |piece: &mut Vec<u8>, open: Option<(&str, u64, usize)>| {
+            if let Some((_, _, at)) = open {
+                let len = (piece.len() - at - 4) as u32;
+                piece[at..at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+        };
+        for (scope, epoch, seq, body) in events {
+            let same = open.is_some_and(|(s, e, _)| s == scope && e == epoch);
+            let header = if same { 0 } else { 2 + scope.len() + 12 };
+            if !piece.is_empty() && piece.len() + header + 12 + body.len() > limit {
+                close(&mut piece, open.take());
+                out.push((last, std::mem::replace(&mut piece, fresh(left))));
+                last = 0;
+            }
+            if !open.is_some_and(|(s, e, _)| s == scope && e == epoch) {
+                close(&mut piece, open.take());
+                push_block(&mut piece, scope, epoch, &[]);
+                open = Some((scope, epoch, piece.len() - 4));
+            }
+            push(&mut piece, Some(seq), body);
+            last = last.max(seq);
+            left -= 12 + body.len();
+        }
+        close(&mut piece, open);
+        if !piece.is_empty() {
+            out.push((last, piece));
+        }
+        out
+    }
+
     /// Splits `n` bytes off the front of `buf`, or says the record is truncated.
     fn take<'a>(buf: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], StoreError> {
         let (head, rest) = buf
@@ -1426,6 +1487,108 @@ mod tests {
             (of("a"), of("b"), of("c")),
             (vec!["a3", "a4"], vec!["b1", "b2"], vec![])
         );
+    }
+
+    #[test]
+    fn pieces_cut_between_entries_and_are_keyed_by_their_last_event() {
+        // Three blocks whose numbers interleave, as a commit's do.
+        let mut events = Vec::new();
+        for (scope, seqs) in [("a", [1, 4, 5]), ("bb", [2, 6, 9]), ("c", [3, 7, 8])] {
+            for seq in seqs {
+                events.push((scope, 7u64, seq, format!("body-{seq}").into_bytes()));
+            }
+        }
+        let input = || events.iter().map(|(s, e, n, b)| (*s, *e, *n, b.as_slice()));
+        let read = |pieces: &[(u64, Vec<u8>)]| -> Vec<(String, u64, u64)> {
+            let mut out = Vec::new();
+            for (_, piece) in pieces {
+                for block in records::blocks(piece) {
+                    let (scope, epoch, entries) = block.expect("block");
+                    for entry in records::entries(entries, true) {
+                        let (seq, body) = entry.expect("entry");
+                        assert_eq!(body, format!("body-{seq}").as_bytes());
+                        out.push((scope.to_string(), epoch, seq));
+                    }
+                }
+            }
+            out
+        };
+        let whole = records::pieces(input(), usize::MAX);
+        assert_eq!(whole.len(), 1);
+        let expected = read(&whole);
+        let sent: Vec<_> = input().map(|(s, e, n, _)| (s.to_string(), e, n)).collect();
+        assert_eq!(expected, sent);
+        for limit in 1..=200 {
+            let pieces = records::pieces(input(), limit);
+            assert_eq!(read(&pieces), expected, "limit {limit}");
+            for (key, piece) in &pieces {
+                let seqs: Vec<u64> = read(std::slice::from_ref(&(*key, piece.clone())))
+                    .iter()
+                    .map(|e| e.2)
+                    .collect();
+                assert_eq!(seqs.iter().max(), Some(key), "limit {limit}");
+                // Over the limit only when one entry alone is.
+                assert!(
+                    piece.len() <= limit || seqs.len() == 1,
+                    "limit {limit}: {} bytes, {} events",
+                    piece.len(),
+                    seqs.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_commit_is_logged_in_pieces_that_fill_their_pages() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        // About 700 KB of events over 40 scopes in one commit: as one record it would take a
+        // page rounded up to the next power of two (1 MiB), most of it written empty.
+        let scopes: Vec<String> = (0..40).map(|s| format!("rollout-{s}")).collect();
+        let items: Vec<BatchItem> = (0..3000)
+            .map(|i| {
+                let mut event = event(&format!("evt-{i:06}"));
+                event.subject = Some("x".repeat(200));
+                let body = serde_json::to_vec(&event).expect("json").into();
+                BatchItem {
+                    event,
+                    stored: Some(StoredBody {
+                        scope: scopes[i % 40].as_str().into(),
+                        epoch: 1,
+                        body,
+                    }),
+                }
+            })
+            .collect();
+        let (fresh, last) = store.ingest_groups(&[&items], 10).expect("ingest");
+        assert!(fresh[0].iter().all(|f| *f));
+        assert_eq!(last, 3000);
+        let (stored, fragmented) = {
+            let tx = store.read().expect("read");
+            let stats = tx
+                .open_table(EVENT_LOG)
+                .expect("log")
+                .stats()
+                .expect("stats");
+            (stats.stored_bytes(), stats.fragmented_bytes())
+        };
+        assert!(stored > 700_000, "{stored}");
+        assert!(
+            fragmented * 20 < stored,
+            "{fragmented} bytes of the log's pages are empty, of {stored} stored"
+        );
+        assert!(log_records(&store) > 1, "a record per piece");
+        // Every event replays once, in order, whichever piece it landed in.
+        for (s, scope) in scopes.iter().enumerate() {
+            let ids = replayed(&store, scope, 0, u64::MAX);
+            let want: Vec<String> = (0..3000)
+                .filter(|i| i % 40 == s)
+                .map(|i| format!("evt-{i:06}"))
+                .collect();
+            assert_eq!(ids, want, "{scope}");
+        }
+        // A slice starting mid-commit reads only what follows.
+        assert_eq!(replayed(&store, "rollout-7", 2900, u64::MAX).len(), 2);
     }
 
     #[test]
