@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput};
 
 use stagegate::core::clock::SystemClock;
-use stagegate::core::event::{parse_event, split_batch};
+use stagegate::core::event::parse_batch;
 use stagegate::plan::Plan;
 use stagegate::serve::controller::Shared;
 use stagegate::store::EmbeddedStore;
@@ -170,11 +170,8 @@ fn parse_only(bodies: &[Vec<Vec<u8>>]) -> Duration {
         for batches in bodies {
             s.spawn(move || {
                 for b in batches {
-                    let items = split_batch(b).expect("batch");
-                    let n = items
-                        .into_iter()
-                        .filter_map(|i| i.and_then(parse_event).ok())
-                        .count();
+                    let items = parse_batch(b).expect("batch");
+                    let n = items.into_iter().filter(Result::is_ok).count();
                     assert_eq!(n, BATCH);
                 }
             });

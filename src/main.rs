@@ -509,14 +509,13 @@ fn replay(config: &Path, events: &Path, json: bool) -> anyhow::Result<()> {
     let plan = Plan::load(config)?;
     let text = std::fs::read(events).with_context(|| format!("reading {}", events.display()))?;
     let mut parsed = Vec::new();
-    for (i, item) in stagegate::core::event::split_batch(&text)
+    for (i, item) in stagegate::core::event::parse_batch(&text)
         .map_err(anyhow::Error::msg)?
         .into_iter()
         .enumerate()
     {
-        let event = item
-            .and_then(stagegate::core::event::parse_event)
-            .map_err(|e| anyhow::anyhow!("{}: event {i}: {e}", events.display()))?;
+        let (event, _) =
+            item.map_err(|e| anyhow::anyhow!("{}: event {i}: {e}", events.display()))?;
         parsed.push(event);
     }
     let out = stagegate::offline::replay::replay(plan, parsed)?;

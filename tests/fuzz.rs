@@ -8,7 +8,7 @@ use std::path::Path;
 use proptest::prelude::*;
 use serde_json::Value;
 
-use stagegate::core::event::{parse_event, split_batch};
+use stagegate::core::event::{parse_batch, parse_event};
 use stagegate::core::evidence::{Accum, Moments};
 use stagegate::core::gate::{GateInput, Verdict, evaluate};
 use stagegate::plan::Action;
@@ -92,12 +92,73 @@ proptest! {
     }
 
     #[test]
-    fn batch_splitting_never_panics(body in prop::collection::vec(any::<u8>(), 0..600)) {
-        if let Ok(items) = split_batch(&body) {
-            for item in items.into_iter().flatten() {
-                let _ = parse_event(item);
+    fn batch_parsing_never_panics(body in prop::collection::vec(any::<u8>(), 0..600)) {
+        let _ = parse_batch(&body);
+    }
+
+    /// A JSON array parsed in one pass gives what splitting it into items first and then
+    /// parsing each gives: the same events with the same texts, the same errors, and the body
+    /// refused exactly when it is not a JSON array — whatever the spacing, items and damage.
+    #[test]
+    fn an_array_parses_in_one_pass_as_split_then_parsed(
+        items in prop::collection::vec(
+            prop_oneof![
+                3 => (0u32..1000, any::<bool>()).prop_map(|(i, q)| serde_json::json!({
+                    "event_id": format!("e{i}"), "workflow": "w", "version": "v",
+                    "attributes": {"tier": "a\"b"}, "quality": if q { 0.5 } else { 1.5 },
+                })),
+                1 => json(),
+            ],
+            0..6,
+        ),
+        spaces in prop::collection::vec(prop::sample::select(vec!["", " ", "\n", "\t ", "\r\n"]), 8),
+        damage in prop::option::of((
+            any::<prop::sample::Index>(),
+            any::<bool>(),
+            any::<bool>(),
+            prop::sample::select(vec!["", ",", "]", "}", "x", "\"", "[", ",]", "1"]),
+        )),
+    ) {
+        let mut body = format!("{}[", spaces[0]);
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                body.push_str(spaces[i % 8]);
+                body.push(',');
             }
+            body.push_str(spaces[(i + 3) % 8]);
+            body.push_str(&item.to_string());
         }
+        body.push_str(spaces[5]);
+        body.push(']');
+        body.push_str(spaces[7]);
+        if let Some((at, at_end, replace, with)) = damage {
+            // Anywhere, or in the last few bytes (the tail after `]` is where a walker stops).
+            let mut cut = if at_end {
+                body.len() - at.index(body.len().min(4))
+            } else {
+                at.index(body.len() + 1)
+            };
+            while !body.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            if replace && cut < body.len() {
+                body.remove(cut);
+            }
+            body.insert_str(cut, with);
+        }
+        if !body.trim_start().starts_with('[') {
+            return Ok(()); // damage at the front made NDJSON of it: not what this compares
+        }
+        let reference: Result<Vec<Result<_, String>>, String> =
+            serde_json::from_str::<Vec<&serde_json::value::RawValue>>(body.trim_start())
+                .map_err(|e| format!("body is not a JSON array: {e}"))
+                .map(|raw| {
+                    raw.iter()
+                        .map(|r| parse_event(r.get()).map(|e| (e, r.get())))
+                        .collect()
+                });
+        let got = parse_batch(body.as_bytes());
+        prop_assert_eq!(got, reference, "{}", body);
     }
 
     /// Any finite values, however extreme, through every check kind of a mean and a quantile

@@ -191,6 +191,11 @@ pub fn check_identity<'a>(
 pub fn parse_event(item: &str) -> Result<TaskEvent, String> {
     // The plain parse first; only an item that fails it is parsed again to name the field.
     let w: WireEvent = serde_json::from_str(item).map_err(|e| wire_error(item, &e))?;
+    validate(w)
+}
+
+/// The typed event of a parsed item, once its fields are checked.
+fn validate(w: WireEvent) -> Result<TaskEvent, String> {
     let event_id = w.event_id.ok_or("missing `event_id`")?;
     if event_id.is_empty() || event_id.len() > MAX_EVENT_ID {
         return Err(format!("`event_id` must be 1 to {MAX_EVENT_ID} bytes"));
@@ -280,26 +285,88 @@ fn wire_error(item: &str, plain: &serde_json::Error) -> String {
     tracked.unwrap_or_else(|| plain.to_string())
 }
 
-/// Splits a request body into items, each the text of one JSON value borrowed from the body
-/// (no tree is built): a JSON array, or NDJSON (one value per line). A line that is not JSON
-/// becomes an error at its index; the others still parse.
-pub fn split_batch(body: &[u8]) -> Result<Vec<Result<&str, String>>, String> {
+/// One item of a batch: the typed event with its text as sent (borrowed from the body), or
+/// what is wrong with it.
+pub type BatchItem<'a> = Result<(TaskEvent, &'a str), String>;
+
+/// Parses a request body into its items: a JSON array, or NDJSON (one value per line). Each item
+/// is parsed once, from the body straight into the typed event, noting where its text ends (no
+/// JSON tree, no separate pass to split the batch). An item that is JSON but not a valid event
+/// is rejected alone; so is a line that is not JSON, while the other lines still parse. An array
+/// that is not JSON rejects the body.
+pub fn parse_batch(body: &[u8]) -> Result<Vec<BatchItem<'_>>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
-        let items: Vec<&RawValue> =
-            serde_json::from_str(trimmed).map_err(|e| format!("body is not a JSON array: {e}"))?;
-        return Ok(items.into_iter().map(|i| Ok(i.get())).collect());
+        return parse_array(trimmed).ok_or_else(|| {
+            let e = serde_json::from_str::<Vec<&RawValue>>(trimmed)
+                .err()
+                .map_or_else(|| "malformed".to_string(), |e| e.to_string());
+            format!("body is not a JSON array: {e}")
+        });
     }
     Ok(text
         .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            serde_json::from_str::<&RawValue>(line)
-                .map(RawValue::get)
-                .map_err(|e| format!("line is not JSON: {e}"))
+        .map(|line| line.trim_matches(is_json_space))
+        .filter(|line| !line.is_empty())
+        .map(|line| match parse_event(line) {
+            Ok(event) => Ok((event, line)),
+            Err(error) => match serde_json::from_str::<&RawValue>(line) {
+                Err(e) => Err(format!("line is not JSON: {e}")),
+                Ok(_) => Err(error),
+            },
         })
         .collect())
+}
+
+fn is_json_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
+}
+
+/// The items of a JSON array (`text` starts with `[`), each parsed where it lies; `None` if the
+/// array is not JSON.
+fn parse_array(text: &str) -> Option<Vec<BatchItem<'_>>> {
+    let skip_space = |at: usize| text.len() - text[at..].trim_start_matches(is_json_space).len();
+    let mut items = Vec::new();
+    let mut at = skip_space(1);
+    if text[at..].starts_with(']') {
+        return text[at + 1..]
+            .trim_matches(is_json_space)
+            .is_empty()
+            .then_some(items);
+    }
+    loop {
+        let rest = &text[at..];
+        let mut typed = serde_json::Deserializer::from_str(rest).into_iter::<WireEvent>();
+        let (item, len) = match typed.next() {
+            Some(Ok(wire)) => {
+                let len = typed.byte_offset();
+                (validate(wire).map(|event| (event, &rest[..len])), len)
+            }
+            // Not an event: where the value ends, if it is JSON at all, and what is wrong.
+            Some(Err(plain)) => {
+                let mut raw = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
+                let Some(Ok(_)) = raw.next() else {
+                    return None;
+                };
+                let len = raw.byte_offset();
+                (Err(wire_error(&rest[..len], &plain)), len)
+            }
+            None => return None,
+        };
+        items.push(item);
+        at = skip_space(at + len);
+        match text.as_bytes().get(at) {
+            Some(b',') => at = skip_space(at + 1),
+            Some(b']') => {
+                return text[at + 1..]
+                    .trim_matches(is_json_space)
+                    .is_empty()
+                    .then_some(items);
+            }
+            _ => return None,
+        }
+    }
 }
 
 /// An attribute's value as a request writes it: a string (borrowed from the body when it has
@@ -431,9 +498,67 @@ mod tests {
     }
 
     #[test]
+    fn an_array_is_refused_whole_exactly_when_it_is_not_json() {
+        let e = r#"{"event_id":"a","workflow":"w","version":"v"}"#;
+        for (body, items) in [
+            ("[]".to_string(), Some(0)),
+            (" [ \n] \r\n".to_string(), Some(0)),
+            (format!("[{e}]"), Some(1)),
+            (format!("[ {e} ,\n{e}\t]"), Some(2)),
+            (format!("[{e},1,\"x\",null,[],{{}}]"), Some(6)),
+            (format!("[{e}x{e}]"), None),
+            (format!("[{e} {e}]"), None),
+            (format!("[{e}1]"), None),
+            (format!("[{e},]"), None),
+            (format!("[,{e}]"), None),
+            (format!("[{e}]x"), None),
+            (format!("[{e}],"), None),
+            (format!("[{e}"), None),
+            (format!("[{e},"), None),
+            ("[".to_string(), None),
+            ("[1 2]".to_string(), None),
+        ] {
+            let got = parse_batch(body.as_bytes());
+            match items {
+                Some(n) => assert_eq!(got.map(|i| i.len()), Ok(n), "{body}"),
+                None => assert!(
+                    got.as_ref()
+                        .is_err_and(|e| e.starts_with("body is not a JSON array: ")),
+                    "{body}: {got:?}"
+                ),
+            }
+        }
+        // Items that are JSON but not events are rejected alone, naming what is wrong.
+        let body = format!("[{e},1,{{\"event_id\":7}}]");
+        let items = parse_batch(body.as_bytes()).expect("array");
+        assert!(matches!(&items[0], Ok((_, text)) if *text == e));
+        assert!(
+            matches!(&items[1], Err(m) if m.contains("invalid type")),
+            "{items:?}"
+        );
+        assert!(
+            matches!(&items[2], Err(m) if m.contains("event_id")),
+            "{items:?}"
+        );
+    }
+
+    #[test]
     fn ndjson_keeps_good_lines() {
-        let items = split_batch(b"{\"a\":1}\nnot json\n\n{\"b\":2}\n").expect("splits");
-        assert_eq!(items.len(), 3);
-        assert!(items[0].is_ok() && items[1].is_err() && items[2].is_ok());
+        let good = r#"{"event_id":"a","workflow":"w","version":"v"}"#;
+        let body = format!("{good}\nnot json\n\n  {good}\r\n{{\"b\":2}}\n");
+        let items = parse_batch(body.as_bytes()).expect("lines");
+        assert_eq!(items.len(), 4);
+        assert!(matches!(&items[0], Ok((_, text)) if *text == good));
+        assert!(matches!(&items[1], Err(e) if e.starts_with("line is not JSON")));
+        assert!(
+            matches!(&items[2], Ok((_, text)) if *text == good),
+            "{:?}",
+            items[2]
+        );
+        assert!(
+            matches!(&items[3], Err(e) if e.contains("`b`")),
+            "{:?}",
+            items[3]
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::core::assign::Routing;
 use crate::core::clock::Clock;
 use crate::core::clock::Millis;
 use crate::core::engine::{Engine, Pending, StateChange};
-use crate::core::event::{TaskEvent, parse_event, split_batch};
+use crate::core::event::{TaskEvent, parse_batch};
 use crate::core::evidence::Checkpoint;
 use crate::core::gate::GateVerdict;
 use crate::core::receipt::Receipt;
@@ -462,12 +462,12 @@ impl Shared {
 
     /// Validates, deduplicates and durably stores a batch, then adds it to evidence.
     pub async fn ingest(self: &Arc<Self>, body: &Bytes) -> Result<IngestOutcome, IngestError> {
-        let items = split_batch(body).map_err(IngestError::Body)?;
+        let items = parse_batch(body).map_err(IngestError::Body)?;
         let mut outcome = IngestOutcome::default();
         // Each valid item with its text: what the store keeps, as the application wrote it.
         let mut valid: Vec<(usize, TaskEvent, &str)> = Vec::with_capacity(items.len());
         for (index, item) in items.into_iter().enumerate() {
-            match item.and_then(|text| parse_event(text).map(|e| (e, text))) {
+            match item {
                 Ok((event, text)) => valid.push((index, event, text)),
                 Err(error) => outcome.rejected.push(Rejected { index, error }),
             }
@@ -1758,13 +1758,18 @@ mod tests {
 
     #[test]
     fn an_item_of_the_body_is_shared_and_anything_else_copied() {
-        let body = Bytes::from_static(br#"[{"event_id":"a"},{"event_id":"b"}]"#);
-        let items = split_batch(&body).expect("a JSON array");
-        let Some(Ok(second)) = items.get(1) else {
+        let body = Bytes::from_static(
+            br#"[{"event_id":"a","workflow":"w","version":"v"},{"event_id":"b","workflow":"w","version":"v"}]"#,
+        );
+        let items = parse_batch(&body).expect("a JSON array");
+        let Some(Ok((_, second))) = items.get(1) else {
             panic!("two items: {items:?}");
         };
         let view = within(&body, second.as_bytes());
-        assert_eq!(&view[..], br#"{"event_id":"b"}"#);
+        assert_eq!(
+            &view[..],
+            br#"{"event_id":"b","workflow":"w","version":"v"}"#
+        );
         assert_eq!(view.as_ptr(), second.as_ptr(), "a view, not a copy");
         let elsewhere = br#"{"event_id":"c"}"#.to_vec();
         let copied = within(&body, &elsewhere);
