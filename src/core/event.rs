@@ -44,8 +44,8 @@ pub struct TaskEvent {
     pub version: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub attributes: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "EventAttributes::is_empty")]
+    pub attributes: EventAttributes,
     #[serde(default)]
     pub mode: Mode,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +82,75 @@ impl TaskEvent {
 
     /// Looks up an attribute for segment matching.
     pub fn attribute(&self, key: &str) -> Option<&str> {
-        self.attributes.get(key).map(String::as_str)
+        self.attributes.get(key)
+    }
+}
+
+/// An event's attributes: each key once, in key order, a key sent twice keeping its last
+/// value — as a map, and written as one. It is a sorted vector because an event carries a
+/// few: a `BTreeMap`'s first insert allocates a node for eleven pairs, which every event paid
+/// to allocate, fill and walk again to drop.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct EventAttributes(Vec<(String, String)>);
+
+impl EventAttributes {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.position(key).ok().map(|i| self.0[i].1.as_str())
+    }
+
+    /// Sets `key` to `value`, replacing what it had.
+    pub fn insert(&mut self, key: String, value: String) {
+        match self.position(&key) {
+            Ok(i) => self.0[i].1 = value,
+            Err(i) => self.0.insert(i, (key, value)),
+        }
+    }
+
+    pub fn remove(&mut self, key: &str) {
+        if let Ok(i) = self.position(key) {
+            self.0.remove(i);
+        }
+    }
+
+    /// The pairs, in key order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn position(&self, key: &str) -> Result<usize, usize> {
+        self.0.binary_search_by(|(k, _)| k.as_str().cmp(key))
+    }
+}
+
+impl FromIterator<(String, String)> for EventAttributes {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        let mut out = EventAttributes::default();
+        for (key, value) in pairs {
+            out.insert(key, value);
+        }
+        out
+    }
+}
+
+impl Serialize for EventAttributes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(self.iter())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventAttributes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(BTreeMap::<String, String>::deserialize(d)?
+            .into_iter()
+            .collect())
     }
 }
 
@@ -112,7 +180,7 @@ struct WireEvent {
 /// set aside to be refused.
 #[derive(Default)]
 struct WireAttributes {
-    map: BTreeMap<String, String>,
+    map: EventAttributes,
     refused: BTreeSet<String>,
 }
 
@@ -236,10 +304,7 @@ fn validate(w: WireEvent) -> Result<TaskEvent, String> {
         ));
     }
     let attributes = w.attributes.map;
-    check_identity(
-        w.subject.as_deref(),
-        attributes.iter().map(|(k, v)| (k.as_str(), v.as_str())),
-    )?;
+    check_identity(w.subject.as_deref(), attributes.iter())?;
     if workflow.len() > MAX_ATTRIBUTE_KEY || version.len() > MAX_ATTRIBUTE_KEY {
         return Err(format!(
             "`workflow` and `version` are at most {MAX_ATTRIBUTE_KEY} bytes"
@@ -495,6 +560,40 @@ mod tests {
         // Of several refused keys, the first in key order is named.
         let err = parse(r#"{"b":[],"a":null}"#).unwrap_err();
         assert!(err.contains("attribute `a`"), "{err}");
+    }
+
+    #[test]
+    fn attributes_are_a_map_in_key_order_on_the_wire_and_in_memory() {
+        let mut a: EventAttributes = [("tier", "x"), ("region", "eu"), ("tier", "pro")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.get("tier"), Some("pro"));
+        assert_eq!(a.get("team"), None);
+        a.insert("app".into(), "1".into());
+        assert_eq!(
+            a.iter().collect::<Vec<_>>(),
+            [("app", "1"), ("region", "eu"), ("tier", "pro")]
+        );
+        let json = serde_json::to_string(&a).expect("json");
+        assert_eq!(json, r#"{"app":"1","region":"eu","tier":"pro"}"#);
+        assert_eq!(
+            serde_json::from_str::<EventAttributes>(&json).expect("back"),
+            a
+        );
+        let repeated: EventAttributes =
+            serde_json::from_str(r#"{"k":"1","a":"2","k":"3"}"#).expect("map");
+        assert_eq!(
+            repeated.iter().collect::<Vec<_>>(),
+            [("a", "2"), ("k", "3")]
+        );
+        a.remove("region");
+        a.remove("nothing");
+        assert_eq!(
+            a.iter().map(|(k, _)| k).collect::<Vec<_>>(),
+            ["app", "tier"]
+        );
     }
 
     #[test]

@@ -740,7 +740,10 @@ fn synthesize(
         workflow: workflow.to_string(),
         version: version.to_string(),
         subject: None,
-        attributes: attributes.clone(),
+        attributes: attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         mode,
         ts: None,
         quality: b.quality.map(|q| (q + 0.05 * rng.normal()).clamp(0.0, 1.0)),
