@@ -8,7 +8,8 @@
 //! [--memory EVENTS] [--instructions]`. `--memory` ingests that many events (batches of 500 from
 //! 8 clients), then prints the resident memory, the store's size, and both again after a restart
 //! on that store. `--instructions` runs each server under valgrind's callgrind and prints the
-//! user-space instructions each spends per request of each load, and their ratio: a measure of
+//! user-space instructions each spends per request of each load (for events, a fixed number of
+//! batches, every one answered inside the count), and their ratio: a measure of
 //! the work itself that a noisy host's speed does not move (kernel time, cache misses and waits
 //! are not in it, so it complements the timed ratios rather than replacing them).
 
@@ -144,6 +145,19 @@ impl Server {
     }
 
     /// CPU seconds the process has used (user + system).
+    /// Waits until the server has used under 50 ms of CPU in a second, at most two minutes.
+    fn wait_idle(&self) {
+        let mut cpu = self.cpu_seconds();
+        for _ in 0..120 {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = self.cpu_seconds();
+            if now - cpu < 0.05 {
+                return;
+            }
+            cpu = now;
+        }
+    }
+
     fn cpu_seconds(&self) -> f64 {
         let stat =
             std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
@@ -316,9 +330,6 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
 
 /// Feeds every arm of every segment of every rollout `per_arm` healthy events.
 fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()?;
     let mut bodies = Vec::new();
     let mut batch = Vec::with_capacity(500);
     let mut n = 0u64;
@@ -339,8 +350,18 @@ fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
     if !batch.is_empty() {
         bodies.push(format!("[{}]", batch.join(",")));
     }
+    post_events(addr, bodies, 4)?;
+    Ok(n)
+}
+
+/// Posts `bodies` to `/v1/events` from `clients` threads at once, each body after the
+/// previous one's answer; every one must be accepted.
+fn post_events(addr: &str, bodies: Vec<String>, clients: usize) -> Result<()> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
     let chunks: Vec<Vec<String>> = bodies
-        .chunks(bodies.len().div_ceil(4).max(1))
+        .chunks(bodies.len().div_ceil(clients).max(1))
         .map(<[String]>::to_vec)
         .collect();
     std::thread::scope(|s| -> Result<()> {
@@ -357,7 +378,7 @@ fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
                             .body(body)
                             .send()?;
                         if !response.status().is_success() {
-                            bail!("preload refused: {}", response.text()?);
+                            bail!("events refused: {}", response.text()?);
                         }
                     }
                     Ok(())
@@ -366,11 +387,10 @@ fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
             .collect();
         for h in handles {
             h.join()
-                .map_err(|_| anyhow::anyhow!("preload thread panicked"))??;
+                .map_err(|_| anyhow::anyhow!("events thread panicked"))??;
         }
         Ok(())
-    })?;
-    Ok(n)
+    })
 }
 
 /// One scrape target's size, series and median time to answer.
@@ -708,16 +728,8 @@ fn instructions(
         let server = Server::start(Path::new("valgrind"), &args, &dir.join("callgrind.log"))?;
         let pid = server.pid().to_string();
         // Start-up work (restoring evidence, the first tick: slow under valgrind) is not a
-        // request's: wait until the server is idle, at most two minutes.
-        let mut cpu = server.cpu_seconds();
-        for _ in 0..120 {
-            std::thread::sleep(Duration::from_secs(1));
-            let now = server.cpu_seconds();
-            if now - cpu < 0.05 {
-                break;
-            }
-            cpu = now;
-        }
+        // request's: wait until the server is idle.
+        server.wait_idle();
         let control = |flag: &str| -> Result<()> {
             let ok = Command::new("callgrind_control")
                 .args([flag, &pid])
@@ -731,18 +743,43 @@ fn instructions(
             Ok(())
         };
         for (k, kind) in kinds.iter().enumerate() {
-            // A short run first, uncounted: connections open, caches and pages warm.
+            // A short run first, uncounted: connections open, caches and pages warm; then
+            // whatever it left in flight (a batch's commit and evidence) finishes uncounted.
             wrk(&server, dir, kind, o.rollouts, 8, 0, 2)?;
+            server.wait_idle();
             control("--instr=on")?;
-            let run = wrk(&server, dir, kind, o.rollouts, 8, 0, o.seconds)?;
+            let units = if *kind == "events" {
+                // A known number of batches, every one answered inside the count: wrk would
+                // stop with up to 8 batches of 500 in flight, their work counted and their
+                // events not, which moved the figure by a quarter between runs.
+                let batches = 8 * o.seconds.max(2) as usize;
+                let bodies = (0..batches)
+                    .map(|b| {
+                        let events: Vec<String> = (0..500)
+                            .map(|i| {
+                                let k = (b * 500 + i) as u64;
+                                let rollout = (b * 500 + i) % o.rollouts;
+                                let version = if k % 2 == 0 { "a" } else { "b" };
+                                fleet::event(
+                                    &format!("count-{k}"),
+                                    rollout,
+                                    (k / 7 % 3) as usize,
+                                    version,
+                                    k,
+                                )
+                            })
+                            .collect();
+                        format!("[{}]", events.join(","))
+                    })
+                    .collect();
+                post_events(&server.addr, bodies, 8)?;
+                (batches * 500) as f64
+            } else {
+                let run = wrk(&server, dir, kind, o.rollouts, 8, 0, o.seconds)?;
+                run.rps * o.seconds as f64
+            };
             control("--instr=off")?;
             control("--dump")?;
-            let requests = run.rps * o.seconds as f64;
-            let units = if *kind == "events" {
-                requests * 500.0
-            } else {
-                requests
-            };
             // callgrind numbers its dumps from 1.
             let dump = dir.join(format!("callgrind.{slot}.{pid}.{}", k + 1));
             per_request[slot][k] = dump_total(&dump)? / units;
