@@ -352,14 +352,14 @@ fn wire_error(item: &str, plain: &serde_json::Error) -> String {
 
 /// One item of a batch: the typed event with its text as sent (borrowed from the body), or
 /// what is wrong with it.
-pub type BatchItem<'a> = Result<(TaskEvent, &'a str), String>;
+pub type ParsedItem<'a> = Result<(TaskEvent, &'a str), String>;
 
 /// Parses a request body into its items: a JSON array, or NDJSON (one value per line). Each item
 /// is parsed once, from the body straight into the typed event, noting where its text ends (no
 /// JSON tree, no separate pass to split the batch). An item that is JSON but not a valid event
 /// is rejected alone; so is a line that is not JSON, while the other lines still parse. An array
 /// that is not JSON rejects the body.
-pub fn parse_batch(body: &[u8]) -> Result<Vec<BatchItem<'_>>, String> {
+pub fn parse_batch(body: &[u8]) -> Result<Vec<ParsedItem<'_>>, String> {
     let text = std::str::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
     let trimmed = text.trim_start();
     if trimmed.starts_with('[') {
@@ -390,7 +390,7 @@ fn is_json_space(c: char) -> bool {
 
 /// The items of a JSON array (`text` starts with `[`), each parsed where it lies; `None` if the
 /// array is not JSON.
-fn parse_array(text: &str) -> Option<Vec<BatchItem<'_>>> {
+fn parse_array(text: &str) -> Option<Vec<ParsedItem<'_>>> {
     let skip_space = |at: usize| text.len() - text[at..].trim_start_matches(is_json_space).len();
     let mut items = Vec::new();
     let mut at = skip_space(1);

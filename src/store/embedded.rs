@@ -1215,7 +1215,8 @@ mod records {
                 out.push((last, std::mem::replace(&mut piece, fresh(left))));
                 last = 0;
             }
-            if !open.is_some_and(|(s, e, _)| s == scope && e == epoch) {
+            // A new block, or the same one going on in a new piece.
+            if !same || open.is_none() {
                 close(&mut piece, open.take());
                 push_block(&mut piece, scope, epoch, &[]);
                 open = Some((scope, epoch, piece.len() - 4));
