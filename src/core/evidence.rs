@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::core::buckets::Buckets;
 use crate::core::event::TaskEvent;
@@ -295,9 +296,9 @@ pub struct Bet {
     /// Change detectors: a shift above the limit that starts late, after hours at a healthy
     /// level, is diluted in the cumulative test; these watch for its start.
     #[serde(default)]
-    pub above: Vec<Cusum>,
+    pub above: Detectors,
     #[serde(default)]
-    pub below: Vec<Cusum>,
+    pub below: Detectors,
     /// Observations so far (the detectors' clock).
     #[serde(default)]
     pub n: u64,
@@ -305,9 +306,9 @@ pub struct Bet {
     /// detectors' shifts, `SHIFTS_ABOVE` / `SHIFTS_BELOW`): near Wald's SPRT when the breach is
     /// about that size. Empty in checkpoints written before they existed.
     #[serde(default)]
-    pub fixed_above: Vec<f64>,
+    pub fixed_above: Gamblers,
     #[serde(default)]
-    pub fixed_below: Vec<f64>,
+    pub fixed_below: Gamblers,
     /// What a 0/1 observation adds to each fixed gambler and detector (see [`BinarySteps`]).
     #[serde(skip)]
     binary_steps: BinarySteps,
@@ -317,9 +318,10 @@ pub struct Bet {
 /// detectors: they depend only on the limit, so a bet computes them once (twelve logarithms)
 /// instead of at every observation. Order: `fixed_above`, `fixed_below`, `above`, `below`;
 /// `[x = 0, x = 1]` each. Derived, never stored, not copied with a clone (a checkpoint's copy
-/// is only written out), and equal whatever it holds.
+/// is only written out), and equal whatever it holds. Kept inside the bet, as its gamblers
+/// are: a separate allocation would be one more cache miss per observation.
 #[derive(Debug, Default)]
-struct BinarySteps(std::sync::OnceLock<Box<[[f64; 2]]>>);
+struct BinarySteps(std::sync::OnceLock<([[f64; 2]; MAX_STEPS], usize)>);
 
 impl Clone for BinarySteps {
     fn clone(&self) -> BinarySteps {
@@ -407,7 +409,7 @@ impl Cusum {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Watch {
     pub check: Check,
-    pub cusums: Vec<Cusum>,
+    pub cusums: Detectors,
     pub n: u64,
     /// The limit used for the latest observation.
     pub limit: f64,
@@ -465,6 +467,12 @@ const REFERENCE_ALPHA: f64 = 0.001;
 /// below it (scores: 0.80 → 0.75, 0.70, 0.60).
 const SHIFTS_ABOVE: [f64; 3] = [1.5, 2.0, 3.0];
 const SHIFTS_BELOW: [f64; 3] = [0.9375, 0.875, 0.75];
+/// A side's change detectors, one per shift, kept inside their bet or watch: an observation
+/// updates every signal's detectors, and at a thousand rollouts each separate allocation is
+/// a cache miss on that path.
+pub type Detectors = SmallVec<[Cusum; SHIFTS_ABOVE.len()]>;
+/// A side's fixed-stake gamblers' log capital, one per shift, inline for the same reason.
+pub type Gamblers = SmallVec<[f64; SHIFTS_ABOVE.len()]>;
 
 /// How the capital is split between the adaptive gambler and the fixed-stake ones (in
 /// `SHIFTS_*` order). Any split is valid — the average of test supermartingales is one — and
@@ -491,8 +499,8 @@ impl Bet {
             above,
             below,
             n: 0,
-            fixed_above: vec![0.0; SHIFTS_ABOVE.len()],
-            fixed_below: vec![0.0; SHIFTS_BELOW.len()],
+            fixed_above: SmallVec::from_elem(0.0, SHIFTS_ABOVE.len()),
+            fixed_below: SmallVec::from_elem(0.0, SHIFTS_BELOW.len()),
             binary_steps: BinarySteps::default(),
         }
     }
@@ -527,11 +535,15 @@ impl Bet {
         self.log_below += (1.0 - down * (x - m)).ln();
         self.n += 1;
         if x == 0.0 || x == 1.0 {
-            let steps = self.binary_steps.0.get_or_init(|| {
+            let (steps, len) = self.binary_steps.0.get_or_init(|| {
                 let (zero, one) = (self.steps(0.0), self.steps(1.0));
-                zero.iter().zip(one.iter()).map(|(&a, &b)| [a, b]).collect()
+                let mut pairs = [[0.0; 2]; MAX_STEPS];
+                for (pair, (&a, &b)) in pairs.iter_mut().zip(zero.iter().zip(one.iter())) {
+                    *pair = [a, b];
+                }
+                (pairs, zero.len)
             });
-            let mut steps = steps.iter().map(|pair| pair[usize::from(x == 1.0)]);
+            let mut steps = steps[..*len].iter().map(|pair| pair[usize::from(x == 1.0)]);
             for log in self.fixed_above.iter_mut().chain(&mut self.fixed_below) {
                 *log += steps.next().unwrap_or(0.0);
             }
@@ -590,11 +602,15 @@ impl Bet {
     }
 }
 
+/// The most increments an observation adds to one bet: a fixed gambler and a detector per
+/// shift, on each side.
+const MAX_STEPS: usize = 2 * (SHIFTS_ABOVE.len() + SHIFTS_BELOW.len());
+
 /// A bet's per-observation increments, without allocating: at most one per shift per side for
 /// the fixed gamblers and the detectors each.
 #[derive(Default)]
 struct Steps {
-    values: [f64; 2 * (SHIFTS_ABOVE.len() + SHIFTS_BELOW.len())],
+    values: [f64; MAX_STEPS],
     len: usize,
 }
 
@@ -1080,6 +1096,46 @@ mod tests {
             assert_eq!(bits(&cached), bits(&plain), "limit {limit}");
             assert!(cached.binary_steps.0.get().is_some(), "the cache was used");
         }
+    }
+
+    #[test]
+    fn a_bets_gamblers_and_detectors_live_inside_it_and_read_as_before() {
+        // At a thousand rollouts every observation reaches a bet in memory not in cache; its
+        // gamblers, detectors and 0/1 increments inside it are one fetch, not five.
+        let mut bet = Bet::new(0.2);
+        for x in [0.0, 1.0, 0.3] {
+            bet.update(x, bet.n, 0.2, 0.16, false);
+        }
+        for side in [&bet.above, &bet.below] {
+            assert!(!side.spilled(), "detectors on the heap");
+        }
+        for side in [&bet.fixed_above, &bet.fixed_below] {
+            assert!(!side.spilled(), "gamblers on the heap");
+        }
+        let watch = Watch::new(Check::MaxRatio(1.2));
+        assert!(!watch.cusums.spilled());
+        // Checkpoints keep them as JSON arrays, as when they were vectors: one written before
+        // the fixed gamblers existed (no such field) reads with none, and any length reads back.
+        let json = serde_json::to_value(&bet).expect("serialize");
+        assert_eq!(json["fixed_above"].as_array().map(Vec::len), Some(3));
+        assert_eq!(json["above"].as_array().map(Vec::len), Some(3));
+        let back: Bet = serde_json::from_value(json.clone()).expect("deserialize");
+        assert_eq!(back, bet);
+        let mut old = json;
+        let fields = old.as_object_mut().expect("object");
+        fields.remove("fixed_above");
+        fields.remove("fixed_below");
+        let mut four = fields["above"].as_array().cloned().expect("array");
+        four.push(four[0].clone());
+        fields.insert("above".into(), serde_json::Value::Array(four));
+        let old: Bet = serde_json::from_value(old).expect("an older checkpoint");
+        assert!(old.fixed_above.is_empty() && old.fixed_below.is_empty());
+        assert_eq!(old.above.len(), 4);
+        assert_eq!(
+            old.evidence_above(),
+            old.log_above,
+            "no fixed gamblers: the adaptive one"
+        );
     }
 
     #[test]
