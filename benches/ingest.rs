@@ -186,7 +186,30 @@ fn median(mut values: Vec<f64>) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
+/// `STAGEGATE_BENCH_PROFILE=W,R`: instead of timing, the fleet's path once — `W` iterations to
+/// fill every arm's evidence, then `R` more — for a profiler, e.g. the recorder's cache misses:
+/// `valgrind --tool=callgrind --cache-sim=yes --LL=16777216,16,64 --collect-atstart=no
+/// --toggle-collect='stagegate::core::engine::Engine::record_routed'` with `R` = 0 and 2, and
+/// the difference divided by `2 × EVENTS`.
+fn profile(spec: &str) {
+    let mut parts = spec.split(',').map(|p| p.trim().parse::<usize>());
+    let (Some(Ok(warm)), Some(Ok(rounds)), None) = (parts.next(), parts.next(), parts.next())
+    else {
+        panic!("STAGEGATE_BENCH_PROFILE is W,R (two counts), not {spec:?}");
+    };
+    let server = Server::start(Shape::Fleet, false);
+    for round in 0..warm + rounds {
+        let took = server.ingest(bodies(Shape::Fleet, &format!("p{round}")));
+        let phase = if round < warm { "warm" } else { "measured" };
+        println!("{phase} {:.0} events/s", EVENTS as f64 / took.as_secs_f64());
+    }
+}
+
 fn main() {
+    if let Ok(spec) = std::env::var("STAGEGATE_BENCH_PROFILE") {
+        profile(&spec);
+        return;
+    }
     let mut criterion = Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
