@@ -195,7 +195,8 @@ fn profile(spec: &str) {
     let mut parts = spec.split(',').map(|p| p.trim().parse::<usize>());
     let (Some(Ok(warm)), Some(Ok(rounds)), None) = (parts.next(), parts.next(), parts.next())
     else {
-        panic!("STAGEGATE_BENCH_PROFILE is W,R (two counts), not {spec:?}");
+        eprintln!("STAGEGATE_BENCH_PROFILE is W,R (two counts), not {spec:?}");
+        std::process::exit(2);
     };
     let server = Server::start(Shape::Fleet, false);
     for round in 0..warm + rounds {
