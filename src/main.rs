@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use stagegate::config::render_plan;
 use stagegate::plan::Plan;
@@ -567,7 +568,8 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
         tokio::spawn(run_pruner(shared.clone()));
         tokio::spawn(stagegate::serve::prometheus::run_sources(shared.clone()));
         tokio::spawn(stagegate::serve::notify::run_notifier(shared.clone()));
-        tokio::spawn(reload_on_sighup(shared.clone()));
+        let signals = Signals::register()?;
+        tokio::spawn(reload_on_sighup(shared.clone(), signals.hangup));
         tracing::info!(%addr, "listening");
         println!("listening on {addr}");
         let server = &shared.plan.load().server;
@@ -580,7 +582,7 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
             listener,
             stagegate::serve::api::Api::new(shared.clone()),
             limits,
-            shutdown_signal(),
+            shutdown_signal(signals.terminate, signals.interrupt),
             std::time::Duration::from_secs(10),
         )
         .await;
@@ -594,41 +596,47 @@ fn serve(path: &Path, force: bool) -> anyhow::Result<()> {
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = ctrl_c => {},
-            _ = term.recv() => {},
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+/// The signals a running server acts on, registered before it says it is listening: a
+/// signal that arrives any time after the `listening` line is handled, never left to its
+/// default action, which ends the process (a SIGHUP sent to reload it the moment it started
+/// would kill it; a SIGTERM would skip the orderly stop).
+struct Signals {
+    terminate: Signal,
+    interrupt: Signal,
+    hangup: Signal,
 }
 
-async fn reload_on_sighup(shared: Arc<Shared>) {
-    #[cfg(unix)]
-    {
-        let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        else {
-            return;
-        };
-        while hup.recv().await.is_some() {
-            let _ = shared
-                .inputs
-                .send(Input::Reload {
-                    actor: "sighup".into(),
-                    force: false,
-                    reply: None,
-                })
-                .await;
-        }
+impl Signals {
+    fn register() -> anyhow::Result<Signals> {
+        let register =
+            |kind: SignalKind, name: &str| signal(kind).with_context(|| format!("handling {name}"));
+        Ok(Signals {
+            terminate: register(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: register(SignalKind::interrupt(), "SIGINT")?,
+            hangup: register(SignalKind::hangup(), "SIGHUP")?,
+        })
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT: the server stops accepting and drains.
+async fn shutdown_signal(mut terminate: Signal, mut interrupt: Signal) {
+    tokio::select! {
+        _ = terminate.recv() => {},
+        _ = interrupt.recv() => {},
+    }
+}
+
+/// Each SIGHUP reloads the config, as `POST /v1/reload` does (its receipt's actor: `sighup`).
+async fn reload_on_sighup(shared: Arc<Shared>, mut hangup: Signal) {
+    while hangup.recv().await.is_some() {
+        let _ = shared
+            .inputs
+            .send(Input::Reload {
+                actor: "sighup".into(),
+                force: false,
+                reply: None,
+            })
+            .await;
     }
 }
 

@@ -425,6 +425,39 @@ fn a_damaged_store_is_refused_unchanged_and_without_a_backtrace() {
     assert_eq!(std::fs::metadata(&store).expect("meta").len(), 0);
 }
 
+#[test]
+fn a_signal_sent_the_moment_it_says_listening_is_handled_not_fatal() {
+    // A supervisor may reload (SIGHUP) or stop (SIGTERM) a server as soon as it reports
+    // listening. Its handlers are in place before that line: the reload leaves it serving, the
+    // stop is the orderly one (exit 0), never the signal's default action, which ends the
+    // process. Sent with no delay, several times, as the race only shows on some starts.
+    let signal = |server: &Server, signal: rustix::process::Signal| {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(server.pid()).expect("pid"))
+            .expect("a running server's pid");
+        rustix::process::kill_process(pid, signal).expect("signal");
+    };
+    for attempt in 0..6 {
+        let mut server = Server::start(&config(""));
+        signal(&server, rustix::process::Signal::HUP);
+        assert_eq!(
+            server.get("/healthz", None).status,
+            200,
+            "attempt {attempt}: a SIGHUP at start-up ended the server:\n{}",
+            server.log()
+        );
+        signal(&server, rustix::process::Signal::TERM);
+        assert_eq!(server.wait_exit(), Some(0), "attempt {attempt}");
+        let mut server = Server::start(&config(""));
+        signal(&server, rustix::process::Signal::TERM);
+        assert_eq!(
+            server.wait_exit(),
+            Some(0),
+            "attempt {attempt}: a SIGTERM at start-up was not an orderly stop:\n{}",
+            server.log()
+        );
+    }
+}
+
 fn metric(server: &Server, name: &str) -> f64 {
     server
         .get("/metrics", None)
