@@ -316,12 +316,13 @@ pub struct Bet {
 
 /// The log increments a 0/1 observation adds to a bet's fixed-stake gamblers and change
 /// detectors: they depend only on the limit, so a bet computes them once (twelve logarithms)
-/// instead of at every observation. Order: `fixed_above`, `fixed_below`, `above`, `below`;
-/// `[x = 0, x = 1]` each. Derived, never stored, not copied with a clone (a checkpoint's copy
-/// is only written out), and equal whatever it holds. Kept inside the bet, as its gamblers
-/// are: a separate allocation would be one more cache miss per observation.
+/// instead of at every observation. `[x = 0, x = 1]`, each in the order `fixed_above`,
+/// `fixed_below`, `above`, `below`. Derived, never stored, not copied with a clone (a
+/// checkpoint's copy is only written out), and equal whatever it holds. Kept inside the bet,
+/// as its gamblers are (a separate allocation would be one more cache miss per observation),
+/// and one outcome's increments side by side: an observation reads two cache lines, not three.
 #[derive(Debug, Default)]
-struct BinarySteps(std::sync::OnceLock<([[f64; 2]; MAX_STEPS], usize)>);
+struct BinarySteps(std::sync::OnceLock<[Steps; 2]>);
 
 impl Clone for BinarySteps {
     fn clone(&self) -> BinarySteps {
@@ -535,15 +536,11 @@ impl Bet {
         self.log_below += (1.0 - down * (x - m)).ln();
         self.n += 1;
         if x == 0.0 || x == 1.0 {
-            let (steps, len) = self.binary_steps.0.get_or_init(|| {
-                let (zero, one) = (self.steps(0.0), self.steps(1.0));
-                let mut pairs = [[0.0; 2]; MAX_STEPS];
-                for (pair, (&a, &b)) in pairs.iter_mut().zip(zero.iter().zip(one.iter())) {
-                    *pair = [a, b];
-                }
-                (pairs, zero.len)
-            });
-            let mut steps = steps[..*len].iter().map(|pair| pair[usize::from(x == 1.0)]);
+            let outcomes = self
+                .binary_steps
+                .0
+                .get_or_init(|| [self.steps(0.0), self.steps(1.0)]);
+            let mut steps = outcomes[usize::from(x == 1.0)].iter().copied();
             for log in self.fixed_above.iter_mut().chain(&mut self.fixed_below) {
                 *log += steps.next().unwrap_or(0.0);
             }
@@ -608,7 +605,7 @@ const MAX_STEPS: usize = 2 * (SHIFTS_ABOVE.len() + SHIFTS_BELOW.len());
 
 /// A bet's per-observation increments, without allocating: at most one per shift per side for
 /// the fixed gamblers and the detectors each.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Steps {
     values: [f64; MAX_STEPS],
     len: usize,
