@@ -1097,8 +1097,8 @@ mod tests {
 
     #[test]
     fn a_bets_gamblers_and_detectors_live_inside_it_and_read_as_before() {
-        // At a thousand rollouts every observation reaches a bet in memory not in cache; its
-        // gamblers, detectors and 0/1 increments inside it are one fetch, not five.
+        // At a thousand rollouts every observation reaches a bet in memory, not in cache; its
+        // gamblers, detectors and 0/1 increments inside it are one allocation to fetch, not five.
         let mut bet = Bet::new(0.2);
         for x in [0.0, 1.0, 0.3] {
             bet.update(x, bet.n, 0.2, 0.16, false);
