@@ -80,7 +80,10 @@ impl fmt::Display for StorePlan {
 /// statistic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignalRanges {
-    pub overrides: BTreeMap<String, (f64, f64)>,
+    overrides: BTreeMap<String, (f64, f64)>,
+    /// The ranges of `quality`, `latency_ms` and `cost_usd`, resolved: every event checks
+    /// them, without a lookup by name.
+    numeric: [(f64, f64); 3],
 }
 
 /// How long gates keep watching after promotion unless a rollout says otherwise.
@@ -105,25 +108,74 @@ impl SignalRanges {
         }
     }
 
+    /// The ranges the config sets (by signal name); the others keep their defaults.
+    pub fn new(overrides: BTreeMap<String, (f64, f64)>) -> SignalRanges {
+        let resolve = |signal: Signal| {
+            overrides
+                .get(signal.name())
+                .copied()
+                .unwrap_or_else(|| SignalRanges::default_for(&signal))
+        };
+        let numeric = [
+            resolve(Signal::Quality),
+            resolve(Signal::LatencyMs),
+            resolve(Signal::CostUsd),
+        ];
+        SignalRanges { overrides, numeric }
+    }
+
     pub fn range(&self, signal: &Signal) -> (f64, f64) {
+        match signal {
+            Signal::Quality => self.numeric[0],
+            Signal::LatencyMs => self.numeric[1],
+            Signal::CostUsd => self.numeric[2],
+            _ => self.named_range(signal.name(), signal),
+        }
+    }
+
+    fn named_range(&self, name: &str, signal: &Signal) -> (f64, f64) {
         self.overrides
-            .get(signal.name())
+            .get(name)
             .copied()
             .unwrap_or_else(|| SignalRanges::default_for(signal))
     }
 
     /// Checks one observed value; the error says which range it broke.
     pub fn check(&self, signal: &Signal, value: f64) -> Result<(), String> {
-        let (lo, hi) = self.range(signal);
+        Self::within(signal.name(), self.range(signal), value)
+    }
+
+    /// Checks the `quality`, `latency_ms` and `cost_usd` an event reports, in that order.
+    pub fn check_numeric(&self, values: [Option<f64>; 3]) -> Result<(), String> {
+        const NUMERIC: [Signal; 3] = [Signal::Quality, Signal::LatencyMs, Signal::CostUsd];
+        for ((value, &range), signal) in values.into_iter().zip(&self.numeric).zip(&NUMERIC) {
+            if let Some(x) = value {
+                Self::within(signal.name(), range, x)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// [`SignalRanges::check`] of a custom signal by its name, as an event reports it.
+    pub fn check_custom(&self, name: &str, value: f64) -> Result<(), String> {
+        const CUSTOM: Signal = Signal::Custom(String::new());
+        Self::within(name, self.named_range(name, &CUSTOM), value)
+    }
+
+    #[inline]
+    fn within(name: &str, (lo, hi): (f64, f64), value: f64) -> Result<(), String> {
         if value.is_finite() && (lo..=hi).contains(&value) {
             Ok(())
         } else {
-            Err(format!(
-                "`{}` {value} is outside its plausible range {lo}..{hi} (set `signals.{}.range` to change it)",
-                signal.name(),
-                signal.name()
-            ))
+            Err(Self::outside(name, (lo, hi), value))
         }
+    }
+
+    #[cold]
+    fn outside(name: &str, (lo, hi): (f64, f64), value: f64) -> String {
+        format!(
+            "`{name}` {value} is outside its plausible range {lo}..{hi} (set `signals.{name}.range` to change it)"
+        )
     }
 }
 

@@ -459,6 +459,45 @@ mod tests {
                 .check(&Signal::Custom("x".into()), f64::NAN)
                 .is_err()
         );
+        // Each signal's range, resolved once, is the one its name sets; an event's custom
+        // signal is checked by its name alone, exactly as the signal would be.
+        let plan = parse(
+            "signals:\n  quality: { range: [0.2, 0.9] }\n  latency_ms: { range: [1, 50] }\n  tokens: { range: [0, 10] }\n",
+        )
+        .expect("valid");
+        assert_eq!(plan.ranges.range(&Signal::Quality), (0.2, 0.9));
+        assert_eq!(plan.ranges.range(&Signal::LatencyMs), (1.0, 50.0));
+        assert_eq!(plan.ranges.range(&Signal::CostUsd), (0.0, 1_000.0));
+        for (name, x) in [
+            ("tokens", 5.0),
+            ("tokens", 11.0),
+            ("other", 1e10),
+            ("other", -5.0),
+        ] {
+            assert_eq!(
+                plan.ranges.check_custom(name, x),
+                plan.ranges.check(&Signal::Custom(name.into()), x),
+                "{name} {x}"
+            );
+        }
+        assert!(plan.ranges.check_custom("tokens", 11.0).is_err());
+        let numeric = [Signal::Quality, Signal::LatencyMs, Signal::CostUsd];
+        for values in [
+            [Some(0.5), Some(10.0), Some(1.0)],
+            [None, Some(60.0), None],
+            [Some(0.1), Some(10.0), None],
+            [None, None, Some(f64::INFINITY)],
+            [Some(0.95), Some(60.0), None],
+        ] {
+            let one_by_one = values
+                .iter()
+                .zip(&numeric)
+                .filter_map(|(x, signal)| x.map(|x| plan.ranges.check(signal, x)))
+                .find(Result::is_err)
+                .unwrap_or(Ok(()));
+            assert_eq!(plan.ranges.check_numeric(values), one_by_one, "{values:?}");
+        }
+        assert!(plan.ranges.check(&Signal::Quality, 0.95).is_err());
     }
 
     #[test]

@@ -493,7 +493,7 @@ impl Validator {
             }
             overrides.insert(name.clone(), (lo, hi));
         }
-        SignalRanges { overrides }
+        SignalRanges::new(overrides)
     }
 
     fn server(&mut self, raw: &RawServer) -> ServerPlan {

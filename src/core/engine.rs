@@ -21,6 +21,7 @@ use crate::core::rollout::{
     Actor, Assessment, Command, Decision, Phase, Proof, Refusal, RolloutState, assess,
     missing_proof, operate, verdicts,
 };
+use crate::core::route_table::{RouteTable, Target};
 use crate::core::source::{self, SourceAnswer, SourceFault, SourceJob};
 use crate::plan::Action;
 use crate::plan::{Check, Signal, Stat};
@@ -129,6 +130,8 @@ struct Index {
     /// config's names only, so a fast unkeyed hash is safe (an event's name can only miss).
     workflows: FxHashMap<String, (usize, Option<usize>, Option<usize>)>,
     rollouts: FxHashMap<String, usize>,
+    /// Each known workflow and version's target: what routing an event looks up.
+    routes: RouteTable,
     /// The scope name each rollout's and each guard's events are stored under, by position.
     rollout_scopes: Vec<Arc<str>>,
     guard_scopes: Vec<Arc<str>>,
@@ -156,9 +159,11 @@ impl Index {
         for (i, r) in plan.rollouts.iter().enumerate() {
             rollouts.entry(r.name.clone()).or_insert(i);
         }
+        let routes = RouteTable::build(plan, workflows.values().copied());
         Index {
             workflows,
             rollouts,
+            routes,
             rollout_scopes: plan
                 .rollouts
                 .iter()
@@ -331,6 +336,38 @@ impl Engine {
     /// [`Engine::route`], with the position in the plan of the event's workflow (`None` for one
     /// the plan does not know), from the same lookup.
     pub fn locate(&self, event: &TaskEvent) -> (Option<usize>, Result<Route, String>) {
+        let Some((workflow, target)) = self.index.routes.get(&event.workflow, &event.version)
+        else {
+            // Not a workflow and version of the plan: the lookups by name say which is unknown.
+            return self.locate_by_name(event);
+        };
+        let route = self.check_ranges(event).map(|()| match *target {
+            Target::Rollout {
+                rollout,
+                arm,
+                ref segments,
+            } => match self.index.routes.segment(segments, |k| event.attribute(k)) {
+                Some(segment) => Route::Rollout {
+                    rollout,
+                    segment,
+                    arm,
+                    epoch: self.rollouts[rollout].state.epoch,
+                },
+                None => Route::Untracked,
+            },
+            Target::Guard { guard } => Route::Guard {
+                guard,
+                epoch: self.guards[guard].state.epoch,
+            },
+            Target::Untracked => Route::Untracked,
+        });
+        (Some(workflow), route)
+    }
+
+    /// [`Engine::locate`] by looking up the workflow, then its version, rollout and segments,
+    /// in the plan: for an event the route table does not know (the error names what is
+    /// unknown), and the reference the table is tested against.
+    fn locate_by_name(&self, event: &TaskEvent) -> (Option<usize>, Result<Route, String>) {
         match self.index.workflows.get(&event.workflow).copied() {
             None => (None, Err(format!("unknown workflow `{}`", event.workflow))),
             Some((workflow, rollout, guard)) => (
@@ -392,13 +429,9 @@ impl Engine {
     /// Every reported numeric signal must lie in its plausible range (`signals.NAME.range`).
     fn check_ranges(&self, event: &TaskEvent) -> Result<(), String> {
         let ranges = &self.plan.ranges;
-        for signal in [Signal::Quality, Signal::LatencyMs, Signal::CostUsd] {
-            if let Some(x) = event.observation(&signal) {
-                ranges.check(&signal, x)?;
-            }
-        }
+        ranges.check_numeric([event.quality, event.latency_ms, event.cost_usd])?;
         for (name, &x) in &event.signals {
-            ranges.check(&Signal::Custom(name.clone()), x)?;
+            ranges.check_custom(name, x)?;
         }
         Ok(())
     }
@@ -1547,6 +1580,98 @@ auth: { open: true }
             }
         }
         out
+    }
+
+    #[test]
+    fn the_route_table_routes_every_event_as_the_lookups_by_name_do() {
+        let plan = Plan::parse(
+            Path::new("t.yaml"),
+            r#"
+segments:
+  internal: { match: { team: [ops] } }
+  enterprise: { match: { tier: [enterprise, gold] } }
+  everyone: {}
+signals: { tokens: { range: [0, 10] } }
+workflows:
+  w0: { stable: v1, versions: [v1, v2, v3] }
+  w1: { stable: v1, versions: [v1, v2] }
+  w2: { stable: v1, versions: [v1, v2], guards: [{ signal: quality, stat: mean, min: 0.5 }] }
+  w3: { stable: v1, versions: [v1] }
+rollouts:
+  - { name: r0, workflow: w0, baseline: v1, candidate: v2, segments: [internal, everyone],
+      stages: [{ name: s1, traffic: { internal: 100, everyone: 30 } }],
+      gates: [{ signal: quality, stat: mean, min: 0.8, on_breach: rollback }], lane: { owner: o, repair: r } }
+  - { name: r1, workflow: w1, baseline: v1, candidate: v2, segments: [enterprise, internal],
+      stages: [{ name: s1, traffic: { enterprise: 10, internal: 100 } }],
+      gates: [{ signal: quality, stat: mean, min: 0.8, on_breach: rollback }], lane: { owner: o, repair: r } }
+auth: { open: true }
+"#,
+        )
+        .expect("valid plan");
+        let engine = Engine::new(Arc::new(plan), Default::default(), Default::default(), 0);
+        // Three segments, shared by both rollouts.
+        assert_eq!(engine.index.routes.shared_segments(), 3);
+        let mut routed = std::collections::BTreeSet::new();
+        let mut checked = 0;
+        for workflow in [
+            "w0",
+            "w1",
+            "w2",
+            "w3",
+            "w9",
+            "",
+            "w0\u{0}v1",
+            &"w".repeat(70),
+        ] {
+            for version in ["v1", "v2", "v3", "v9", "", "v1\u{0}", &"v".repeat(70)] {
+                for attributes in [
+                    "{}",
+                    r#"{"team":"ops"}"#,
+                    r#"{"tier":"gold"}"#,
+                    r#"{"tier":"silver","team":"ops"}"#,
+                    r#"{"tier":"enterprise","team":"dev"}"#,
+                ] {
+                    for signals in [
+                        "",
+                        r#","latency_ms":5000000"#,
+                        r#","signals":{"tokens":11}"#,
+                    ] {
+                        let text = format!(
+                            r#"{{"event_id":"e","workflow":{},"version":{},"attributes":{attributes}{signals}}}"#,
+                            serde_json::json!(workflow),
+                            serde_json::json!(version)
+                        );
+                        let Ok(event) = crate::core::event::parse_event(&text) else {
+                            continue;
+                        };
+                        let located = engine.locate(&event);
+                        assert_eq!(located, engine.locate_by_name(&event), "{text}");
+                        routed.insert(format!("{:?}", located.1));
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        // Every kind of answer was among them: each arm of each segment position, the
+        // guard, untracked, and the errors.
+        for expected in [
+            "Ok(Rollout { rollout: 0, segment: 0, arm: Candidate",
+            "Ok(Rollout { rollout: 0, segment: 1, arm: Baseline",
+            "Ok(Rollout { rollout: 1, segment: 0, arm: Candidate",
+            "Ok(Rollout { rollout: 1, segment: 1, arm: Baseline",
+            "Ok(Guard { guard: 0",
+            "Ok(Untracked)",
+            "Err(\"unknown workflow",
+            "Err(\"unknown version",
+            "Err(\"`latency_ms` 5000000 is outside",
+            "Err(\"`tokens` 11 is outside",
+        ] {
+            assert!(
+                routed.iter().any(|r| r.starts_with(expected)),
+                "{expected} in {routed:#?}"
+            );
+        }
+        assert!(checked > 500, "{checked}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod gate;
 pub mod notice;
 pub mod receipt;
 pub mod rollout;
+pub mod route_table;
 pub mod source;
 pub mod stats;
 pub mod threshold;
