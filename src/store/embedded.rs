@@ -4,9 +4,10 @@
 //! immediate durability, so what the API acknowledges survives kill -9: an event batch with its
 //! dedupe keys; a decision's new state with its receipt (never one without the other). A group
 //! commit appends its events to the *event log*, grouped by scope and epoch, in records of at
-//! most 64 KiB each keyed by the last event number it holds (see [`records`]), plus one dedupe
-//! key per event and one dedupe-log record: a few pages at the end of each B-tree, however many
-//! rollouts the commit touches.
+//! most 64 KiB each keyed by the last event number it holds (see [`records`]), plus its ids in
+//! the dedupe index (grouped: ordered ids share an entry per ten or more, see [`dedupe`]) and one
+//! dedupe-log record: a few pages at the end of each B-tree, however many rollouts the commit
+//! touches.
 //!
 //! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
 //! plus the tail of the log after them, in one pass for every scope, so it stays flat however
@@ -38,6 +39,8 @@ use crate::core::evidence::Checkpoint;
 use crate::core::notice::Outbox;
 use crate::core::receipt::Receipt;
 
+mod dedupe;
+
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
 /// The event log: the last event number a record holds → a group commit's events, grouped by
@@ -50,8 +53,6 @@ const EPOCH_FIRST: TableDefinition<(&str, u64), u64> = TableDefinition::new("epo
 /// number)`. Moved into the log at open.
 const LEGACY_EVENT_RUNS: TableDefinition<(&str, u64, u64), &[u8]> =
     TableDefinition::new("event_runs");
-/// Event id → when it was first accepted.
-const DEDUPE: TableDefinition<&str, u64> = TableDefinition::new("dedupe");
 /// Commit time → the ids first accepted then (see [`runs`]): what pruning dedupe keys reads.
 const DEDUPE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("dedupe_log");
 /// Before event runs: one record per event (a `StoredEvent`). Moved into the log at open.
@@ -291,7 +292,7 @@ impl EmbeddedStore {
         tx.open_table(RECEIPTS).map_err(dberr)?;
         tx.open_table(EVENT_LOG).map_err(dberr)?;
         tx.open_table(EPOCH_FIRST).map_err(dberr)?;
-        tx.open_table(DEDUPE).map_err(dberr)?;
+        tx.open_table(dedupe::GROUPS).map_err(dberr)?;
         tx.open_table(DEDUPE_LOG).map_err(dberr)?;
         tx.open_table(COUNTERS).map_err(dberr)?;
         tx.open_table(OUTBOX).map_err(dberr)?;
@@ -300,7 +301,12 @@ impl EmbeddedStore {
         tx.open_table(IDEMPOTENCY).map_err(dberr)?;
         tx.open_table(AFFECTED).map_err(dberr)?;
         migrate_legacy(&tx)?;
-        tx.commit().map_err(dberr)
+        let moved = dedupe::migrate(&tx)?;
+        tx.commit().map_err(dberr)?;
+        if moved > 0 {
+            tracing::info!(dedupe_keys = moved, "store's dedupe keys moved into groups");
+        }
+        Ok(())
     }
 
     fn unavailable(&self, detail: String) -> StoreError {
@@ -382,7 +388,13 @@ impl EmbeddedStore {
         // Epoch starts this commit wrote or found, under the cache generation it read.
         let mut newly_started: Option<(u64, Vec<(String, u64)>)> = None;
         {
-            let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
+            let ids: Vec<&str> = groups
+                .iter()
+                .flat_map(|items| items.iter().map(BatchItem::event_id))
+                .collect();
+            let mut is_new =
+                dedupe::accept(&mut tx.open_table(dedupe::GROUPS).map_err(dberr)?, &ids)?
+                    .into_iter();
             let mut counters = tx.open_table(COUNTERS).map_err(dberr)?;
             let mut seq = counters
                 .get("events")
@@ -402,16 +414,12 @@ impl EmbeddedStore {
             );
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
-                for item in *items {
-                    let id = item.event_id();
-                    let seen = dedupe.insert(id, now).map_err(dberr)?.map(|v| v.value());
-                    if let Some(first) = seen {
-                        // A duplicate keeps the time it was first accepted (its log entry's).
-                        dedupe.insert(id, first).map_err(dberr)?;
+                for (item, new) in items.iter().zip(&mut is_new) {
+                    if !new {
                         fresh.push(false);
                         continue;
                     }
-                    records::push(&mut accepted_ids, None, id.as_bytes());
+                    records::push(&mut accepted_ids, None, item.event_id().as_bytes());
                     if let Some(stored) = &item.stored {
                         seq += 1;
                         let key = (&*stored.scope, stored.epoch);
@@ -551,16 +559,15 @@ impl EmbeddedStore {
         let mut pruned = 0;
         {
             let mut log = tx.open_table(DEDUPE_LOG).map_err(dberr)?;
-            let mut dedupe = tx.open_table(DEDUPE).map_err(dberr)?;
+            let mut groups = tx.open_table(dedupe::GROUPS).map_err(dberr)?;
+            // A record at a time: one commit's ids, whose groups it updates together.
             for row in log.range(..cutoff).map_err(dberr)? {
                 let (_, ids) = row.map_err(dberr)?;
-                for entry in records::entries(ids.value(), false) {
-                    let (_, id) = entry?;
-                    let id =
-                        std::str::from_utf8(id).map_err(|e| records::damaged(e.to_string()))?;
-                    dedupe.remove(id).map_err(dberr)?;
-                    pruned += 1;
-                }
+                let ids = records::entries(ids.value(), false)
+                    .map(|entry| entry.map(|(_, id)| id))
+                    .collect::<Result<Vec<&[u8]>, _>>()?;
+                dedupe::forget(&mut groups, ids.iter().copied())?;
+                pruned += ids.len();
             }
             log.retain_in(..cutoff, |_, _| false).map_err(dberr)?;
         }
@@ -1711,6 +1718,57 @@ mod tests {
     }
 
     #[test]
+    fn per_id_dedupe_keys_are_moved_into_groups_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // More ids than one step of the move, as the store before groups kept them: one entry
+        // per id, and the dedupe log by acceptance time.
+        let ids: Vec<String> = (0..70_000).map(|k| format!("id-{k}")).collect();
+        {
+            let db = Database::create(dir.path().join(FILE_NAME)).expect("create");
+            let tx = db.begin_write().expect("write");
+            {
+                let mut keys = tx.open_table(dedupe::LEGACY_IDS).expect("dedupe");
+                for id in &ids {
+                    keys.insert(id.as_str(), 5).expect("insert");
+                }
+            }
+            let mut log = Vec::new();
+            for id in &ids[..10] {
+                records::push(&mut log, None, id.as_bytes());
+            }
+            append_dedupe_log(&tx, 5, &log).expect("log");
+            tx.commit().expect("commit");
+        }
+        let store = EmbeddedStore::open(dir.path()).expect("open");
+        let tx = store.read().expect("read");
+        let names: Vec<String> = tx
+            .list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_string())
+            .collect();
+        assert!(!names.contains(&"dedupe".to_string()), "{names:?}");
+        // 7 000 groups of ten, not 70 000 entries.
+        let groups = tx.open_table(dedupe::GROUPS).expect("groups");
+        assert_eq!(groups.len().expect("len"), 7_000);
+        drop((groups, tx));
+        for id in [&ids[0], &ids[65_535], &ids[65_536], &ids[69_999]] {
+            assert_eq!(
+                store.ingest(&[item(id, None)], 10).expect("ingest"),
+                [false],
+                "{id}"
+            );
+        }
+        // The log still forgets them: the ten it lists, and only those.
+        assert_eq!(store.prune_dedupe(6).expect("prune"), 10);
+        assert_eq!(
+            store
+                .ingest(&[item(&ids[9], None), item(&ids[10], None)], 20)
+                .expect("ingest"),
+            [true, false]
+        );
+    }
+
+    #[test]
     fn a_store_from_before_event_runs_is_moved_into_them_at_open() {
         let dir = tempfile::tempdir().expect("tmp");
         {
@@ -1718,7 +1776,7 @@ mod tests {
             let tx = db.begin_write().expect("write");
             {
                 let mut events = tx.open_table(LEGACY_EVENTS).expect("events");
-                let mut dedupe = tx.open_table(DEDUPE).expect("dedupe");
+                let mut dedupe = tx.open_table(dedupe::LEGACY_IDS).expect("dedupe");
                 let mut by_time = tx.open_table(LEGACY_DEDUPE_BY_TIME).expect("by time");
                 for (seq, id) in [(1u64, "old1"), (2, "old2"), (3, "old3")] {
                     let stored = StoredEvent {
