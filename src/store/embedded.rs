@@ -1425,6 +1425,14 @@ mod tests {
         ids
     }
 
+    fn table_names(store: &EmbeddedStore) -> Vec<String> {
+        let tx = store.read().expect("read");
+        tx.list_tables()
+            .expect("tables")
+            .map(|t| t.name().to_string())
+            .collect()
+    }
+
     fn log_records(store: &EmbeddedStore) -> u64 {
         let tx = store.read().expect("read");
         tx.open_table(EVENT_LOG).expect("log").len().expect("len")
@@ -1682,13 +1690,10 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).expect("open");
         drop(store);
         let store = EmbeddedStore::open(dir.path()).expect("reopen");
-        let tx = store.read().expect("read");
-        let names: Vec<String> = tx
-            .list_tables()
-            .expect("tables")
-            .map(|t| t.name().to_string())
-            .collect();
+        let names = table_names(&store);
         assert!(names.contains(&"event_log".to_string()), "{names:?}");
+        assert!(names.contains(&"dedupe_groups".to_string()), "{names:?}");
+        assert!(!names.contains(&"dedupe".to_string()), "{names:?}");
         assert!(!names.contains(&"event_runs".to_string()), "{names:?}");
         assert!(!names.contains(&"events".to_string()), "{names:?}");
         assert!(!names.contains(&"dedupe_by_time".to_string()), "{names:?}");
@@ -1740,14 +1745,10 @@ mod tests {
             tx.commit().expect("commit");
         }
         let store = EmbeddedStore::open(dir.path()).expect("open");
-        let tx = store.read().expect("read");
-        let names: Vec<String> = tx
-            .list_tables()
-            .expect("tables")
-            .map(|t| t.name().to_string())
-            .collect();
+        let names = table_names(&store);
         assert!(!names.contains(&"dedupe".to_string()), "{names:?}");
         // 7 000 groups of ten, not 70 000 entries.
+        let tx = store.read().expect("read");
         let groups = tx.open_table(dedupe::GROUPS).expect("groups");
         assert_eq!(groups.len().expect("len"), 7_000);
         drop((groups, tx));
