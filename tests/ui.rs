@@ -125,11 +125,23 @@ async fn sign_in(client: &Client, base: &str, token: &str) {
         .click()
         .await
         .expect("submit");
-    client
-        .wait()
-        .for_element(Locator::Css("nav[aria-label=main]"))
-        .await
-        .expect("signed in");
+    after_navigation(client, "nav[aria-label=main]", "signed in").await;
+}
+
+/// Waits for the element `css` on the page a click navigated to. A lookup in flight while the
+/// page navigates fails with chromedriver's "aborted by navigation" instead of "no such
+/// element", which fantoccini's wait does not retry; that one is retried too.
+async fn after_navigation(client: &Client, css: &str, what: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match client.wait().for_element(Locator::Css(css)).await {
+            Ok(_) => return,
+            Err(e)
+                if format!("{e:?}").contains("aborted by navigation")
+                    && std::time::Instant::now() < deadline => {}
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
 }
 
 async fn text(client: &Client) -> String {
@@ -242,11 +254,7 @@ async fn drive(base: &str, dir: &std::path::Path) {
         .click()
         .await
         .expect("approve");
-    client
-        .wait()
-        .for_element(Locator::Css("p.notice[role=status]"))
-        .await
-        .expect("the receipt notice");
+    after_navigation(&client, "p.notice[role=status]", "the receipt notice").await;
     let page = text(&client).await;
     assert!(page.contains("Done: recorded as receipt r-"), "{page}");
     let current = client
@@ -294,11 +302,7 @@ async fn drive(base: &str, dir: &std::path::Path) {
         .click()
         .await
         .expect("click");
-    client
-        .wait()
-        .for_element(Locator::Css("#token"))
-        .await
-        .expect("signed out");
+    after_navigation(&client, "#token", "signed out").await;
     sign_in(&client, &base, READER).await;
     client
         .goto(&format!("{base}/ui/rollouts/support-reply-v8"))
