@@ -631,3 +631,46 @@ fn metric_series_follow_a_rollouts_stage_and_exposure() {
         "{text}"
     );
 }
+
+/// Assignments are tallied per plan and moved into `stagegate_assignments_total` at each scrape
+/// and when a reload replaces the plan: an assignment counted between the last scrape and a
+/// reload still reaches the series, and OFREP evaluations count as assignments.
+#[test]
+fn every_assignment_is_counted_across_scrapes_and_reloads() {
+    let server = Server::start(&config(""));
+    let counted = |server: &Server| -> u64 {
+        let text = server.get("/metrics", None).text;
+        text.lines()
+            .filter(|l| {
+                l.starts_with("stagegate_assignments_total{")
+                    && l.contains(r#"workflow="support-reply""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(counted(&server), 0);
+    for i in 0..3 {
+        server.assign(&format!("a{i}"), internal());
+    }
+    assert_eq!(counted(&server), 3);
+    for i in 0..4 {
+        server.assign(&format!("b{i}"), smb());
+    }
+    let r = server.post(
+        "/ofrep/v1/evaluate/flags/support-reply",
+        Some(INGEST),
+        &json!({"context": {"targetingKey": "c", "team": "support-ops"}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A new plan: the five assignments not yet scraped belong to the one it replaces.
+    server.rewrite_config(&config("").replace(
+        "  summarize: { stable: s1, versions: [s1] }",
+        "  summarize: { stable: s1, versions: [s1] }\n  triage: { stable: t1, versions: [t1] }",
+    ));
+    let r = server.post("/v1/config/reload", Some(ADMIN), &json!({}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    for i in 0..2 {
+        server.assign(&format!("d{i}"), enterprise());
+    }
+    assert_eq!(counted(&server), 10);
+}

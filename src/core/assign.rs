@@ -9,7 +9,11 @@
 use std::io::Read;
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use std::hash::Hasher;
+
+use hashbrown::HashTable;
+use rustc_hash::FxHasher;
+use smallvec::SmallVec;
 
 use crate::core::event::Mode;
 use crate::core::rollout::Phase;
@@ -36,44 +40,150 @@ pub fn bucket(salt: &str, subject: &str) -> u16 {
     (hash.unwrap_or(0) % BUCKETS) as u16
 }
 
-/// The routing view of one rollout.
+/// Where a name lies in a route's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// The rollout part of a [`WorkflowRoute`], as the engine describes it.
 #[derive(Debug, Clone)]
-pub struct RolloutRoute {
-    pub name: String,
-    /// Fixed per rollout so that restarts and weight changes stay sticky.
-    pub salt: String,
+pub struct RolloutParts<'a> {
+    /// The rollout's name, also its bucketing salt (fixed per rollout, so restarts and weight
+    /// changes stay sticky).
+    pub name: &'a str,
+    pub stage: Option<&'a str>,
     pub baseline: usize,
     pub candidate: usize,
-    pub segments: Vec<Segment>,
-    pub weights_bps: Vec<u16>,
-    pub stage: Option<String>,
+    /// Positions in the routing's shared segments, in match order (the first that matches is
+    /// the task's segment).
+    pub segments: SmallVec<[u32; 4]>,
+    /// The candidate's share per segment, in basis points.
+    pub weights_bps: SmallVec<[u16; 4]>,
     pub phase: Phase,
     pub candidate_mode: Mode,
     /// In fallback: the version that serves the candidate's share.
     pub fallback: Option<usize>,
     /// Per segment: the candidate runs read-only there (a segment-scoped read-only fallback).
-    pub read_only_segments: Vec<bool>,
+    pub read_only_segments: SmallVec<[bool; 4]>,
 }
 
-/// The routing view of one workflow.
+/// The routing view of one rollout: [`RolloutParts`] with its names kept in the workflow
+/// route's text.
+#[derive(Debug, Clone)]
+struct RolloutRoute {
+    name: Span,
+    stage: Option<Span>,
+    baseline: usize,
+    candidate: usize,
+    segments: SmallVec<[u32; 4]>,
+    weights_bps: SmallVec<[u16; 4]>,
+    read_only_segments: SmallVec<[bool; 4]>,
+    phase: Phase,
+    candidate_mode: Mode,
+    fallback: Option<usize>,
+}
+
+/// The routing view of one workflow, packed for the request path: its names in one string and
+/// the rest inline, so answering reads this value and its text and nothing else of the
+/// workflow's. At a thousand workflows each separately allocated name or list was a cache miss
+/// per assignment.
 #[derive(Debug, Clone)]
 pub struct WorkflowRoute {
-    pub name: String,
-    pub versions: Vec<String>,
-    pub stable: usize,
+    /// The workflow's name, each version's, then the rollout's and its stage's.
+    text: Box<str>,
+    name: Span,
+    versions: SmallVec<[Span; 4]>,
+    stable: usize,
     /// A guard tripped: the stable version runs read-only.
-    pub stable_mode: Mode,
-    pub rollout: Option<RolloutRoute>,
+    stable_mode: Mode,
+    rollout: Option<RolloutRoute>,
+}
+
+/// Appends `name` to `text`, saying where it went.
+fn push(text: &mut String, name: &str) -> Span {
+    let start = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    text.push_str(name);
+    Span {
+        start,
+        len: u32::try_from(name.len()).unwrap_or(0),
+    }
+}
+
+impl WorkflowRoute {
+    /// The route of workflow `name` with `versions`, of which `stable` serves when no rollout
+    /// runs (in `stable_mode`), and `rollout`, the rollout running on it if any.
+    pub fn new<S: AsRef<str>>(
+        name: &str,
+        versions: &[S],
+        stable: usize,
+        stable_mode: Mode,
+        rollout: Option<RolloutParts<'_>>,
+    ) -> WorkflowRoute {
+        let mut text = String::new();
+        let name = push(&mut text, name);
+        let versions = versions
+            .iter()
+            .map(|v| push(&mut text, v.as_ref()))
+            .collect();
+        let rollout = rollout.map(|r| RolloutRoute {
+            name: push(&mut text, r.name),
+            stage: r.stage.map(|s| push(&mut text, s)),
+            baseline: r.baseline,
+            candidate: r.candidate,
+            segments: r.segments,
+            weights_bps: r.weights_bps,
+            read_only_segments: r.read_only_segments,
+            phase: r.phase,
+            candidate_mode: r.candidate_mode,
+            fallback: r.fallback,
+        });
+        WorkflowRoute {
+            text: text.into_boxed_str(),
+            name,
+            versions,
+            stable,
+            stable_mode,
+            rollout,
+        }
+    }
+
+    fn text(&self, span: Span) -> &str {
+        let start = span.start as usize;
+        self.text
+            .get(start..start + span.len as usize)
+            .unwrap_or_default()
+    }
+
+    pub fn name(&self) -> &str {
+        self.text(self.name)
+    }
+
+    /// The workflow's versions, in the plan's order (a version's position is its index).
+    pub fn versions(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.versions.iter().map(|&v| self.text(v))
+    }
 }
 
 /// Everything assignment needs, immutable once published. Each workflow's route is shared
 /// between snapshots, so publishing one rollout's change copies pointers, not the fleet.
 #[derive(Debug, Clone, Default)]
 pub struct Routing {
-    pub workflows: Vec<Arc<WorkflowRoute>>,
-    /// Workflow name → position. Keyed by the config's names only, so a fast unkeyed hash is
-    /// safe: a request's name can only miss, never make the table degrade.
-    index: Arc<FxHashMap<String, usize>>,
+    workflows: Vec<Arc<WorkflowRoute>>,
+    /// Workflow name → position, hashed by [`name_hash`] and compared against the route's own
+    /// name. Keyed by the config's names only, so a fast unkeyed hash is safe: a request's name
+    /// can only miss, never make the table degrade.
+    index: Arc<HashTable<u32>>,
+    /// Every distinct segment the rollouts match on, shared by all of them: a handful of
+    /// values every assignment reads, so they stay in cache.
+    segments: Arc<[Segment]>,
+}
+
+fn name_hash(name: &str) -> u64 {
+    let mut h = FxHasher::default();
+    h.write(name.as_bytes());
+    h.finish()
 }
 
 /// Why a task got its version.
@@ -124,15 +234,25 @@ pub struct Assignment<'a> {
 }
 
 impl Routing {
-    pub fn new(workflows: Vec<Arc<WorkflowRoute>>) -> Routing {
-        let index = Arc::new(
-            workflows
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (w.name.clone(), i))
-                .collect(),
-        );
-        Routing { workflows, index }
+    /// The routing of `workflows` (by position in the plan), whose rollouts name `segments` by
+    /// position.
+    pub fn new(workflows: Vec<Arc<WorkflowRoute>>, segments: Arc<[Segment]>) -> Routing {
+        let mut index = HashTable::with_capacity(workflows.len());
+        for (i, w) in workflows.iter().enumerate() {
+            let name = w.name();
+            let hash = name_hash(name);
+            if index
+                .find(hash, |&j: &u32| workflows[j as usize].name() == name)
+                .is_none()
+            {
+                index.insert_unique(hash, i as u32, |&j| name_hash(workflows[j as usize].name()));
+            }
+        }
+        Routing {
+            workflows,
+            index: Arc::new(index),
+            segments,
+        }
     }
 
     /// This routing with workflow `i`'s route replaced (the same workflow, in a new state).
@@ -144,8 +264,17 @@ impl Routing {
         next
     }
 
-    pub fn workflow(&self, name: &str) -> Option<&WorkflowRoute> {
-        self.index.get(name).map(|&i| &*self.workflows[i])
+    /// Every workflow's route, by position in the plan.
+    pub fn workflows(&self) -> impl ExactSizeIterator<Item = &WorkflowRoute> {
+        self.workflows.iter().map(|w| &**w)
+    }
+
+    /// Workflow `name`'s position and route.
+    fn find(&self, name: &str) -> Option<(usize, &WorkflowRoute)> {
+        let &i = self.index.find(name_hash(name), |&i| {
+            self.workflows[i as usize].name() == name
+        })?;
+        Some((i as usize, &*self.workflows[i as usize]))
     }
 
     /// Assigns a task. `attribute` looks up the task's attributes by key.
@@ -155,33 +284,37 @@ impl Routing {
         subject: Option<&str>,
         attribute: impl Fn(&str) -> Option<&'b str>,
     ) -> Option<Assignment<'a>> {
-        let workflow_index = *self.index.get(workflow)?;
-        let w = &self.workflows[workflow_index];
+        let (workflow_index, w) = self.find(workflow)?;
         let pick = |version: usize, mode: Mode, segment, reason| Assignment {
-            workflow: &w.name,
+            workflow: w.name(),
             workflow_index,
-            version: &w.versions[version],
+            version: w.versions.get(version).map_or("", |&v| w.text(v)),
             version_index: version,
             mode,
             segment,
-            rollout: w.rollout.as_ref().map(|r| r.name.as_str()),
-            stage: w.rollout.as_ref().and_then(|r| r.stage.as_deref()),
+            rollout: w.rollout.as_ref().map(|r| w.text(r.name)),
+            stage: w.rollout.as_ref().and_then(|r| r.stage).map(|s| w.text(s)),
             reason,
         };
         let Some(r) = &w.rollout else {
             return Some(pick(w.stable, w.stable_mode, None, Reason::Stable));
         };
-        let Some(seg) = r.segments.iter().position(|s| s.matches(&attribute)) else {
+        let matched = r.segments.iter().enumerate().find_map(|(at, &s)| {
+            let s = self.segments.get(s as usize)?;
+            s.matches(&attribute).then_some((at, s))
+        });
+        let Some((seg, shared)) = matched else {
             return Some(pick(r.baseline, Mode::Full, None, Reason::NoSegment));
         };
-        let segment = Some(r.segments[seg].name.as_str());
+        let segment = Some(shared.name.as_str());
         if r.phase == Phase::RolledBack {
             return Some(pick(r.baseline, Mode::Full, segment, Reason::RolledBack));
         }
         let Some(subject) = subject else {
             return Some(pick(r.baseline, Mode::Full, segment, Reason::NoSubject));
         };
-        if bucket(&r.salt, subject) < r.weights_bps[seg] {
+        let weight = r.weights_bps.get(seg).copied().unwrap_or(0);
+        if bucket(w.text(r.name), subject) < weight {
             let mode = if r.read_only_segments.get(seg).copied().unwrap_or(false) {
                 Mode::ReadOnly
             } else {

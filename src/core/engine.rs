@@ -11,7 +11,7 @@ use std::sync::Arc;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
 
-use crate::core::assign::{RolloutRoute, Routing, WorkflowRoute};
+use crate::core::assign::{RolloutParts, Routing, WorkflowRoute};
 use crate::core::clock::{Millis, human_duration, rfc3339};
 use crate::core::event::{Mode, Review, TaskEvent};
 use crate::core::evidence::{Arm, ArmEvidence, Checkpoint, Evidence, SourcedAs, Tracked};
@@ -864,6 +864,7 @@ impl Engine {
             (0..self.plan.workflows.len())
                 .map(|w| Arc::new(self.workflow_route(w)))
                 .collect(),
+            Arc::clone(self.index.routes.segments()),
         )
     }
 
@@ -880,16 +881,15 @@ impl Engine {
         let entry = self.index.workflows.get(&w.name).copied();
         let rollout = entry.and_then(|e| e.1).map(|i| {
             let (plan, state) = (&self.plan.rollouts[i], &self.rollouts[i].state);
-            RolloutRoute {
-                name: plan.name.clone(),
-                salt: plan.name.clone(),
+            RolloutParts {
+                name: &plan.name,
+                stage: state.stage_name(plan),
                 baseline: index(&plan.baseline),
                 candidate: index(&plan.candidate),
-                segments: plan.segments.clone(),
+                segments: self.index.routes.rollout_segments(i).into(),
                 weights_bps: (0..plan.segments.len())
                     .map(|s| state.weight_bps(plan, s))
                     .collect(),
-                stage: state.stage_name(plan).map(str::to_string),
                 phase: state.phase,
                 candidate_mode: if state.read_only {
                     Mode::ReadOnly
@@ -911,13 +911,13 @@ impl Engine {
         let guarded = entry
             .and_then(|e| e.2)
             .is_some_and(|g| self.guards[g].state.read_only);
-        WorkflowRoute {
-            name: w.name.clone(),
-            versions: w.versions.clone(),
-            stable: index(&w.stable),
-            stable_mode: if guarded { Mode::ReadOnly } else { Mode::Full },
+        WorkflowRoute::new(
+            &w.name,
+            &w.versions,
+            index(&w.stable),
+            if guarded { Mode::ReadOnly } else { Mode::Full },
             rollout,
-        }
+        )
     }
 
     /// A rollout's status: state, weights, verdicts with their numbers, and what it waits for.

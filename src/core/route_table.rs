@@ -5,6 +5,7 @@
 //! on the ingest path.
 
 use std::hash::Hasher;
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap, FxHasher};
@@ -38,8 +39,10 @@ pub struct RouteTable {
     /// One entry per workflow and version, hashed by [`key_hash`]: a lookup hashes the
     /// event's two names and compares them in place, building no key.
     targets: HashTable<Entry>,
-    /// Every distinct segment the plan's rollouts match on.
-    segments: Vec<Segment>,
+    /// Every distinct segment the plan's rollouts match on (shared with assignment's routing).
+    segments: Arc<[Segment]>,
+    /// Each rollout's segments, as positions in `segments`, by the rollout's position.
+    rollout_segments: Vec<SmallVec<[u32; 4]>>,
 }
 
 impl RouteTable {
@@ -50,20 +53,27 @@ impl RouteTable {
         workflows: impl Iterator<Item = (usize, Option<usize>, Option<usize>)>,
     ) -> RouteTable {
         let mut table = RouteTable::default();
+        let mut segments = Vec::new();
         let mut by_name: FxHashMap<&str, Vec<u32>> = FxHashMap::default();
         for (w, rollout, guard) in workflows {
             let Some(workflow) = plan.workflows.get(w) else {
                 continue;
             };
-            let segments: SmallVec<[u32; 4]> = rollout
+            let segments_of: SmallVec<[u32; 4]> = rollout
                 .and_then(|r| plan.rollouts.get(r))
                 .map(|r| {
                     r.segments
                         .iter()
-                        .map(|s| table.intern(&mut by_name, s))
+                        .map(|s| intern(&mut segments, &mut by_name, s))
                         .collect()
                 })
                 .unwrap_or_default();
+            if let Some(r) = rollout.filter(|&r| r < plan.rollouts.len()) {
+                if table.rollout_segments.len() <= r {
+                    table.rollout_segments.resize(r + 1, SmallVec::new());
+                }
+                table.rollout_segments[r] = segments_of.clone();
+            }
             for version in &workflow.versions {
                 let target = match rollout.and_then(|r| Some((r, plan.rollouts.get(r)?))) {
                     Some((rollout, r)) => {
@@ -78,7 +88,7 @@ impl RouteTable {
                             Some(arm) => Target::Rollout {
                                 rollout,
                                 arm,
-                                segments: segments.clone(),
+                                segments: segments_of.clone(),
                             },
                             None => Target::Untracked,
                         }
@@ -101,26 +111,8 @@ impl RouteTable {
                 }
             }
         }
+        table.segments = segments.into();
         table
-    }
-
-    /// The position of `segment` among the shared segments, adding it if it is new.
-    fn intern<'p>(
-        &mut self,
-        by_name: &mut FxHashMap<&'p str, Vec<u32>>,
-        segment: &'p Segment,
-    ) -> u32 {
-        let same = by_name.entry(&segment.name).or_default();
-        if let Some(&at) = same
-            .iter()
-            .find(|&&at| self.segments[at as usize] == *segment)
-        {
-            return at;
-        }
-        let at = self.segments.len() as u32;
-        self.segments.push(segment.clone());
-        same.push(at);
-        at
     }
 
     /// The workflow's position and the target of an event naming `workflow` and `version`;
@@ -149,6 +141,35 @@ impl RouteTable {
     pub fn shared_segments(&self) -> usize {
         self.segments.len()
     }
+
+    /// The distinct segments the plan's rollouts match on; positions in it name them.
+    pub fn segments(&self) -> &Arc<[Segment]> {
+        &self.segments
+    }
+
+    /// Rollout `rollout`'s segments (its position in the plan), as positions in
+    /// [`RouteTable::segments`], in its match order.
+    pub fn rollout_segments(&self, rollout: usize) -> &[u32] {
+        self.rollout_segments
+            .get(rollout)
+            .map_or(&[][..], |s| s.as_slice())
+    }
+}
+
+/// The position of `segment` among `segments`, adding it if it is new.
+fn intern<'p>(
+    segments: &mut Vec<Segment>,
+    by_name: &mut FxHashMap<&'p str, Vec<u32>>,
+    segment: &'p Segment,
+) -> u32 {
+    let same = by_name.entry(&segment.name).or_default();
+    if let Some(&at) = same.iter().find(|&&at| segments[at as usize] == *segment) {
+        return at;
+    }
+    let at = segments.len() as u32;
+    segments.push(segment.clone());
+    same.push(at);
+    at
 }
 
 #[derive(Debug)]

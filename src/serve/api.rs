@@ -219,7 +219,9 @@ async fn assign(
             req.attributes.get(k)
         })
         .ok_or_else(|| ApiError::not_found(format!("unknown workflow `{}`", req.workflow)))?;
-    snapshot.counters[a.workflow_index][a.version_index].inc(a.mode);
+    snapshot
+        .assignments
+        .count(a.workflow_index, a.version_index, a.mode);
     let out = AssignResponse {
         workflow: a.workflow,
         version: a.version,
@@ -516,6 +518,7 @@ async fn metrics(State(shared): AppState) -> Response {
     shared
         .metrics
         .store(shared.store.size_bytes(), shared.store.is_healthy());
+    shared.snapshot.load().assignments.flush();
     exposition(shared, Metrics::render).await
 }
 

@@ -30,7 +30,7 @@ use crate::plan::{Plan, Role, StorePlan};
 use crate::serve::evaluator::Evaluator;
 use crate::serve::failure::InputError;
 use crate::serve::metrics::{
-    AssignmentCounters, EventCounters, EventOutcome, Metrics, UNKNOWN_WORKFLOW,
+    AssignmentTally, EventCounters, EventOutcome, Metrics, UNKNOWN_WORKFLOW,
 };
 use crate::serve::replica::{
     Answer, COMMAND_EXPIRY_MS, Forwarded, ForwardedError, Replica, Wake, run_election, run_listener,
@@ -42,8 +42,8 @@ use crate::store::{
 /// What assignment reads: the routing plus pre-resolved counters, swapped as one value.
 pub struct Snapshot {
     pub routing: Routing,
-    /// `[workflow][version]` → its assignment counters (fixed per plan).
-    pub counters: Arc<Vec<Vec<AssignmentCounters>>>,
+    /// The plan's assignment counts (fixed per plan).
+    pub assignments: Arc<AssignmentTally>,
     /// `[workflow]` → its event counters (fixed per plan).
     pub events: Arc<Vec<EventCounters>>,
     /// The engine generation (plan) this snapshot was built under.
@@ -53,20 +53,14 @@ pub struct Snapshot {
 impl Snapshot {
     fn build(engine: &Engine, metrics: &Metrics) -> Snapshot {
         let routing = engine.routing();
-        let counters = routing
-            .workflows
-            .iter()
-            .map(|w| {
-                w.versions
-                    .iter()
-                    .map(|v| metrics.assignment_counters(&w.name, v))
-                    .collect()
-            })
-            .collect();
+        let assignments = AssignmentTally::new(
+            metrics,
+            routing.workflows().map(|w| (w.name(), w.versions())),
+        );
         Snapshot {
             events: Arc::new(Snapshot::event_counters(engine, metrics)),
             routing,
-            counters: Arc::new(counters),
+            assignments: Arc::new(assignments),
             generation: engine.generation,
         }
     }
@@ -85,12 +79,12 @@ impl Snapshot {
     /// changes, in time independent of the number of rollouts. A snapshot of an older plan is
     /// built whole instead.
     fn patched(&self, engine: &Engine, metrics: &Metrics, w: usize) -> Snapshot {
-        if self.generation != engine.generation || w >= self.routing.workflows.len() {
+        if self.generation != engine.generation || w >= self.routing.workflows().len() {
             return Snapshot::build(engine, metrics);
         }
         Snapshot {
             routing: self.routing.with_workflow(w, engine.workflow_route(w)),
-            counters: Arc::clone(&self.counters),
+            assignments: Arc::clone(&self.assignments),
             events: Arc::clone(&self.events),
             generation: self.generation,
         }

@@ -13,6 +13,7 @@
 //! text — so the number of series stays bounded.
 
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
     Encoder, Gauge, GaugeVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
@@ -68,30 +69,103 @@ fn encode(registry: &Registry) -> String {
 
 /// One version's `stagegate_assignments_total` series: `full` from the start, `read_only`
 /// created by the first read-only assignment (a containment's mode: most never see one).
-pub struct AssignmentCounters {
+struct AssignmentSeries {
     full: IntCounter,
     read_only: OnceLock<IntCounter>,
-    family: IntCounterVec,
     /// `[workflow, version]`.
     labels: [String; 2],
 }
 
-impl AssignmentCounters {
-    /// Counts one assignment in `mode`.
-    pub fn inc(&self, mode: Mode) {
-        match mode {
-            Mode::Full => self.full.inc(),
-            Mode::ReadOnly => self
-                .read_only
-                .get_or_init(|| {
-                    self.family.with_label_values(&[
-                        self.labels[0].as_str(),
-                        self.labels[1].as_str(),
-                        Mode::ReadOnly.name(),
-                    ])
-                })
-                .inc(),
+/// The assignments of one plan, counted per workflow, version and mode in one flat array of
+/// atomics and moved into `stagegate_assignments_total` when `/metrics` is rendered and when
+/// the plan is replaced. Counting is then one relaxed add on an array a few pages long, where
+/// the Prometheus series of a thousand workflows are each an allocation of their own, and at
+/// that scale each was a cache miss per assignment.
+pub struct AssignmentTally {
+    family: IntCounterVec,
+    /// Workflow (its position in the plan) → the slot of its first version.
+    first_slot: Box<[u32]>,
+    /// Per slot (a workflow's version) and mode: counted since the last [`flush`](Self::flush).
+    counts: Box<[AtomicU64]>,
+    /// Per slot: the series the counts move into.
+    series: Box<[AssignmentSeries]>,
+}
+
+impl AssignmentTally {
+    /// A tally of the workflows `workflows` lists (name and versions, by position in the plan).
+    pub fn new<'a, V: IntoIterator<Item = &'a str>>(
+        metrics: &Metrics,
+        workflows: impl IntoIterator<Item = (&'a str, V)>,
+    ) -> AssignmentTally {
+        let mut first_slot = Vec::new();
+        let mut series = Vec::new();
+        for (workflow, versions) in workflows {
+            first_slot.push(u32::try_from(series.len()).unwrap_or(u32::MAX));
+            for version in versions {
+                series.push(AssignmentSeries {
+                    full: metrics.assignments.with_label_values(&[
+                        workflow,
+                        version,
+                        Mode::Full.name(),
+                    ]),
+                    read_only: OnceLock::new(),
+                    labels: [workflow.to_string(), version.to_string()],
+                });
+            }
         }
+        AssignmentTally {
+            family: metrics.assignments.clone(),
+            first_slot: first_slot.into(),
+            counts: (0..series.len() * 2).map(|_| AtomicU64::new(0)).collect(),
+            series: series.into(),
+        }
+    }
+
+    /// Counts one assignment of workflow `workflow`'s version `version` (positions in the
+    /// plan) in `mode`.
+    pub fn count(&self, workflow: usize, version: usize, mode: Mode) {
+        let Some(&first) = self.first_slot.get(workflow) else {
+            return;
+        };
+        let at = (first as usize + version) * 2 + usize::from(mode == Mode::ReadOnly);
+        if let Some(count) = self.counts.get(at) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Moves what was counted into the Prometheus series. An assignment counted meanwhile
+    /// lands in this flush or the next, never in neither.
+    pub fn flush(&self) {
+        for (slot, series) in self.series.iter().enumerate() {
+            for mode in [Mode::Full, Mode::ReadOnly] {
+                let at = slot * 2 + usize::from(mode == Mode::ReadOnly);
+                let n = self.counts[at].swap(0, Ordering::Relaxed);
+                if n == 0 {
+                    continue;
+                }
+                match mode {
+                    Mode::Full => series.full.inc_by(n),
+                    Mode::ReadOnly => series
+                        .read_only
+                        .get_or_init(|| {
+                            self.family.with_label_values(&[
+                                series.labels[0].as_str(),
+                                series.labels[1].as_str(),
+                                Mode::ReadOnly.name(),
+                            ])
+                        })
+                        .inc_by(n),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for AssignmentTally {
+    /// The last snapshot of a replaced plan is gone: what it counted since the last scrape
+    /// still reaches the series.
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -378,17 +452,6 @@ impl Metrics {
     }
 
     /// A version's assignment counters, so the assign path only bumps an atomic.
-    pub fn assignment_counters(&self, workflow: &str, version: &str) -> AssignmentCounters {
-        AssignmentCounters {
-            full: self
-                .assignments
-                .with_label_values(&[workflow, version, Mode::Full.name()]),
-            read_only: OnceLock::new(),
-            family: self.assignments.clone(),
-            labels: [workflow.to_string(), version.to_string()],
-        }
-    }
-
     pub fn events(&self, workflow: &str, outcome: EventOutcome, n: u64) {
         if n > 0 {
             self.events

@@ -213,7 +213,9 @@ pub async fn evaluate_flag(
         let missing = json!({"key": key, "errorCode": "FLAG_NOT_FOUND", "errorDetails": format!("no workflow `{key}`")});
         return Ok((StatusCode::NOT_FOUND, Json(missing)).into_response());
     };
-    snapshot.counters[a.workflow_index][a.version_index].inc(a.mode);
+    snapshot
+        .assignments
+        .count(a.workflow_index, a.version_index, a.mode);
     let bytes =
         serde_json::to_vec(&evaluation(&a)).map_err(|e| ApiError::internal(e.to_string()))?;
     Ok((
@@ -240,12 +242,13 @@ pub async fn evaluate_bulk(
     let snapshot = shared.snapshot.load();
     let flags: Vec<Evaluation<'_>> = snapshot
         .routing
-        .workflows
-        .iter()
+        .workflows()
         .filter_map(|w| {
             snapshot
                 .routing
-                .assign(&w.name, Some(&ctx.targeting_key), |k| ctx.attributes.get(k))
+                .assign(w.name(), Some(&ctx.targeting_key), |k| {
+                    ctx.attributes.get(k)
+                })
         })
         .map(|a| evaluation(&a))
         .collect();
