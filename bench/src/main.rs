@@ -5,7 +5,10 @@
 //! limit). Servers are pinned to CPU 0 and wrk to CPU 1 when there are two or more.
 //!
 //! Usage: `stagegate-bench [--rollouts N] [--rounds N] [--seconds S] [--tick-only]
-//! [--memory EVENTS] [--instructions]`. `--memory` ingests that many events (batches of 500 from
+//! [--assign-only] [--memory EVENTS] [--instructions]`. `--assign-only` starts each server once,
+//! warms both with an uncounted run, then measures closed-loop assignment in `--rounds` short
+//! pairs, alternating which goes first: on a host whose speed drifts by the second, many short
+//! pairs pin the ratio down better than a few long ones. `--memory` ingests that many events (batches of 500 from
 //! 8 clients), then prints the resident memory, the store's size, and both again after a restart
 //! on that store. `--instructions` runs each server under valgrind's callgrind and prints the
 //! user-space instructions each spends per request of each load (for events, a fixed number of
@@ -38,6 +41,8 @@ struct Options {
     seconds: u64,
     /// Only the tick's effect on assignment latency (more rounds in the same time).
     tick_only: bool,
+    /// Only assignment throughput and CPU per request: both servers up once, many short pairs.
+    assign_only: bool,
     /// Only memory: ingest this many events, restart, and print RSS both times.
     memory: Option<u64>,
     /// Only instructions per request, under callgrind.
@@ -50,6 +55,7 @@ fn options() -> Result<Options> {
         rounds: 5,
         seconds: 8,
         tick_only: false,
+        assign_only: false,
         memory: None,
         instructions: false,
     };
@@ -57,6 +63,10 @@ fn options() -> Result<Options> {
     while let Some(flag) = args.next() {
         if flag == "--tick-only" {
             o.tick_only = true;
+            continue;
+        }
+        if flag == "--assign-only" {
+            o.assign_only = true;
             continue;
         }
         if flag == "--instructions" {
@@ -568,6 +578,44 @@ fn main() -> Result<()> {
         println!(
             "| assign p99 at half load, ticking every 1 s / no tick | {} |",
             spread(&ratios)
+        );
+        return Ok(());
+    }
+    if o.assign_only {
+        let b = bare()?;
+        let s = serve(&still)?;
+        run(&b, "assign", 32, 0)?;
+        run(&s, "assign", 32, 0)?;
+        let (mut throughput, mut cpu) = (Vec::new(), Vec::new());
+        for round in 1..=o.rounds {
+            let (bare, ours) = if round % 2 == 1 {
+                let bare = run(&b, "assign", 32, 0)?;
+                (bare, run(&s, "assign", 32, 0)?)
+            } else {
+                let ours = run(&s, "assign", 32, 0)?;
+                (run(&b, "assign", 32, 0)?, ours)
+            };
+            println!(
+                "round {round}: assign {:.0} vs {:.0} req/s; CPU {:.2} vs {:.2} µs per request; errors {}",
+                ours.rps,
+                bare.rps,
+                ours.cpu_us_per_request,
+                bare.cpu_us_per_request,
+                bare.errors + ours.errors
+            );
+            throughput.push(ours.rps / bare.rps);
+            cpu.push(ours.cpu_us_per_request / bare.cpu_us_per_request);
+        }
+        println!();
+        println!("| measurement | median (range over {} pairs) |", o.rounds);
+        println!("|---|---|");
+        println!(
+            "| assign throughput (c32), stagegate / bare | {} |",
+            spread(&throughput)
+        );
+        println!(
+            "| assign CPU per request, stagegate / bare | {} |",
+            spread(&cpu)
         );
         return Ok(());
     }
