@@ -348,6 +348,103 @@ mod tests {
         }
     }
 
+    fn segment(name: &str, key: &str, values: &[&str]) -> Segment {
+        Segment {
+            name: name.into(),
+            matches: if key.is_empty() {
+                Vec::new()
+            } else {
+                vec![(key.into(), values.iter().map(|v| v.to_string()).collect())]
+            },
+            tasks_per_hour: None,
+        }
+    }
+
+    #[test]
+    fn a_packed_route_answers_with_the_names_it_was_given() {
+        let segments: Arc<[Segment]> = vec![
+            segment("everyone", "", &[]),
+            segment("intérnal", "team", &["ops", "ünï"]),
+        ]
+        .into();
+        let rollout = RolloutParts {
+            name: "résumé-v2",
+            stage: Some("half"),
+            baseline: 0,
+            candidate: 2,
+            // Internal first, then everyone: match order is the rollout's, not the table's.
+            segments: [1, 0].into_iter().collect(),
+            weights_bps: [10_000, 0].into_iter().collect(),
+            phase: Phase::Progressing,
+            candidate_mode: Mode::Full,
+            fallback: None,
+            read_only_segments: [false, false].into_iter().collect(),
+        };
+        let routing = Routing::new(
+            vec![
+                Arc::new(WorkflowRoute::new(
+                    "résumé",
+                    &["v1", "v1.5", "v2"],
+                    0,
+                    Mode::Full,
+                    Some(rollout),
+                )),
+                Arc::new(WorkflowRoute::new(
+                    "plain",
+                    &["only"],
+                    0,
+                    Mode::ReadOnly,
+                    None,
+                )),
+            ],
+            segments,
+        );
+        let names: Vec<(&str, Vec<&str>)> = routing
+            .workflows()
+            .map(|w| (w.name(), w.versions().collect()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("résumé", vec!["v1", "v1.5", "v2"]),
+                ("plain", vec!["only"])
+            ]
+        );
+        let a = routing
+            .assign("résumé", Some("s"), |k| (k == "team").then_some("ünï"))
+            .expect("known");
+        assert_eq!(
+            (
+                a.version,
+                a.version_index,
+                a.segment,
+                a.rollout,
+                a.stage,
+                a.reason
+            ),
+            (
+                "v2",
+                2,
+                Some("intérnal"),
+                Some("résumé-v2"),
+                Some("half"),
+                Reason::Split
+            )
+        );
+        assert_eq!(a.workflow_index, 0);
+        let a = routing
+            .assign("résumé", Some("s"), |_| None)
+            .expect("known");
+        assert_eq!((a.version, a.segment), ("v1", Some("everyone")));
+        let a = routing.assign("plain", None, |_| None).expect("known");
+        assert_eq!(
+            (a.version, a.mode, a.workflow_index, a.rollout),
+            ("only", Mode::ReadOnly, 1, None)
+        );
+        assert!(routing.assign("résum", Some("s"), |_| None).is_none());
+        assert!(routing.assign("", Some("s"), |_| None).is_none());
+    }
+
     #[test]
     fn buckets_are_roughly_uniform() {
         let below: usize = (0..10_000)
