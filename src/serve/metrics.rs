@@ -127,8 +127,7 @@ impl AssignmentTally {
         let Some(&first) = self.first_slot.get(workflow) else {
             return;
         };
-        let at = (first as usize + version) * 2 + usize::from(mode == Mode::ReadOnly);
-        if let Some(count) = self.counts.get(at) {
+        if let Some(count) = self.counts.get(count_at(first as usize + version, mode)) {
             count.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -138,8 +137,7 @@ impl AssignmentTally {
     pub fn flush(&self) {
         for (slot, series) in self.series.iter().enumerate() {
             for mode in [Mode::Full, Mode::ReadOnly] {
-                let at = slot * 2 + usize::from(mode == Mode::ReadOnly);
-                let n = self.counts[at].swap(0, Ordering::Relaxed);
+                let n = self.counts[count_at(slot, mode)].swap(0, Ordering::Relaxed);
                 if n == 0 {
                     continue;
                 }
@@ -159,6 +157,11 @@ impl AssignmentTally {
             }
         }
     }
+}
+
+/// Where slot `slot`'s count in `mode` is in [`AssignmentTally`]'s counts.
+fn count_at(slot: usize, mode: Mode) -> usize {
+    slot * 2 + usize::from(mode == Mode::ReadOnly)
 }
 
 impl Drop for AssignmentTally {
@@ -451,7 +454,6 @@ impl Metrics {
         encode(&self.gates_registry)
     }
 
-    /// A version's assignment counters, so the assign path only bumps an atomic.
     pub fn events(&self, workflow: &str, outcome: EventOutcome, n: u64) {
         if n > 0 {
             self.events
