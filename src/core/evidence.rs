@@ -309,31 +309,69 @@ pub struct Bet {
     pub fixed_above: Gamblers,
     #[serde(default)]
     pub fixed_below: Gamblers,
-    /// What a 0/1 observation adds to each fixed gambler and detector (see [`BinarySteps`]).
+    /// What an observation adds to each fixed gambler and detector (see [`Increments`]).
     #[serde(skip)]
-    binary_steps: BinarySteps,
+    increments: Increments,
 }
 
-/// The log increments a 0/1 observation adds to a bet's fixed-stake gamblers and change
-/// detectors: they depend only on the limit, so a bet computes them once (twelve logarithms)
-/// instead of at every observation. `[x = 0, x = 1]`, each in the order `fixed_above`,
-/// `fixed_below`, `above`, `below`. Derived, never stored, not copied with a clone (a
-/// checkpoint's copy is only written out), and equal whatever it holds. Kept inside the bet,
-/// as its gamblers are (a separate allocation would be one more cache miss per observation),
-/// and one outcome's increments side by side: an observation reads two cache lines, not three.
+/// What an observation `x` adds to a bet's fixed-stake gamblers and change detectors: each
+/// adds `ln(1 + c·(x − m))` for a coefficient `c` that depends only on the limit `m` (a stake,
+/// negated on the side betting below). So a bet derives them once: the coefficients, kept
+/// distinct (at a limit of 0.8 the twelve steps use five: the fixed gamblers above all hit one
+/// cap, the detectors above another, and below each fixed gambler has its detector's stake),
+/// and for 0/1 outcomes the steps themselves.
+/// An observation in between then takes one logarithm per distinct coefficient, a 0/1 one
+/// none. Steps are in the order `fixed_above`, `fixed_below`, `above`, `below`. Derived,
+/// never stored, not copied with a clone (a checkpoint's copy is only written out), and equal
+/// whatever it holds. Kept inside the bet, as its gamblers are (a separate allocation would be
+/// one more cache miss per observation), and one outcome's steps side by side: a 0/1
+/// observation reads two cache lines, not three.
 #[derive(Debug, Default)]
-struct BinarySteps(std::sync::OnceLock<[Steps; 2]>);
+struct Increments(std::sync::OnceLock<Tuning>);
 
-impl Clone for BinarySteps {
-    fn clone(&self) -> BinarySteps {
-        BinarySteps::default()
+impl Clone for Increments {
+    fn clone(&self) -> Increments {
+        Increments::default()
     }
 }
 
-impl PartialEq for BinarySteps {
-    fn eq(&self, _: &BinarySteps) -> bool {
+impl PartialEq for Increments {
+    fn eq(&self, _: &Increments) -> bool {
         true
     }
+}
+
+/// One bet's [`Increments`].
+#[derive(Debug)]
+struct Tuning {
+    /// The steps for `x = 0` and `x = 1`.
+    binary: [Steps; 2],
+    /// The distinct coefficients `c`.
+    distinct: Steps,
+    /// For each step, the position of its coefficient in `distinct`.
+    of_step: [u8; MAX_STEPS],
+    steps: usize,
+}
+
+impl Tuning {
+    /// What `x` adds at each step, `d = x − m` away from the limit.
+    fn steps(&self, d: f64) -> Steps {
+        let mut logs = [0.0; MAX_STEPS];
+        for (log, c) in logs.iter_mut().zip(self.distinct.iter()) {
+            *log = step(*c, d);
+        }
+        let mut out = Steps::default();
+        for &i in &self.of_step[..self.steps] {
+            out.push(logs[usize::from(i)]);
+        }
+        out
+    }
+}
+
+/// `ln(1 + c·d)`, the log-likelihood ratio of one observation `d` from the limit for a bet
+/// with signed stake `c` (floored above zero: a detector's stake may reach `1/m`).
+fn step(c: f64, d: f64) -> f64 {
+    (1.0 + c * d).max(f64::MIN_POSITIVE).ln()
 }
 
 /// Page's CUSUM on the log-wealth of one bet: `S = max(0, S + ln(1 ± λ(x − m)))`, for a shift
@@ -372,10 +410,14 @@ impl Cusum {
     /// The log-likelihood ratio `x` adds against the limit `m`.
     fn step(&self, x: f64, m: f64, sign: f64) -> f64 {
         let m = m.clamp(1e-6, 1.0 - 1e-6);
+        step(self.coefficient(m, sign), x - m)
+    }
+
+    /// The signed stake of [`Cusum::step`] against the limit `m` (already clamped).
+    fn coefficient(&self, m: f64, sign: f64) -> f64 {
         let p1 = (m * self.factor).clamp(1e-6, 1.0 - 1e-6);
         let cap = if sign > 0.0 { 0.9 / m } else { 0.9 / (1.0 - m) };
-        let lambda = ((p1 - m).abs() / (m * (1.0 - m))).min(cap);
-        (1.0 + sign * lambda * (x - m)).max(f64::MIN_POSITIVE).ln()
+        sign * ((p1 - m).abs() / (m * (1.0 - m))).min(cap)
     }
 
     /// Adds observation `x` (the `n`th), whose log-likelihood ratio is `step`.
@@ -502,7 +544,7 @@ impl Bet {
             n: 0,
             fixed_above: SmallVec::from_elem(0.0, SHIFTS_ABOVE.len()),
             fixed_below: SmallVec::from_elem(0.0, SHIFTS_BELOW.len()),
-            binary_steps: BinarySteps::default(),
+            increments: Increments::default(),
         }
     }
 
@@ -535,21 +577,14 @@ impl Bet {
         self.log_above += (1.0 + up * (x - m)).ln();
         self.log_below += (1.0 - down * (x - m)).ln();
         self.n += 1;
-        if x == 0.0 || x == 1.0 {
-            let outcomes = self
-                .binary_steps
-                .0
-                .get_or_init(|| [self.steps(0.0), self.steps(1.0)]);
-            let mut steps = outcomes[usize::from(x == 1.0)].iter().copied();
-            for log in self.fixed_above.iter_mut().chain(&mut self.fixed_below) {
-                *log += steps.next().unwrap_or(0.0);
-            }
-            for c in self.above.iter_mut().chain(&mut self.below) {
-                c.add(steps.next().unwrap_or(0.0), x, self.n);
-            }
-            return;
-        }
-        let steps = self.steps(x);
+        let tuning = self.increments.0.get_or_init(|| self.tune());
+        let computed;
+        let steps = if x == 0.0 || x == 1.0 {
+            &tuning.binary[usize::from(x == 1.0)]
+        } else {
+            computed = tuning.steps(x - m);
+            &computed
+        };
         let mut steps = steps.iter().copied();
         for log in self.fixed_above.iter_mut().chain(&mut self.fixed_below) {
             *log += steps.next().unwrap_or(0.0);
@@ -576,26 +611,43 @@ impl Bet {
         (up.min(BET_CAP / m), down.min(BET_CAP / (1.0 - m)))
     }
 
-    /// What observation `x` adds to each fixed gambler and detector, in [`BinarySteps`] order.
-    fn steps(&self, x: f64) -> Steps {
+    /// The bet's [`Increments`]: each step's coefficient, in order, made distinct.
+    fn tune(&self) -> Tuning {
         let m = self.limit;
         let fixed_above = SHIFTS_ABOVE.iter().take(self.fixed_above.len()).map(|f| {
             let p1 = (m * f).min(1.0 - 1e-6);
-            let stake = ((p1 - m) / (m * (1.0 - m))).min(BET_CAP / m);
-            (1.0 + stake * (x - m)).ln()
+            ((p1 - m) / (m * (1.0 - m))).min(BET_CAP / m)
         });
         let fixed_below = SHIFTS_BELOW.iter().take(self.fixed_below.len()).map(|f| {
             let p1 = (m * f).max(1e-6);
-            let stake = ((m - p1) / (m * (1.0 - m))).min(BET_CAP / (1.0 - m));
-            (1.0 - stake * (x - m)).ln()
+            -((m - p1) / (m * (1.0 - m))).min(BET_CAP / (1.0 - m))
         });
-        let above = self.above.iter().map(|c| c.step(x, m, 1.0));
-        let below = self.below.iter().map(|c| c.step(x, m, -1.0));
-        let mut out = Steps::default();
-        for step in fixed_above.chain(fixed_below).chain(above).chain(below) {
-            out.push(step);
+        let above = self.above.iter().map(|c| c.coefficient(m, 1.0));
+        let below = self.below.iter().map(|c| c.coefficient(m, -1.0));
+        let mut tuning = Tuning {
+            binary: Default::default(),
+            distinct: Steps::default(),
+            of_step: [0; MAX_STEPS],
+            steps: 0,
+        };
+        for (slot, c) in tuning
+            .of_step
+            .iter_mut()
+            .zip(fixed_above.chain(fixed_below).chain(above).chain(below))
+        {
+            let known = tuning
+                .distinct
+                .iter()
+                .position(|&d| d.to_bits() == c.to_bits());
+            let at = known.unwrap_or_else(|| {
+                tuning.distinct.push(c);
+                tuning.distinct.len - 1
+            });
+            *slot = u8::try_from(at).unwrap_or(u8::MAX);
+            tuning.steps += 1;
         }
-        out
+        tuning.binary = [tuning.steps(-m), tuning.steps(1.0 - m)];
+        tuning
     }
 }
 
@@ -1030,8 +1082,8 @@ mod rank_tests {
 mod tests {
     use super::*;
 
-    /// `Bet::update` as written before 0/1 observations reused their increments: twelve
-    /// logarithms per observation, whatever it is.
+    /// `Bet::update` as written before bets derived their increments once: twelve logarithms
+    /// per observation, whatever it is.
     fn update_uncached(b: &mut Bet, x: f64, n: u64, mean: f64, variance: f64, binary: bool) {
         let m = b.limit;
         let (up, down) = b.adaptive_stakes(n, mean, variance, binary);
@@ -1058,7 +1110,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bet_reusing_its_binary_increments_is_bit_for_bit_the_uncached_one() {
+    fn a_bet_reusing_its_increments_is_bit_for_bit_the_uncached_one() {
         let mut rng = crate::core::stats::Rng::new(11);
         for limit in [1e-9, 0.001, 0.02, 0.1, 0.5, 0.8, 0.97, 1.0] {
             let (mut cached, mut plain) = (Bet::new(limit), Bet::new(limit));
@@ -1091,8 +1143,22 @@ mod tests {
                 v
             };
             assert_eq!(bits(&cached), bits(&plain), "limit {limit}");
-            assert!(cached.binary_steps.0.get().is_some(), "the cache was used");
+            assert!(cached.increments.0.get().is_some(), "the cache was used");
         }
+    }
+
+    #[test]
+    fn a_bet_takes_one_logarithm_per_distinct_stake() {
+        // At a limit of 0.8 the fixed gamblers above all hit the same cap (0.5/m), so do the
+        // detectors above (0.9/m), and below each fixed gambler has its detector's stake.
+        let distinct = |limit: f64| {
+            let mut b = Bet::new(limit);
+            b.update(0.5, 0, 0.0, 0.25, false);
+            b.increments.0.get().map(|t| (t.distinct.len, t.steps))
+        };
+        assert_eq!(distinct(0.8), Some((5, 12)));
+        // Small limits (rates): no cap binds, each fixed gambler matches its detector.
+        assert_eq!(distinct(0.05), Some((6, 12)));
     }
 
     #[test]
