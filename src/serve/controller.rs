@@ -21,7 +21,7 @@ use crate::core::assign::Routing;
 use crate::core::clock::Clock;
 use crate::core::clock::Millis;
 use crate::core::engine::{Engine, Pending, StateChange};
-use crate::core::event::{TaskEvent, parse_batch};
+use crate::core::event::parse_batch;
 use crate::core::evidence::Checkpoint;
 use crate::core::gate::GateVerdict;
 use crate::core::receipt::Receipt;
@@ -456,20 +456,16 @@ impl Shared {
 
     /// Validates, deduplicates and durably stores a batch, then adds it to evidence.
     pub async fn ingest(self: &Arc<Self>, body: &Bytes) -> Result<IngestOutcome, IngestError> {
-        let items = parse_batch(body).map_err(IngestError::Body)?;
+        let parsed = parse_batch(body).map_err(IngestError::Body)?;
         let mut outcome = IngestOutcome::default();
-        // Each valid item with its text: what the store keeps, as the application wrote it.
-        let mut valid: Vec<(usize, TaskEvent, &str)> = Vec::with_capacity(items.len());
-        for (index, item) in items.into_iter().enumerate() {
-            match item {
-                Ok((event, text)) => valid.push((index, event, text)),
-                Err(error) => outcome.rejected.push(Rejected { index, error }),
-            }
-        }
-        let mut unknown_rejects = outcome.rejected.len() as u64;
-        // Route under the lock; keep only what the plan knows. Each routed item notes its
-        // workflow's position, which indexes the event counters of the same plan.
-        let mut routed = Vec::with_capacity(valid.len());
+        let mut unknown_rejects = 0;
+        // One pass, in the body's order (so rejections come out sorted): each item routed
+        // under the lock and moved once, into the batch the store keeps, with its text as the
+        // application wrote it. Each routed item notes its workflow's position, which indexes
+        // the event counters of the same plan.
+        let mut items = Vec::with_capacity(parsed.len());
+        let mut routes = Vec::with_capacity(parsed.len());
+        let mut workflows = Vec::with_capacity(parsed.len());
         let generation;
         let counters;
         {
@@ -481,14 +477,27 @@ impl Shared {
             } else {
                 Arc::new(Snapshot::event_counters(&engine, &self.metrics))
             };
-            for (index, event, text) in valid {
+            for (index, item) in parsed.into_iter().enumerate() {
+                let (event, text) = match item {
+                    Ok(valid) => valid,
+                    Err(error) => {
+                        unknown_rejects += 1;
+                        outcome.rejected.push(Rejected { index, error });
+                        continue;
+                    }
+                };
                 let (workflow, route) = engine.locate(&event);
                 match route {
                     Ok(route) => {
-                        let scope = route.scope(&engine);
+                        let stored = route.scope(&engine).map(|(scope, epoch)| StoredBody {
+                            scope,
+                            epoch,
+                            body: within(body, text.as_bytes()),
+                        });
+                        items.push(BatchItem { event, stored });
+                        routes.push(route);
                         // A routed event's workflow is in the plan; `MAX` indexes no counter.
-                        let workflow = workflow.unwrap_or(usize::MAX);
-                        routed.push((route, scope, event, text, workflow));
+                        workflows.push(workflow.unwrap_or(usize::MAX));
                     }
                     Err(error) => {
                         match workflow.and_then(|w| counters.get(w)) {
@@ -502,24 +511,10 @@ impl Shared {
         }
         self.metrics
             .events(UNKNOWN_WORKFLOW, EventOutcome::Rejected, unknown_rejects);
-        outcome.rejected.sort_by_key(|r| r.index);
-        if routed.is_empty() {
+        if items.is_empty() {
             return Ok(outcome);
         }
         let now = self.clock.now();
-        let mut items = Vec::with_capacity(routed.len());
-        let mut routes = Vec::with_capacity(routed.len());
-        let mut workflows = Vec::with_capacity(routed.len());
-        for (route, scope, event, text, workflow) in routed {
-            let stored = scope.map(|(scope, epoch)| StoredBody {
-                scope,
-                epoch,
-                body: within(body, text.as_bytes()),
-            });
-            items.push(BatchItem { event, stored });
-            routes.push(route);
-            workflows.push(workflow);
-        }
         let (reply, done) = oneshot::channel();
         let stopped = || IngestError::Store("the store writer stopped".into());
         self.writer
