@@ -574,8 +574,13 @@ impl Bet {
         let m = self.limit;
         let (up, down) = self.adaptive_stakes(n, mean, variance, binary);
         let x = x.clamp(0.0, 1.0);
-        self.log_above += (1.0 + up * (x - m)).ln();
-        self.log_below += (1.0 - down * (x - m)).ln();
+        // The adaptive gambler stakes on one side at most: the other's factor is ln(1) = 0.
+        if up != 0.0 {
+            self.log_above += (1.0 + up * (x - m)).ln();
+        }
+        if down != 0.0 {
+            self.log_below += (1.0 - down * (x - m)).ln();
+        }
         self.n += 1;
         let tuning = self.increments.0.get_or_init(|| self.tune());
         let computed;
