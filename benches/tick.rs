@@ -2,8 +2,8 @@
 //! rollouts × 3 segments with evidence in every arm; measures, with criterion, `Engine::step`
 //! (every verdict and decision) and `Metrics::observe` (every gauge), and as the bare baseline
 //! the same rollouts' verdicts alone, in the same run; then prints each against the baseline
-//! (medians of the same timed samples criterion analysed), resident memory, routing and the
-//! scrape sizes. Run with `cargo bench --bench tick`.
+//! (medians of the same timed samples criterion analysed), resident memory, routing, recording
+//! and the scrape sizes. Run with `cargo bench --bench tick`.
 #![allow(
     clippy::disallowed_methods,
     reason = "a benchmark times itself with the wall clock"
@@ -210,4 +210,39 @@ fn main() {
             text.lines().filter(|l| !l.starts_with('#')).count()
         );
     }
+    // Recording: the events of `scripts/bench` (every signal, the enterprise segment), spread
+    // over the fleet as they arrive there, against the same events into two rollouts, whose
+    // state stays in cache: the difference is what the fleet's cache misses cost.
+    let [spread, cached] = [ROLLOUTS, 2].map(|workflows| record_ns(&mut engine, workflows));
+    println!(
+        "  Engine::record per event   {spread:8.0} ns  ({:.2}× the same into 2 rollouts: {cached:.0} ns)",
+        spread / cached
+    );
+}
+
+/// Nanoseconds `Engine::record` takes per event, the best of several passes over 100 000
+/// events spread round-robin over the first `workflows` workflows.
+fn record_ns(engine: &mut Engine, workflows: usize) -> f64 {
+    let events: Vec<_> = (0..100_000usize)
+        .map(|k| {
+            let json = format!(
+                r#"{{"event_id":"rec-{workflows}-{k}","workflow":"w{}","version":"{}","attributes":{{"tier":"enterprise"}},"quality":0.9,"latency_ms":{},"cost_usd":0.01,"fallback":false}}"#,
+                k % workflows,
+                if k % 2 == 0 { "a" } else { "b" },
+                900 + k % 60
+            );
+            let event = stagegate::core::event::parse_event(&json).expect("event");
+            let route = engine.route(&event).expect("routes");
+            (event, route)
+        })
+        .collect();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            for (event, route) in &events {
+                engine.record(route, event);
+            }
+            t.elapsed().as_nanos() as f64 / events.len() as f64
+        })
+        .fold(f64::INFINITY, f64::min)
 }
