@@ -319,9 +319,8 @@ pub struct Bet {
 /// negated on the side betting below). So a bet derives them once: the coefficients, kept
 /// distinct (at a limit of 0.8 the twelve steps use five: the fixed gamblers above all hit one
 /// cap, the detectors above another, and below each fixed gambler has its detector's stake),
-/// and for 0/1 outcomes the steps themselves.
-/// An observation in between then takes one logarithm per distinct coefficient, a 0/1 one
-/// none. Steps are in the order `fixed_above`, `fixed_below`, `above`, `below`. Derived,
+/// and for 0/1 outcomes the steps themselves. An observation in between then takes one
+/// logarithm per distinct coefficient, a 0/1 one none. Steps are in the order `fixed_above`, `fixed_below`, `above`, `below`. Derived,
 /// never stored, not copied with a clone (a checkpoint's copy is only written out), and equal
 /// whatever it holds. Kept inside the bet, as its gamblers are (a separate allocation would be
 /// one more cache miss per observation), and one outcome's steps side by side: a 0/1
@@ -350,7 +349,8 @@ struct Tuning {
     distinct: Steps,
     /// For each step, the position of its coefficient in `distinct`.
     of_step: [u8; MAX_STEPS],
-    steps: usize,
+    /// How many steps the bet has (twelve, fewer in checkpoints from before fixed gamblers).
+    step_count: usize,
 }
 
 impl Tuning {
@@ -361,7 +361,7 @@ impl Tuning {
             *log = step(*c, d);
         }
         let mut out = Steps::default();
-        for &i in &self.of_step[..self.steps] {
+        for &i in &self.of_step[..self.step_count] {
             out.push(logs[usize::from(i)]);
         }
         out
@@ -633,7 +633,7 @@ impl Bet {
             binary: Default::default(),
             distinct: Steps::default(),
             of_step: [0; MAX_STEPS],
-            steps: 0,
+            step_count: 0,
         };
         for (slot, c) in tuning
             .of_step
@@ -649,7 +649,7 @@ impl Bet {
                 tuning.distinct.len - 1
             });
             *slot = u8::try_from(at).unwrap_or(u8::MAX);
-            tuning.steps += 1;
+            tuning.step_count += 1;
         }
         tuning.binary = [tuning.steps(-m), tuning.steps(1.0 - m)];
         tuning
@@ -1159,7 +1159,7 @@ mod tests {
         let distinct = |limit: f64| {
             let mut b = Bet::new(limit);
             b.update(0.5, 0, 0.0, 0.25, false);
-            b.increments.0.get().map(|t| (t.distinct.len, t.steps))
+            b.increments.0.get().map(|t| (t.distinct.len, t.step_count))
         };
         assert_eq!(distinct(0.8), Some((5, 12)));
         // Small limits (rates): no cap binds, each fixed gambler matches its detector.
