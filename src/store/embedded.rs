@@ -26,7 +26,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use redb::{
     Builder, Database, Durability, ReadTransaction, ReadableDatabase, ReadableTable,
-    TableDefinition, TableHandle,
+    ReadableTableMetadata, TableDefinition, TableHandle,
 };
 use rustc_hash::FxHashMap;
 
@@ -63,6 +63,10 @@ const LEGACY_DEDUPE_BY_TIME: TableDefinition<(u64, &str), ()> =
 const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
 const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
 const CHECKPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("checkpoints");
+/// Scope → the epoch and the last event number of its checkpoint: what pruning reads, without
+/// decoding the evidence beside it (at a thousand rollouts, 200 MB of it).
+const CHECKPOINT_COVERS: TableDefinition<&str, (u64, u64)> =
+    TableDefinition::new("checkpoint_covers");
 /// `rollout \n Idempotency-Key` → the receipt an operator action with that key wrote.
 const IDEMPOTENCY: TableDefinition<&str, u64> = TableDefinition::new("idempotency");
 /// `rollout \n receipt \n event id` → the owner's tag on an affected item.
@@ -282,6 +286,7 @@ impl EmbeddedStore {
     fn verify(tx: &ReadTransaction) -> Result<(), StoreError> {
         read_rows(tx, STATES, usize::MAX)?;
         read_rows(tx, CHECKPOINTS, usize::MAX)?;
+        read_rows(tx, CHECKPOINT_COVERS, usize::MAX)?;
         read_rows(tx, COUNTERS, usize::MAX)?;
         read_rows(tx, RECEIPTS, 100)
     }
@@ -301,6 +306,7 @@ impl EmbeddedStore {
         tx.open_table(IDEMPOTENCY).map_err(dberr)?;
         tx.open_table(AFFECTED).map_err(dberr)?;
         migrate_legacy(&tx)?;
+        fill_checkpoint_covers(&tx)?;
         let moved = dedupe::migrate(&tx)?;
         tx.commit().map_err(dberr)?;
         if moved > 0 {
@@ -757,9 +763,13 @@ impl Store for EmbeddedStore {
             let tx = self.write()?;
             {
                 let mut table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+                let mut cover_table = tx.open_table(CHECKPOINT_COVERS).map_err(dberr)?;
                 for (scope, cp) in checkpoints {
                     table
                         .insert(scope.as_str(), serde_json::to_vec(cp)?.as_slice())
+                        .map_err(dberr)?;
+                    cover_table
+                        .insert(scope.as_str(), (cp.epoch, cp.seq))
                         .map_err(dberr)?;
                 }
                 if let Some(seq) = covers {
@@ -783,19 +793,19 @@ impl Store for EmbeddedStore {
                     Some(row) => row.map_err(dberr)?.1.value(),
                     None => 0,
                 };
-                let checkpoints: Vec<(String, Checkpoint)> = {
-                    let table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+                let checkpoints: Vec<(String, (u64, u64))> = {
+                    let table = tx.open_table(CHECKPOINT_COVERS).map_err(dberr)?;
                     let mut out = Vec::new();
                     for row in table.iter().map_err(dberr)? {
                         let (k, v) = row.map_err(dberr)?;
-                        out.push((k.value().to_string(), serde_json::from_slice(v.value())?));
+                        out.push((k.value().to_string(), v.value()));
                     }
                     out
                 };
                 let protected = protected_epochs(&tx)?;
                 let covers: HashMap<&str, (u64, u64)> = checkpoints
                     .iter()
-                    .map(|(scope, cp)| (scope.as_str(), (cp.epoch, cp.seq)))
+                    .map(|(scope, cover)| (scope.as_str(), *cover))
                     .collect();
                 // An event goes once its scope's checkpoint covers it (or a later epoch began),
                 // unless an open containment keeps its epoch for the affected list.
@@ -1048,6 +1058,34 @@ fn append_dedupe_log(
 /// becomes a run of one, each old dedupe time key an entry of its time's log record; then
 /// [`migrate_runs`] moves the runs into the event log. Runs once, in the transaction that opens
 /// the tables; the old tables are then deleted.
+/// What a stored checkpoint covers, read without its evidence (serde skips the rest).
+#[derive(serde::Deserialize)]
+struct Cover {
+    epoch: u64,
+    seq: u64,
+}
+
+/// Gives every checkpoint its row in [`CHECKPOINT_COVERS`]: a store written before that table
+/// existed gets them once, at open; afterwards the two tables are written together, so
+/// their lengths match and nothing is read.
+fn fill_checkpoint_covers(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let checkpoints = tx.open_table(CHECKPOINTS).map_err(dberr)?;
+    let mut covers = tx.open_table(CHECKPOINT_COVERS).map_err(dberr)?;
+    if covers.len().map_err(dberr)? == checkpoints.len().map_err(dberr)? {
+        return Ok(());
+    }
+    for row in checkpoints.iter().map_err(dberr)? {
+        let (scope, value) = row.map_err(dberr)?;
+        if covers.get(scope.value()).map_err(dberr)?.is_none() {
+            let cover: Cover = serde_json::from_slice(value.value())?;
+            covers
+                .insert(scope.value(), (cover.epoch, cover.seq))
+                .map_err(dberr)?;
+        }
+    }
+    Ok(())
+}
+
 fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     // A write transaction's `open_table` creates what is missing: look before opening.
     let legacy = [
@@ -1682,6 +1720,60 @@ mod tests {
             .replay("a", 1, 0, u64::MAX, &mut |e| a1.push(e.event.event_id))
             .expect("replay");
         assert_eq!(a1, ["a5"]);
+    }
+
+    /// Replaces scope `a`'s stored checkpoint with one whose evidence no build can read:
+    /// pruning must not need it (at a thousand rollouts, decoding every checkpoint's evidence
+    /// took a write transaction's worth of time and 200 MB at each pruning pass).
+    fn spoil_evidence(store: &EmbeddedStore, scope: &str, epoch: u64, seq: u64) {
+        let tx = store.write().expect("write");
+        tx.open_table(CHECKPOINTS)
+            .expect("checkpoints")
+            .insert(
+                scope,
+                format!(r#"{{"epoch":{epoch},"seq":{seq},"evidence":"unreadable"}}"#).as_bytes(),
+            )
+            .expect("insert");
+        tx.commit().expect("commit");
+    }
+
+    /// Two commits of scope `a` (events 1–2 at time 10, 3–4 at time 20) and a checkpoint
+    /// covering the first.
+    fn store_with_a_checkpoint(dir: &Path) -> EmbeddedStore {
+        let store = EmbeddedStore::open(dir).expect("open");
+        let ids = [["a1", "a2"], ["a3", "a4"]];
+        for (at, pair) in [10, 20].into_iter().zip(ids) {
+            let items = pair.map(|id| item(id, Some("a")));
+            store.ingest(&items, at).expect("ingest");
+        }
+        store
+            .put_checkpoints(&[("a".into(), checkpoint(1, 2))], Some(2))
+            .expect("checkpoint");
+        store
+    }
+
+    #[test]
+    fn pruning_reads_each_checkpoints_cover_not_its_evidence() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store_with_a_checkpoint(dir.path());
+        spoil_evidence(&store, "a", 1, 2);
+        assert_eq!(store.prune_events(30).expect("prune"), 2);
+        assert_eq!(replayed(&store, "a", 0, u64::MAX), ["a3", "a4"]);
+    }
+
+    #[test]
+    fn a_store_from_before_checkpoint_covers_gets_them_at_open() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = store_with_a_checkpoint(dir.path());
+        let tx = store.write().expect("write");
+        tx.delete_table(CHECKPOINT_COVERS).expect("delete");
+        tx.commit().expect("commit");
+        drop(store);
+        let store = EmbeddedStore::open(dir.path()).expect("reopen");
+        // The cover now comes from the table filled at open, not from the evidence.
+        spoil_evidence(&store, "a", 1, 2);
+        assert_eq!(store.prune_events(30).expect("prune"), 2);
+        assert_eq!(replayed(&store, "a", 0, u64::MAX), ["a3", "a4"]);
     }
 
     #[test]
