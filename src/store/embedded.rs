@@ -759,18 +759,20 @@ impl Store for EmbeddedStore {
         if checkpoints.is_empty() && covers.is_none() {
             return Ok(());
         }
+        // Encoded before the write transaction: at a thousand rollouts a tick's checkpoints
+        // are tens of megabytes of JSON, and ingest's group commits wait for the transaction.
+        let encoded = checkpoints
+            .iter()
+            .map(|(scope, cp)| Ok((scope.as_str(), (cp.epoch, cp.seq), serde_json::to_vec(cp)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
         self.writing(|| {
             let tx = self.write()?;
             {
                 let mut table = tx.open_table(CHECKPOINTS).map_err(dberr)?;
                 let mut cover_table = tx.open_table(CHECKPOINT_COVERS).map_err(dberr)?;
-                for (scope, cp) in checkpoints {
-                    table
-                        .insert(scope.as_str(), serde_json::to_vec(cp)?.as_slice())
-                        .map_err(dberr)?;
-                    cover_table
-                        .insert(scope.as_str(), (cp.epoch, cp.seq))
-                        .map_err(dberr)?;
+                for (scope, cover, json) in &encoded {
+                    table.insert(*scope, json.as_slice()).map_err(dberr)?;
+                    cover_table.insert(*scope, *cover).map_err(dberr)?;
                 }
                 if let Some(seq) = covers {
                     tx.open_table(COUNTERS)
