@@ -1056,10 +1056,6 @@ fn append_dedupe_log(
     Ok(())
 }
 
-/// Moves a store written before event runs and the dedupe log into them: each old event
-/// becomes a run of one, each old dedupe time key an entry of its time's log record; then
-/// [`migrate_runs`] moves the runs into the event log. Runs once, in the transaction that opens
-/// the tables; the old tables are then deleted.
 /// What a stored checkpoint covers, read without its evidence (serde skips the rest).
 #[derive(serde::Deserialize)]
 struct Cover {
@@ -1088,6 +1084,10 @@ fn fill_checkpoint_covers(tx: &redb::WriteTransaction) -> Result<(), StoreError>
     Ok(())
 }
 
+/// Moves a store written before event runs and the dedupe log into them: each old event
+/// becomes a run of one, each old dedupe time key an entry of its time's log record; then
+/// [`migrate_runs`] moves the runs into the event log. Runs once, in the transaction that opens
+/// the tables; the old tables are then deleted.
 fn migrate_legacy(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     // A write transaction's `open_table` creates what is missing: look before opening.
     let legacy = [
