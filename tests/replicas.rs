@@ -110,9 +110,24 @@ fn replicas_share_one_database_dedupe_events_and_forward_actions_to_the_one_deci
         internal_tasks(s) == 100
     });
     // A follower's status is read from the database: the leader's last checkpoint.
-    servers[a].wait_for("a follower to see the leader's evidence", |s| {
-        internal_tasks(s) == 100
-    });
+    for s in [a, b] {
+        servers[s].wait_for("a follower to see the leader's evidence", |s| {
+            internal_tasks(s) == 100
+        });
+    }
+    let reads = |s: &Server, name: &str| -> u64 {
+        let text = s.get("/metrics", Some(READER)).text;
+        let series = format!("stagegate_follower_checkpoint_reads_total{{replica=\"{name}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series}in\n{text}"))
+    };
+    let follower_names = [format!("r{}", a + 1), format!("r{}", b + 1)];
+    let reads_before = [
+        reads(&servers[a], &follower_names[0]),
+        reads(&servers[b], &follower_names[1]),
+    ];
 
     // An operator action sent to a follower is decided by the leader.
     let pause = |s: &Server, key: &str| {
@@ -155,6 +170,20 @@ fn replicas_share_one_database_dedupe_events_and_forward_actions_to_the_one_deci
             1,
             "{receipts:?}"
         );
+    }
+    // The followers refreshed to show it, and read no checkpoint again: none changed (a
+    // thousand rollouts' checkpoints are some 20 MB of JSON to read and decode per refresh).
+    for (i, s) in [a, b].into_iter().enumerate() {
+        assert_eq!(
+            reads(&servers[s], &follower_names[i]),
+            reads_before[i],
+            "checkpoints read again by {}",
+            follower_names[i]
+        );
+        // What they hold was carried into the refreshed engine, not lost.
+        servers[s].wait_for("a follower to keep the leader's evidence", |s| {
+            internal_tasks(s) == 100
+        });
     }
     let metrics = |s: &Server| s.get("/metrics", Some(READER)).text;
     assert!(

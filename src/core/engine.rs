@@ -545,6 +545,30 @@ impl Engine {
         })
     }
 
+    /// Moves `scope`'s evidence out, as the checkpoint of its current epoch, leaving it none:
+    /// for an engine about to be replaced by one that [`Engine::restore`]s it.
+    pub fn take_evidence(&mut self, scope: &str) -> Option<Checkpoint> {
+        let seq = self.recorded_seq;
+        if let Some(workflow) = scope.strip_prefix("workflow:") {
+            let index = self.guard_index(workflow)?;
+            let g = &mut self.guards[index];
+            return Some(Checkpoint {
+                epoch: g.state.epoch,
+                seq,
+                healthy_read_only: 0,
+                evidence: std::mem::take(&mut g.evidence),
+            });
+        }
+        let index = self.rollout_index(scope)?;
+        let rt = &mut self.rollouts[index];
+        Some(Checkpoint {
+            epoch: rt.state.epoch,
+            seq,
+            healthy_read_only: rt.healthy_read_only,
+            evidence: std::mem::take(&mut rt.evidence),
+        })
+    }
+
     /// The guarded workflows' checkpoints whose evidence changed since the last ones.
     pub fn take_guard_checkpoints(&mut self) -> Vec<(String, Checkpoint)> {
         let seq = self.recorded_seq;

@@ -942,8 +942,9 @@ pub enum Arm {
     Candidate,
 }
 
-/// All evidence of one rollout's current epoch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+/// All evidence of one rollout's current epoch. The default holds nothing: no signal, no
+/// segment (what a scope is left with once its evidence was moved out).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Evidence {
     pub tracked: Vec<Tracked>,
     /// Per rollout segment: `[baseline, candidate]`.

@@ -7,6 +7,7 @@
 //! request tasks: it routes under a brief engine lock, commits the batch durably, then adds
 //! it to evidence.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -322,17 +323,24 @@ impl Shared {
                 ));
                 let store: Arc<dyn Store> = pg.clone();
                 let plan = Arc::new(plan);
-                let engine = follower_engine(&*store, plan.clone(), clock.now())?;
+                let follower =
+                    FollowerEngine::read(&pg, plan.clone(), clock.now(), &HashMap::new())?;
+                let engine = follower.engine;
                 let replica = Arc::new(Replica::new(name, pg, clock.clone()));
-                Shared::build(
+                replica.hold(follower.held);
+                let (shared, inputs) = Shared::build(
                     plan,
                     config_path,
                     clock,
                     store,
                     engine,
-                    Some(replica),
+                    Some(replica.clone()),
                     force,
-                )
+                )?;
+                shared
+                    .metrics
+                    .checkpoint_reads(&replica.name, follower.read);
+                Ok((shared, inputs))
             }
         }
     }
@@ -815,21 +823,70 @@ fn take_over(
     Ok(engine)
 }
 
-/// A follower's engine: the stored states, and each scope's last checkpoint (so its status
-/// shows the leader's statistics as of the last tick). It records no evidence. Blocking.
-fn follower_engine(
-    store: &dyn Store,
-    plan: Arc<Plan>,
-    now: crate::core::clock::Millis,
-) -> Result<Engine, StoreError> {
-    let (stored, stored_guards) = store.states()?;
-    let mut engine = Engine::new(plan, stored, stored_guards, now);
-    for (scope, _) in engine.scopes() {
-        if let Some(cp) = store.checkpoint(&scope)? {
-            engine.restore(&scope, cp);
+/// A follower's engine, built from the database: the stored states, and each scope's last
+/// checkpoint (so its status shows the leader's statistics as of the last tick).
+struct FollowerEngine {
+    engine: Engine,
+    /// Scopes whose checkpoint has the digest the current engine holds: not read again, their
+    /// evidence is to be moved over from the current engine ([`FollowerEngine::carry`]).
+    carried: Vec<String>,
+    /// The digest of each checkpoint the engine holds once carried.
+    held: HashMap<String, String>,
+    /// How many checkpoints were read.
+    read: u64,
+}
+
+impl FollowerEngine {
+    /// Reads the states, and the checkpoints whose digest differs from `held` (what the
+    /// current engine holds as read: a follower records nothing of its own). At a thousand
+    /// rollouts reading and decoding every checkpoint is some 20 MB of JSON per refresh, and a
+    /// refresh follows every change the leader announces. Blocking.
+    fn read(
+        store: &PostgresStore,
+        plan: Arc<Plan>,
+        now: Millis,
+        held: &HashMap<String, String>,
+    ) -> Result<FollowerEngine, StoreError> {
+        let digests = store.checkpoint_digests()?;
+        let (stored, stored_guards) = store.states()?;
+        let mut engine = Engine::new(plan, stored, stored_guards, now);
+        let (mut carried, mut now_held, mut read) = (Vec::new(), HashMap::new(), 0);
+        for (scope, _) in engine.scopes() {
+            let Some(digest) = digests.get(&scope) else {
+                continue;
+            };
+            if held.get(&scope) == Some(digest) {
+                carried.push(scope.clone());
+                now_held.insert(scope, digest.clone());
+            } else if let Some(cp) = store.checkpoint(&scope)? {
+                read += 1;
+                // Read after its digest: if it changed in between, the next refresh reads it
+                // again.
+                if engine.restore(&scope, cp) {
+                    now_held.insert(scope, digest.clone());
+                }
+            }
+        }
+        Ok(FollowerEngine {
+            engine,
+            carried,
+            held: now_held,
+            read,
+        })
+    }
+
+    /// Moves the carried scopes' evidence from `current` (about to be replaced), where the
+    /// checkpoint still fits the new engine's epoch and shape, as [`Engine::restore`] checks.
+    fn carry(&mut self, current: &mut Engine) {
+        for scope in &self.carried {
+            let kept = current
+                .take_evidence(scope)
+                .is_some_and(|cp| self.engine.restore(scope, cp));
+            if !kept {
+                self.held.remove(scope);
+            }
         }
     }
-    Ok(engine)
 }
 
 /// A batch waiting for the writer thread.
@@ -1481,6 +1538,8 @@ async fn promote(shared: &Arc<Shared>, replica: &Arc<Replica>, term: u64) {
     let taken = tokio::task::spawn_blocking(move || take_over(&*store, plan, force, now)).await;
     match taken {
         Ok(Ok(mut engine)) if replica.store.term() == term => {
+            // The engine's evidence is its own from now on, not the checkpoints as read.
+            replica.hold(HashMap::new());
             {
                 let mut current = shared.engine();
                 engine.generation = current.generation + 1;
@@ -1505,17 +1564,20 @@ async fn promote(shared: &Arc<Shared>, replica: &Arc<Replica>, term: u64) {
 /// Follows again: the states as the database has them (the last snapshot stays if it cannot
 /// be read).
 async fn refresh(shared: &Arc<Shared>, replica: &Arc<Replica>) {
-    let (store, plan, now) = (
-        Arc::clone(&shared.store),
-        shared.plan.load_full(),
-        shared.clock.now(),
-    );
-    match tokio::task::spawn_blocking(move || follower_engine(&*store, plan, now)).await {
-        Ok(Ok(mut engine)) if !replica.is_leader() => {
+    let (plan, now) = (shared.plan.load_full(), shared.clock.now());
+    let (pg, held) = (Arc::clone(&replica.store), replica.held());
+    let read = move || FollowerEngine::read(&pg, plan, now, &held);
+    match tokio::task::spawn_blocking(read).await {
+        Ok(Ok(mut follower)) if !replica.is_leader() => {
             let mut current = shared.engine();
-            engine.generation = current.generation + 1;
-            *current = engine;
+            follower.carry(&mut current);
+            follower.engine.generation = current.generation + 1;
+            *current = follower.engine;
             shared.publish(&current);
+            replica.hold(follower.held);
+            shared
+                .metrics
+                .checkpoint_reads(&replica.name, follower.read);
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => {

@@ -54,6 +54,7 @@ pub struct Metrics {
     samples_to_decide: IntGaugeVec,
     store_healthy: IntGaugeVec,
     leader: IntGaugeVec,
+    checkpoint_reads: IntCounterVec,
     gate_limit: GaugeVec,
     source_queries: IntCounterVec,
     source_errors: IntCounterVec,
@@ -310,6 +311,12 @@ impl Metrics {
                 "1 on the replica that decides (always 1 on an embedded store), 0 on the others.",
                 &["replica"],
             ),
+            checkpoint_reads: counter(
+                &r,
+                "stagegate_follower_checkpoint_reads_total",
+                "Evidence checkpoints a follower read from the database to show the leader's statistics (only those that changed since it last read them).",
+                &["replica"],
+            ),
             store_healthy: gauge(
                 &r,
                 "stagegate_store_healthy",
@@ -433,6 +440,13 @@ impl Metrics {
         self.leader
             .with_label_values(&[replica])
             .set(i64::from(leading));
+    }
+
+    /// `n` checkpoints read by a follower's refresh.
+    pub fn checkpoint_reads(&self, replica: &str, n: u64) {
+        self.checkpoint_reads
+            .with_label_values(&[replica])
+            .inc_by(n);
     }
 
     /// The affected list's counts by tag, when it is listed or tagged.

@@ -11,8 +11,9 @@
 //!
 //! The controller loop turns each [`Wake`] into the work: it alone changes state.
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -60,6 +61,9 @@ pub struct Replica {
     refresh_queued: AtomicBool,
     commands_queued: AtomicBool,
     stopped: AtomicBool,
+    /// While following: the digest of each checkpoint whose evidence the engine holds as read
+    /// (a follower records none of its own). Empty while leading and after a take-over.
+    held: Mutex<HashMap<String, String>>,
 }
 
 /// An operator action written for the leader by the replica that was asked.
@@ -123,6 +127,20 @@ impl Replica {
             refresh_queued: AtomicBool::new(false),
             commands_queued: AtomicBool::new(false),
             stopped: AtomicBool::new(false),
+            held: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The digests of the checkpoints the engine holds as read (see [`Replica::hold`]).
+    pub fn held(&self) -> HashMap<String, String> {
+        self.held.lock().map(|h| h.clone()).unwrap_or_default()
+    }
+
+    /// Records which checkpoints the engine now holds as read; an empty map once the engine's
+    /// evidence is its own (a take-over), so the next refresh reads every checkpoint.
+    pub fn hold(&self, digests: HashMap<String, String>) {
+        if let Ok(mut held) = self.held.lock() {
+            *held = digests;
         }
     }
 

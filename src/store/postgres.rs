@@ -326,6 +326,19 @@ impl PostgresStore {
         })
     }
 
+    /// Each stored checkpoint's digest (the md5 of its body, computed by the database): a
+    /// follower reads again only the checkpoints whose digest moved since it read them.
+    pub fn checkpoint_digests(&self) -> Result<HashMap<String, String>, StoreError> {
+        self.with(|c| {
+            Ok(
+                c.query("SELECT scope, md5(body) FROM stagegate_checkpoints", &[])?
+                    .iter()
+                    .map(|row| (row.get(0), row.get(1)))
+                    .collect(),
+            )
+        })
+    }
+
     /// Writes an operator command for the leader and wakes it; returns the command's id. It
     /// is stamped with the database's clock, so its age reads the same on every replica.
     pub fn submit_command(&self, body: &str) -> Result<u64, StoreError> {
