@@ -314,17 +314,17 @@ pub struct Bet {
     increments: Increments,
 }
 
-/// What an observation `x` adds to a bet's fixed-stake gamblers and change detectors: each
-/// adds `ln(1 + c·(x − m))` for a coefficient `c` that depends only on the limit `m` (a stake,
-/// negated on the side betting below). So a bet derives them once: the coefficients, kept
-/// distinct (at a limit of 0.8 the twelve steps use five: the fixed gamblers above all hit one
-/// cap, the detectors above another, and below each fixed gambler has its detector's stake),
-/// and for 0/1 outcomes the steps themselves. An observation in between then takes one
-/// logarithm per distinct coefficient, a 0/1 one none. Steps are in the order `fixed_above`, `fixed_below`, `above`, `below`. Derived,
+/// What an observation `x` adds to a bet's fixed-stake gamblers and change detectors: each adds
+/// `ln(1 + c·(x − m))` for a coefficient `c` that depends only on the limit `m` (a stake, negated
+/// on the side betting below). So a bet derives them once: the coefficients, kept distinct (at a
+/// limit of 0.8 the twelve steps use five: the fixed gamblers above all hit one cap, the detectors
+/// above another, and below each fixed gambler has its detector's stake), and for 0/1 outcomes the
+/// steps themselves. An observation in between then takes one logarithm per distinct coefficient, a
+/// 0/1 one none. Steps are in the order `fixed_above`, `fixed_below`, `above`, `below`. Derived,
 /// never stored, not copied with a clone (a checkpoint's copy is only written out), and equal
-/// whatever it holds. Kept inside the bet, as its gamblers are (a separate allocation would be
-/// one more cache miss per observation), and one outcome's steps side by side: a 0/1
-/// observation reads two cache lines, not three.
+/// whatever it holds. Kept inside the bet, as its gamblers are (a separate allocation would be one
+/// more cache miss per observation), and one outcome's steps side by side: a 0/1 observation reads
+/// two cache lines, not three.
 #[derive(Debug, Default)]
 struct Increments(std::sync::OnceLock<Tuning>);
 
