@@ -539,6 +539,7 @@ impl Shared {
             .await
             .map_err(|_| stopped())?
             .map_err(IngestError::Store)?;
+        // Freed on this thread, which allocated them (see `Recorded`).
         drop(items);
         // Per workflow, how many were new and how many duplicates.
         let mut tally: FxHashMap<usize, [u64; 2]> = FxHashMap::default();
