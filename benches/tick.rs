@@ -227,16 +227,23 @@ fn main() {
     // Recording: the events of `scripts/bench` (every signal, the enterprise segment), spread
     // over the fleet as they arrive there, against the same events into two rollouts, whose
     // state stays in cache: the difference is what the fleet's cache misses cost.
-    let [spread, cached] = [ROLLOUTS, 2].map(|workflows| record_ns(&mut engine, workflows));
+    let [spread, cached] = [ROLLOUTS, 2].map(|workflows| record_ns(&mut engine, workflows, false));
     println!(
         "  Engine::record per event   {spread:8.0} ns  ({:.2}× the same into 2 rollouts: {cached:.0} ns)",
         spread / cached
     );
+    // As the server's recorder does: each rollout's tasks held back and applied together.
+    let deferred = record_ns(&mut engine, ROLLOUTS, true);
+    println!(
+        "  Engine::defer_routed       {deferred:8.0} ns  ({:.2}× Engine::record, every task applied)",
+        deferred / spread
+    );
 }
 
-/// Nanoseconds `Engine::record` takes per event, the best of several passes over 100 000
-/// events spread round-robin over the first `workflows` workflows.
-fn record_ns(engine: &mut Engine, workflows: usize) -> f64 {
+/// Nanoseconds `Engine::record` (or, `deferred`, `Engine::defer_routed` and then applying
+/// what waits) takes per event, the best of several passes over 100 000 events spread
+/// round-robin over the first `workflows` workflows.
+fn record_ns(engine: &mut Engine, workflows: usize, deferred: bool) -> f64 {
     let events: Vec<_> = (0..100_000usize)
         .map(|k| {
             let json = format!(
@@ -247,15 +254,21 @@ fn record_ns(engine: &mut Engine, workflows: usize) -> f64 {
             );
             let event = stagegate::core::event::parse_event(&json).expect("event");
             let route = engine.route(&event).expect("routes");
-            (event, route)
+            let scope = route.scope(engine).expect("a rollout's event");
+            (event, route, scope)
         })
         .collect();
     (0..5)
         .map(|_| {
             let t = Instant::now();
-            for (event, route) in &events {
-                engine.record(route, event);
+            for (event, route, (name, epoch)) in &events {
+                if deferred {
+                    engine.defer_routed(route, engine.generation, (name, *epoch), event);
+                } else {
+                    engine.record(route, event);
+                }
             }
+            engine.apply_deferred();
             t.elapsed().as_nanos() as f64 / events.len() as f64
         })
         .fold(f64::INFINITY, f64::min)

@@ -441,3 +441,19 @@ fn a_restart_replays_only_events_no_checkpoint_covers_for_every_scope() {
     assert_eq!(guarded(&server), guard);
     assert_eq!(internal_candidate_tasks(&server), 400);
 }
+
+/// The recorder applies a rollout's events a few at a time (`Engine::defer_routed`); an
+/// acknowledged event is still in the status read right after its answer, and in the
+/// checkpoint a clean stop writes — with no tick in between to apply them (the tick is an hour).
+#[test]
+fn acknowledged_events_are_in_the_status_at_once_and_in_the_checkpoint_a_stop_writes() {
+    let server = Server::start(&config("").replace("tick: 50ms", "tick: 1h"));
+    let answer = server.send_events(&events("now", 5, "v8", internal(), HEALTHY));
+    assert_eq!(answer["accepted"], 5, "{answer}");
+    assert_eq!(server.status()["candidate_samples"], 5);
+    // Seven in all: fewer than a rollout's evidence holds back (`DEFERRED_TASKS`).
+    let answer = server.send_events(&events("then", 2, "v8", internal(), HEALTHY));
+    assert_eq!(answer["accepted"], 2, "{answer}");
+    let server = server.stop_and_restart();
+    assert_eq!(server.status()["candidate_samples"], 7, "{}", server.log());
+}

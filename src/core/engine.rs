@@ -44,6 +44,8 @@ pub struct Runtime {
     /// Decisions applied to this rollout by this engine: verdicts computed at one revision are
     /// stale at another.
     pub revision: u64,
+    /// Listed in the engine's rollouts with deferred tasks (see [`Engine::defer_routed`]).
+    deferring: bool,
 }
 
 /// A guarded workflow's durable state.
@@ -101,6 +103,13 @@ impl Route {
     }
 }
 
+/// Whether an event's evidence is added now or may be held back (see [`Engine::defer_routed`]).
+#[derive(Debug, Clone, Copy)]
+enum Timing {
+    Now,
+    Deferred,
+}
+
 /// The decision core.
 #[derive(Debug, Clone)]
 pub struct Engine {
@@ -113,6 +122,8 @@ pub struct Engine {
     /// Every stored event with a sequence number up to this one has been recorded (or was
     /// outside its scope's current epoch): the watermark checkpoints carry.
     pub recorded_seq: u64,
+    /// Rollouts whose evidence may hold deferred tasks (see [`Engine::defer_routed`]).
+    deferred: Vec<usize>,
     /// Lookups by name, built with the engine (its plan never changes after).
     index: Arc<Index>,
 }
@@ -288,6 +299,7 @@ impl Engine {
                 healthy_read_only: 0,
                 dirty: true,
                 revision: 0,
+                deferring: false,
             })
             .collect();
         let guards = plan
@@ -312,6 +324,7 @@ impl Engine {
             guards,
             generation: 0,
             recorded_seq: 0,
+            deferred: Vec::new(),
             index,
         }
     }
@@ -446,14 +459,53 @@ impl Engine {
         scope: (&str, u64),
         event: &TaskEvent,
     ) {
+        self.add_routed(route, generation, scope, event, Timing::Now);
+    }
+
+    /// [`Engine::record_routed`], except that a rollout's evidence holds the task back (see
+    /// [`Evidence::defer`]) until [`Engine::apply_deferred`], or until enough of its tasks
+    /// wait. Whoever reads evidence applies them first.
+    pub fn defer_routed(
+        &mut self,
+        route: &Route,
+        generation: u64,
+        scope: (&str, u64),
+        event: &TaskEvent,
+    ) {
+        self.add_routed(route, generation, scope, event, Timing::Deferred);
+    }
+
+    /// Applies every rollout's deferred tasks (see [`Engine::defer_routed`]).
+    pub fn apply_deferred(&mut self) {
+        for index in std::mem::take(&mut self.deferred) {
+            if let Some(rt) = self.rollouts.get_mut(index) {
+                rt.evidence.apply_deferred();
+                rt.deferring = false;
+            }
+        }
+    }
+
+    /// Whether some rollout's evidence may hold deferred tasks.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.is_empty()
+    }
+
+    fn add_routed(
+        &mut self,
+        route: &Route,
+        generation: u64,
+        scope: (&str, u64),
+        event: &TaskEvent,
+        timing: Timing,
+    ) {
         if generation == self.generation {
-            self.record(route, event);
+            self.add(route, event, timing);
         } else if let Ok(fresh) = self.route(event) {
             if fresh
                 .scope(self)
                 .is_some_and(|(name, epoch)| *name == *scope.0 && epoch == scope.1)
             {
-                self.record(&fresh, event);
+                self.add(&fresh, event, timing);
             }
         }
     }
@@ -532,6 +584,7 @@ impl Engine {
             self.plan.rollouts.get(index)?,
             self.rollouts.get_mut(index)?,
         );
+        rt.evidence.apply_deferred();
         std::mem::take(&mut rt.dirty).then(|| {
             (
                 r.name.clone(),
@@ -561,6 +614,7 @@ impl Engine {
         }
         let index = self.rollout_index(scope)?;
         let rt = &mut self.rollouts[index];
+        rt.evidence.apply_deferred();
         Some(Checkpoint {
             epoch: rt.state.epoch,
             seq,
@@ -591,6 +645,10 @@ impl Engine {
 
     /// Adds an event to evidence if its epoch is still the current one.
     pub fn record(&mut self, route: &Route, event: &TaskEvent) {
+        self.add(route, event, Timing::Now);
+    }
+
+    fn add(&mut self, route: &Route, event: &TaskEvent, timing: Timing) {
         match *route {
             Route::Rollout {
                 rollout,
@@ -604,7 +662,15 @@ impl Engine {
                 if rt.state.epoch != epoch {
                     return;
                 }
-                rt.evidence.record(segment, arm, event);
+                match timing {
+                    Timing::Now => rt.evidence.record(segment, arm, event),
+                    Timing::Deferred => {
+                        if rt.evidence.defer(segment, arm, event) && !rt.deferring {
+                            rt.deferring = true;
+                            self.deferred.push(rollout);
+                        }
+                    }
+                }
                 rt.dirty = true;
                 if arm == Arm::Candidate
                     && event.mode == Mode::ReadOnly
@@ -1207,6 +1273,8 @@ impl Engine {
                     && prev.evidence.cells.len() == r.segments.len()
                 {
                     self.rollouts[i].evidence = prev.evidence.clone();
+                    // Whatever `previous` still deferred: this engine does not list it.
+                    self.rollouts[i].evidence.apply_deferred();
                     self.rollouts[i].healthy_read_only = prev.healthy_read_only;
                     self.rollouts[i].dirty = prev.dirty;
                 }
@@ -1788,6 +1856,76 @@ auth: { open: true }
                     .all(|c| *c == engine.plan.rollouts[i].workflow),
                 "{changed:?}"
             );
+        }
+    }
+
+    const GATED: &str = r#"
+segments: { internal: { match: { team: [ops] } }, everyone: {} }
+workflows:
+  w0: { stable: v1, versions: [v1, v2] }
+  w1: { stable: v1, versions: [v1, v2] }
+rollouts:
+  - { name: r0, workflow: w0, baseline: v1, candidate: v2, segments: [internal, everyone],
+      stages: [{ name: s1, traffic: { internal: 100, everyone: 30 } }],
+      gates: [{ signal: quality, stat: mean, min: 0.8, max_drop: 0.03, on_breach: rollback },
+              { signal: latency_ms, stat: p95, max: 4000, max_ratio: 1.25, on_breach: narrow },
+              { signal: cost_usd, stat: mean, max: 0.05, max_ratio: 1.5, on_breach: read_only },
+              { signal: fallback, stat: rate, max: 0.05, max_increase: 0.02, on_breach: narrow }],
+      lane: { owner: o, repair: r } }
+  - { name: r1, workflow: w1, baseline: v1, candidate: v2, segments: [internal, everyone],
+      stages: [{ name: s1, traffic: { internal: 100, everyone: 30 } }],
+      gates: [{ signal: quality, stat: mean, min: 0.8, on_breach: rollback }], lane: { owner: o, repair: r } }
+auth: { open: true }
+"#;
+
+    /// One task of `GATED`'s fleet.
+    fn gated_event(task: &(bool, bool, bool, f64, f64, bool), k: usize) -> TaskEvent {
+        let &(second, internal, candidate, quality, latency, fallback) = task;
+        let attributes = if internal { r#"{"team":"ops"}"# } else { "{}" };
+        let text = format!(
+            r#"{{"event_id":"e{k}","workflow":"w{}","version":"{}","attributes":{attributes},"quality":{quality},"latency_ms":{latency},"cost_usd":0.01,"fallback":{fallback}}}"#,
+            u8::from(second),
+            if candidate { "v2" } else { "v1" },
+        );
+        crate::core::event::parse_event(&text).expect("a valid event")
+    }
+
+    proptest::proptest! {
+        /// Tasks the recorder defers end in exactly the evidence that recording them one by
+        /// one gives, whenever they are applied (every few tasks, never, or when a checkpoint
+        /// is taken): deferring changes when the work is done, not what it computes.
+        #[test]
+        fn deferred_tasks_end_in_the_evidence_recorded_tasks_give(
+            tasks in proptest::collection::vec(
+                (
+                    proptest::bool::ANY,
+                    proptest::bool::ANY,
+                    proptest::bool::ANY,
+                    0.0..1.0f64,
+                    10.0..9000.0f64,
+                    proptest::bool::weighted(0.05),
+                ),
+                0..300,
+            ),
+            applied_every in proptest::option::of(1..40usize),
+        ) {
+            let plan = Arc::new(Plan::parse(Path::new("t.yaml"), GATED).expect("valid plan"));
+            let mut recorded = Engine::new(Arc::clone(&plan), HashMap::new(), HashMap::new(), 0);
+            let mut deferred = recorded.clone();
+            for (k, task) in tasks.iter().enumerate() {
+                let event = gated_event(task, k);
+                let route = recorded.route(&event).expect("routed");
+                recorded.record(&route, &event);
+                let scope = route.scope(&deferred).expect("a rollout's event");
+                deferred.defer_routed(&route, deferred.generation, (&scope.0, scope.1), &event);
+                if applied_every.is_some_and(|every| k % every == 0) {
+                    deferred.apply_deferred();
+                }
+            }
+            let json = |engine: &mut Engine| {
+                serde_json::to_string(&engine.take_checkpoints()).expect("checkpoints encode")
+            };
+            proptest::prop_assert_eq!(json(&mut recorded), json(&mut deferred));
         }
     }
 }

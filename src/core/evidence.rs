@@ -956,6 +956,31 @@ pub struct Evidence {
     /// those gates cannot pass. Not stored: the next round sets them again.
     #[serde(skip)]
     pub faults: BTreeMap<(usize, String), String>,
+    /// Tasks recorded but not yet applied (see [`Evidence::defer`]). Not stored: a checkpoint
+    /// is taken after applying them.
+    #[serde(skip)]
+    deferred: Deferred,
+}
+
+/// A task's observation of a tracked signal, unless a metrics source keeps that signal.
+fn observation(tracked: &Tracked, event: &TaskEvent) -> Option<f64> {
+    match tracked.sourced {
+        Some(_) => None,
+        None => event.observation(&tracked.signal),
+    }
+}
+
+/// How many tasks a scope's evidence holds back before applying them together.
+pub const DEFERRED_TASKS: usize = 8;
+
+/// Tasks an [`Evidence`] holds back, in the order recorded.
+#[derive(Debug, Clone, Default)]
+struct Deferred {
+    /// Each task's segment and arm.
+    at: Vec<(usize, Arm)>,
+    /// Each task's observation of every tracked signal (`None`: not reported, or kept by a
+    /// metrics source), one row of `tracked.len()` per task.
+    values: Vec<Option<f64>>,
 }
 
 impl Evidence {
@@ -968,6 +993,7 @@ impl Evidence {
             cells,
             design_samples,
             faults: BTreeMap::new(),
+            deferred: Deferred::default(),
         }
     }
 
@@ -984,16 +1010,67 @@ impl Evidence {
         self.tracked.iter().position(|t| &t.signal == signal)
     }
 
+    /// Adds a task now (after any deferred ones, in order).
     pub fn record(&mut self, segment: usize, arm: Arm, event: &TaskEvent) {
-        let Some(cell) = self.cells.get_mut(segment) else {
+        self.apply_deferred();
+        if segment >= self.cells.len() {
             return;
-        };
-        cell[arm as usize].tasks += 1;
-        for i in 0..self.tracked.len() {
-            if self.tracked[i].sourced.is_some() {
-                continue;
+        }
+        let observations = self.tracked.iter().map(|t| observation(t, event));
+        let observations: SmallVec<[Option<f64>; 8]> = observations.collect();
+        self.apply(segment, arm, &observations);
+    }
+
+    /// Adds a task later: its observations are kept, and applied in order with the next
+    /// tasks once [`DEFERRED_TASKS`] wait, at [`Evidence::apply_deferred`], or before the
+    /// next [`Evidence::record`]. Until then the evidence reads as if they had not happened,
+    /// so a reader applies them first. At a thousand rollouts an event's updates are cache
+    /// misses over its arm's state; applied together, a scope's tasks share them. Returns
+    /// whether tasks now wait.
+    pub fn defer(&mut self, segment: usize, arm: Arm, event: &TaskEvent) -> bool {
+        if segment < self.cells.len() {
+            self.deferred.at.push((segment, arm));
+            let observations = self.tracked.iter().map(|t| observation(t, event));
+            self.deferred.values.extend(observations);
+            if self.deferred.at.len() >= DEFERRED_TASKS {
+                self.apply_deferred();
             }
-            if let Some(x) = event.observation(&self.tracked[i].signal) {
+        }
+        self.has_deferred()
+    }
+
+    /// Whether deferred tasks wait to be applied.
+    pub fn has_deferred(&self) -> bool {
+        !self.deferred.at.is_empty()
+    }
+
+    /// Applies the deferred tasks, in the order recorded.
+    pub fn apply_deferred(&mut self) {
+        if !self.has_deferred() {
+            return;
+        }
+        let mut deferred = std::mem::take(&mut self.deferred);
+        let width = self.tracked.len();
+        for (k, &(segment, arm)) in deferred.at.iter().enumerate() {
+            let row = deferred
+                .values
+                .get(k * width..(k + 1) * width)
+                .unwrap_or(&[]);
+            self.apply(segment, arm, row);
+        }
+        // Kept for the next tasks: deferring then allocates nothing.
+        deferred.at.clear();
+        deferred.values.clear();
+        self.deferred = deferred;
+    }
+
+    /// One task in `segment` (which exists) and `arm`: its observation of each tracked signal.
+    fn apply(&mut self, segment: usize, arm: Arm, observations: &[Option<f64>]) {
+        if let Some(cell) = self.cells.get_mut(segment) {
+            cell[arm as usize].tasks += 1;
+        }
+        for (i, x) in observations.iter().enumerate() {
+            if let Some(x) = *x {
                 self.observe(segment, arm, i, x);
             }
         }

@@ -451,7 +451,20 @@ impl Shared {
         Ok(())
     }
 
+    /// The engine, its evidence complete: every acknowledged event in it (the recorder's
+    /// deferred tasks applied first).
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        let mut engine = self.engine_as_is();
+        if engine.has_deferred() {
+            engine.apply_deferred();
+        }
+        engine
+    }
+
+    /// The engine with the recorder's deferred tasks still held back: for routing and
+    /// recording, which read no evidence. Applying them at every batch would give back what
+    /// deferring them saves.
+    fn engine_as_is(&self) -> MutexGuard<'_, Engine> {
         // A panic while holding the lock would poison it; the engine's state is still the last
         // consistent one (mutations are single assignments), so keep serving.
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
@@ -477,7 +490,7 @@ impl Shared {
         let generation;
         let counters;
         {
-            let engine = self.engine();
+            let engine = self.engine_as_is();
             generation = engine.generation;
             let snapshot = self.snapshot.load();
             counters = if snapshot.generation == generation {
@@ -977,7 +990,9 @@ fn run_writer(
 /// The recorder thread: records each commit's new events into evidence, in commit order, and
 /// only then acknowledges its batches — so the engine's `recorded_seq` is an exact watermark
 /// for checkpoints, and an acknowledged event is in the evidence the next tick reads. It runs
-/// while the writer commits the next group (and waits on its fsync).
+/// while the writer commits the next group (and waits on its fsync). A rollout's events are
+/// deferred (`Engine::defer_routed`): applied a few at a time, or by the next
+/// [`Shared::engine`], which every reader of evidence takes.
 fn run_recorder(
     shared: &std::sync::Weak<Shared>,
     committed: &std::sync::mpsc::Receiver<Committed>,
@@ -994,12 +1009,12 @@ fn run_recorder(
         // On a shared store the leader pulls every replica's events from the database
         // instead (see `pull_events`): recording here too would count them twice.
         if shared.replica.is_none() {
-            let mut engine = shared.engine();
+            let mut engine = shared.engine_as_is();
             for (job, fresh) in group.iter().zip(&results) {
                 for ((item, route), new) in job.items.iter().zip(&job.routes).zip(fresh) {
                     // Untracked events (no scope) are stored for dedupe only.
                     if let (true, Some(stored)) = (*new, &item.stored) {
-                        engine.record_routed(
+                        engine.defer_routed(
                             route,
                             job.generation,
                             (&stored.scope, stored.epoch),
