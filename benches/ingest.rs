@@ -189,7 +189,8 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// `STAGEGATE_BENCH_PROFILE=W,R`: instead of timing, the fleet's path once — `W` iterations to
 /// fill every arm's evidence, then `R` more — for a profiler, e.g. the recorder's cache misses:
 /// `valgrind --tool=callgrind --cache-sim=yes --LL=16777216,16,64 --collect-atstart=no
-/// --toggle-collect='stagegate::core::engine::Engine::record_routed'` with `R` = 0 and 2, and
+/// --toggle-collect='stagegate::core::engine::Engine::defer_routed'
+/// --toggle-collect='stagegate::core::engine::Engine::apply_deferred'` with `R` = 0 and 2, and
 /// the difference divided by `2 × EVENTS`.
 fn profile(spec: &str) {
     let mut parts = spec.split(',').map(|p| p.trim().parse::<usize>());

@@ -449,20 +449,9 @@ impl Engine {
         Ok(())
     }
 
-    /// Records an event routed as `route` under `generation` into `scope`: a route from
-    /// before a config change is computed again, and recorded only if it still names the
-    /// same scope and epoch.
-    pub fn record_routed(
-        &mut self,
-        route: &Route,
-        generation: u64,
-        scope: (&str, u64),
-        event: &TaskEvent,
-    ) {
-        self.add_routed(route, generation, scope, event, Timing::Now);
-    }
-
-    /// [`Engine::record_routed`], except that a rollout's evidence holds the task back (see
+    /// Records an event routed as `route` under `generation` into `scope`, as the recorder
+    /// does: a route from before a config change is computed again, and recorded only if it
+    /// still names the same scope and epoch; and a rollout's evidence holds the task back (see
     /// [`Evidence::defer`]) until [`Engine::apply_deferred`], or until enough of its tasks
     /// wait. Whoever reads evidence applies them first.
     pub fn defer_routed(
@@ -472,7 +461,16 @@ impl Engine {
         scope: (&str, u64),
         event: &TaskEvent,
     ) {
-        self.add_routed(route, generation, scope, event, Timing::Deferred);
+        if generation == self.generation {
+            self.add(route, event, Timing::Deferred);
+        } else if let Ok(fresh) = self.route(event) {
+            if fresh
+                .scope(self)
+                .is_some_and(|(name, epoch)| *name == *scope.0 && epoch == scope.1)
+            {
+                self.add(&fresh, event, Timing::Deferred);
+            }
+        }
     }
 
     /// Applies every rollout's deferred tasks (see [`Engine::defer_routed`]).
@@ -488,26 +486,6 @@ impl Engine {
     /// Whether some rollout's evidence may hold deferred tasks.
     pub fn has_deferred(&self) -> bool {
         !self.deferred.is_empty()
-    }
-
-    fn add_routed(
-        &mut self,
-        route: &Route,
-        generation: u64,
-        scope: (&str, u64),
-        event: &TaskEvent,
-        timing: Timing,
-    ) {
-        if generation == self.generation {
-            self.add(route, event, timing);
-        } else if let Ok(fresh) = self.route(event) {
-            if fresh
-                .scope(self)
-                .is_some_and(|(name, epoch)| *name == *scope.0 && epoch == scope.1)
-            {
-                self.add(&fresh, event, timing);
-            }
-        }
     }
 
     /// The scope name and epoch of every rollout and guard, for start-up's replay.
