@@ -34,6 +34,15 @@ const ADMIN_TOKEN: &str = "bench-admin";
 const INGEST_TOKEN: &str = "bench-ingest";
 /// Seconds a started stagegate runs before it is measured.
 const WARM_UP_SECONDS: u64 = 3;
+/// Restarts on the rounds' store whose first operator action is timed.
+const RESTARTS: usize = 5;
+/// Untimed operator actions before the timed ones: the first requests after a pause are slow
+/// on this kind of host whatever the server (see [`after_idle`]).
+const WARM_UP_ACTIONS: usize = 6;
+/// How long a server sits idle before [`after_idle`] times one request.
+const IDLE_SECONDS: u64 = 3;
+/// Requests [`after_idle`] times, each after its own idle gap.
+const IDLE_ROUNDS: usize = 3;
 
 struct Options {
     rollouts: usize,
@@ -332,6 +341,15 @@ fn spread(values: &[f64]) -> String {
     )
 }
 
+/// "median ms (max max)" of some timings.
+fn median_max(ms: &[f64]) -> String {
+    format!(
+        "{:.1} ms (max {:.1})",
+        median(ms.iter().copied()),
+        ms.iter().copied().fold(0.0, f64::max)
+    )
+}
+
 fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.into_iter().collect();
     v.sort_by(f64::total_cmp);
@@ -437,6 +455,39 @@ fn action_ms(
     Ok(ms)
 }
 
+/// Milliseconds one assignment (to workflow `w{n}`) takes to answer, on stagegate or the bare
+/// server alike.
+fn assign_ms(client: &reqwest::blocking::Client, addr: &str, n: usize) -> Result<f64> {
+    let t = Instant::now();
+    let response = client
+        .post(format!("http://{addr}/v1/assign"))
+        .bearer_auth(INGEST_TOKEN)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"workflow":"w{n}","subject":"idle-{n}","attributes":{{"tier":"enterprise"}}}}"#
+        ))
+        .send()?;
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    if !response.status().is_success() {
+        bail!("assign w{n} refused: {}", response.text()?);
+    }
+    Ok(ms)
+}
+
+/// `request` timed [`IDLE_ROUNDS`] times, each after the server sat idle for
+/// [`IDLE_SECONDS`]. On this VM the first requests after such a pause take milliseconds
+/// more, the bare server's as much as stagegate's (a vCPU woken from halt, caches a neighbour
+/// used meanwhile), so an action's time is only compared with the bare server's after the
+/// same pause.
+fn after_idle(mut request: impl FnMut(usize) -> Result<f64>) -> Result<Vec<f64>> {
+    (0..IDLE_ROUNDS)
+        .map(|k| {
+            std::thread::sleep(Duration::from_secs(IDLE_SECONDS));
+            request(k)
+        })
+        .collect()
+}
+
 /// One scrape target's size, series and median time to answer.
 struct Scrape {
     path: &'static str,
@@ -450,6 +501,9 @@ struct Scrape {
 /// scrape target's size and time.
 fn operator_actions(addr: &str, rollouts: usize, count: usize) -> Result<(Vec<f64>, Vec<Scrape>)> {
     let client = warmed_client(addr)?;
+    for k in 0..WARM_UP_ACTIONS {
+        action_ms(&client, addr, rollouts - 1, ["pause", "resume"][k % 2])?;
+    }
     let mut times = Vec::new();
     for k in 0..count {
         let r = (k * 7919) % rollouts;
@@ -726,16 +780,28 @@ fn main() -> Result<()> {
         println!("{}", lines.last().map_or("", String::as_str));
         let _ = std::io::stdout().flush();
     }
-    // A restart on the store the rounds left (a checkpoint per rollout), acted on as soon as it
-    // answers: nothing start-up does in the background may hold an operator's command.
-    let s = answering(&still)?;
-    let client = warmed_client(&s.addr)?;
-    let at_start = action_ms(&client, &s.addr, 0, "pause")?;
-    action_ms(&client, &s.addr, 0, "resume")?;
-    drop(s);
+    // Restarts on the store the rounds left (a checkpoint per rollout), each acted on as soon
+    // as it answers: nothing start-up does in the background may hold an operator's command.
+    // Several, since one action's time is mostly one `fdatasync`, whose wait on this kind of
+    // host swings by milliseconds.
+    let mut at_start = Vec::with_capacity(RESTARTS);
+    for k in 0..RESTARTS {
+        let s = answering(&still)?;
+        let client = warmed_client(&s.addr)?;
+        at_start.push(action_ms(&client, &s.addr, k, "pause")?);
+        action_ms(&client, &s.addr, k, "resume")?;
+    }
     let s = serve(&still)?;
     let (actions, scrapes) = operator_actions(&s.addr, o.rollouts, 10)?;
+    let client = warmed_client(&s.addr)?;
+    let idle_action = after_idle(|k| action_ms(&client, &s.addr, k, "pause"))?;
+    let idle_assign = after_idle(|k| assign_ms(&client, &s.addr, k))?;
     drop(s);
+    let b = bare()?;
+    let client = reqwest::blocking::Client::new();
+    assign_ms(&client, &b.addr, 0)?;
+    let bare_idle_assign = after_idle(|k| assign_ms(&client, &b.addr, k))?;
+    drop(b);
     println!();
     println!("| measurement | median (range over {} rounds) |", o.rounds);
     println!("|---|---|");
@@ -743,10 +809,16 @@ fn main() -> Result<()> {
         println!("| {name} | {} |", spread(values));
     }
     println!(
-        "| operator action (pause or resume) at {} rollouts | {:.1} ms (max {:.1}); {at_start:.1} ms the moment a restarted server answers |",
+        "| operator action (pause or resume) at {} rollouts | {} after {WARM_UP_ACTIONS} untimed; the first on a restarted server, the moment it answers: {} over {RESTARTS} restarts |",
         o.rollouts,
-        median(actions.iter().copied()),
-        actions.iter().copied().fold(0.0, f64::max),
+        median_max(&actions),
+        median_max(&at_start),
+    );
+    println!(
+        "| the first request after {IDLE_SECONDS} s idle ({IDLE_ROUNDS} times) | stagegate: operator action {}, assign {}; bare server: assign {} |",
+        median_max(&idle_action),
+        median_max(&idle_assign),
+        median_max(&bare_idle_assign),
     );
     for scrape in &scrapes {
         println!(
