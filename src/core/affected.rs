@@ -88,8 +88,8 @@ pub fn is_affected(plan: &RolloutPlan, event: &TaskEvent) -> bool {
 /// The listed item for an affected event, with its tag if it has one.
 pub fn item(plan: &RolloutPlan, event: &TaskEvent, tag: Option<&TagRecord>) -> AffectedItem {
     AffectedItem {
-        event_id: event.event_id.clone(),
-        subject: event.subject.clone(),
+        event_id: event.event_id.to_string(),
+        subject: event.subject.as_deref().map(str::to_owned),
         segment: plan
             .segments
             .iter()

@@ -381,7 +381,7 @@ impl Engine {
     /// in the plan: for an event the route table does not know (the error names what is
     /// unknown), and the reference the table is tested against.
     fn locate_by_name(&self, event: &TaskEvent) -> (Option<usize>, Result<Route, String>) {
-        match self.index.workflows.get(&event.workflow).copied() {
+        match self.index.workflows.get(event.workflow.as_str()).copied() {
             None => (None, Err(format!("unknown workflow `{}`", event.workflow))),
             Some((workflow, rollout, guard)) => (
                 Some(workflow),
@@ -400,7 +400,7 @@ impl Engine {
         guard: Option<usize>,
     ) -> Result<Route, String> {
         let workflow = &self.plan.workflows[workflow];
-        if !workflow.versions.contains(&event.version) {
+        if !workflow.versions.iter().any(|v| *v == event.version) {
             return Err(format!(
                 "unknown version `{}` of workflow `{}`",
                 event.version, event.workflow

@@ -66,7 +66,7 @@ pub fn replay(plan: Plan, mut events: Vec<TaskEvent>) -> Result<Replay, ReplayEr
         if e.ts.is_none() {
             return Err(ReplayError::NoTimestamp {
                 index,
-                event_id: e.event_id.clone(),
+                event_id: e.event_id.to_string(),
             });
         }
     }

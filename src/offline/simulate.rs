@@ -736,9 +736,9 @@ fn synthesize(
         }
     });
     TaskEvent {
-        event_id: format!("sim-{seq}"),
-        workflow: workflow.to_string(),
-        version: version.to_string(),
+        event_id: compact_str::format_compact!("sim-{seq}"),
+        workflow: workflow.into(),
+        version: version.into(),
         subject: None,
         attributes: attributes
             .iter()

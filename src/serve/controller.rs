@@ -1358,7 +1358,7 @@ pub fn affected_list(
         u64::MAX,
         &mut |stored| {
             if affected::is_affected(rollout_plan, &stored.event) {
-                let tag = tags.get(&stored.event.event_id);
+                let tag = tags.get(stored.event.event_id.as_str());
                 items.push(affected::item(rollout_plan, &stored.event, tag));
             }
         },

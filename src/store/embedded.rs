@@ -1459,7 +1459,7 @@ mod tests {
         let mut ids = Vec::new();
         store
             .replay(scope, 1, after, through, &mut |e| {
-                ids.push(e.event.event_id)
+                ids.push(e.event.event_id.to_string())
             })
             .expect("replay");
         ids
@@ -1530,7 +1530,9 @@ mod tests {
         let mut got: Vec<(String, String)> = Vec::new();
         let wanted = [("a".into(), 1, 3), ("b".into(), 1, 0), ("c".into(), 1, 7)];
         let n = store
-            .replay_scopes(&wanted, 7, &mut |e| got.push((e.scope, e.event.event_id)))
+            .replay_scopes(&wanted, 7, &mut |e| {
+                got.push((e.scope, e.event.event_id.to_string()))
+            })
             .expect("replay");
         assert_eq!(n, 4);
         let of = |scope: &str| -> Vec<&str> {
@@ -1604,7 +1606,7 @@ mod tests {
         let items: Vec<BatchItem> = (0..3000)
             .map(|i| {
                 let mut event = event(&format!("evt-{i:06}"));
-                event.subject = Some("x".repeat(200));
+                event.subject = Some("x".repeat(200).into());
                 let body = serde_json::to_vec(&event).expect("json").into();
                 BatchItem {
                     event,
