@@ -505,6 +505,31 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn names_either_side_of_the_inline_capacity_parse_and_round_trip() {
+        // 24 bytes fit inside a `CompactString`; 25 and an escaped 40 go to the heap.
+        for name in [
+            "x".repeat(24),
+            "y".repeat(25),
+            format!("é\\\"{}", "z".repeat(36)),
+        ] {
+            let text = json!({
+                "event_id": name, "workflow": name, "version": name, "subject": name,
+                "attributes": {name.as_str(): name}
+            })
+            .to_string();
+            let e = parse_event(&text).expect("valid");
+            for field in [&e.event_id, &e.workflow, &e.version] {
+                assert_eq!(field.as_str(), name);
+            }
+            assert_eq!(e.subject.as_deref(), Some(name.as_str()));
+            assert_eq!(e.attribute(&name), Some(name.as_str()));
+            let again: TaskEvent =
+                serde_json::from_str(&serde_json::to_string(&e).expect("json")).expect("back");
+            assert_eq!(again, e);
+        }
+    }
+
+    #[test]
     fn minimal_event_parses() {
         let e =
             parse_event(&json!({"event_id": "a", "workflow": "w", "version": "v1"}).to_string())
