@@ -476,9 +476,9 @@ fn assign_ms(client: &reqwest::blocking::Client, addr: &str, n: usize) -> Result
 
 /// `request` timed [`IDLE_ROUNDS`] times, each after the server sat idle for
 /// [`IDLE_SECONDS`]. On this VM the first requests after such a pause take milliseconds
-/// more, the bare server's as much as stagegate's (a vCPU woken from halt, caches a neighbour
-/// used meanwhile), so an action's time is only compared with the bare server's after the
-/// same pause.
+/// more, the bare server's as much as stagegate's (the same instructions run slower: likely a
+/// vCPU woken from halt and caches a neighbour used meanwhile), so an action's time is only
+/// compared with the bare server's after the same pause.
 fn after_idle(mut request: impl FnMut(usize) -> Result<f64>) -> Result<Vec<f64>> {
     (0..IDLE_ROUNDS)
         .map(|k| {
@@ -782,8 +782,8 @@ fn main() -> Result<()> {
     }
     // Restarts on the store the rounds left (a checkpoint per rollout), each acted on as soon
     // as it answers: nothing start-up does in the background may hold an operator's command.
-    // Several, since one action's time is mostly one `fdatasync`, whose wait on this kind of
-    // host swings by milliseconds.
+    // Several, since a server that has just started runs cold, like one after a pause (see
+    // [`after_idle`]), and that cost swings by milliseconds on this kind of host.
     let mut at_start = Vec::with_capacity(RESTARTS);
     for k in 0..RESTARTS {
         let s = answering(&still)?;
