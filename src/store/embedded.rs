@@ -5,9 +5,9 @@
 //! dedupe keys; a decision's new state with its receipt (never one without the other). A group
 //! commit appends its events to the *event log*, grouped by scope and epoch, in records of at
 //! most 64 KiB each keyed by the last event number it holds (see [`records`]), plus its ids in
-//! the dedupe index (grouped: ordered ids share an entry per ten or more, see [`dedupe`]) and one
-//! dedupe-log record: a few pages at the end of each B-tree, however many rollouts the commit
-//! touches.
+//! the dedupe index (grouped: ordered ids share an entry per hundred or more, see [`dedupe`]) and
+//! one dedupe-log record (the commit's new ids, front-coded): a few pages at the end of each
+//! B-tree, however many rollouts the commit touches.
 //!
 //! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
 //! plus the tail of the log after them, in one pass for every scope, so it stays flat however
@@ -398,9 +398,14 @@ impl EmbeddedStore {
                 .iter()
                 .flat_map(|items| items.iter().map(BatchItem::event_id))
                 .collect();
-            let mut is_new =
-                dedupe::accept(&mut tx.open_table(dedupe::GROUPS).map_err(dberr)?, &ids)?
-                    .into_iter();
+            // The new ids, as the commit's run of the dedupe log.
+            let mut accepted_ids = Vec::new();
+            let mut is_new = dedupe::accept(
+                &mut tx.open_table(dedupe::GROUPS).map_err(dberr)?,
+                &ids,
+                &mut accepted_ids,
+            )?
+            .into_iter();
             let mut counters = tx.open_table(COUNTERS).map_err(dberr)?;
             let mut seq = counters
                 .get("events")
@@ -411,13 +416,6 @@ impl EmbeddedStore {
             let mut block_of: FxHashMap<(&str, u64), usize> = FxHashMap::default();
             // Each accepted event's block, number and text, in order of acceptance.
             let mut logged: Vec<(usize, u64, &[u8])> = Vec::new();
-            let mut accepted_ids = Vec::with_capacity(
-                groups
-                    .iter()
-                    .flat_map(|items| items.iter())
-                    .map(|item| 4 + item.event_id().len())
-                    .sum(),
-            );
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
                 for (item, new) in items.iter().zip(&mut is_new) {
@@ -425,7 +423,6 @@ impl EmbeddedStore {
                         fresh.push(false);
                         continue;
                     }
-                    records::push(&mut accepted_ids, None, item.event_id().as_bytes());
                     if let Some(stored) = &item.stored {
                         seq += 1;
                         let key = (&*stored.scope, stored.epoch);
@@ -569,10 +566,8 @@ impl EmbeddedStore {
             // A record at a time: one commit's ids, whose groups it updates together.
             for row in log.range(..cutoff).map_err(dberr)? {
                 let (_, ids) = row.map_err(dberr)?;
-                let ids = records::entries(ids.value(), false)
-                    .map(|entry| entry.map(|(_, id)| id))
-                    .collect::<Result<Vec<&[u8]>, _>>()?;
-                dedupe::forget(&mut groups, ids.iter().copied())?;
+                let ids = dedupe::logged_ids(ids.value())?;
+                dedupe::forget(&mut groups, ids.iter())?;
                 pruned += ids.len();
             }
             log.retain_in(..cutoff, |_, _| false).map_err(dberr)?;
@@ -1197,9 +1192,10 @@ fn migrate_runs(tx: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The framing of event-log and dedupe-log records. Entries sit back to back, each an optional
-/// event number (u64, little-endian), a length (u32, little-endian) and that many bytes; a
-/// dedupe-log record is entries of ids. An event-log record is *blocks* back to back, one per
+/// The framing of event-log records. Entries sit back to back, each an optional event number
+/// (u64, little-endian), a length (u32, little-endian) and that many bytes (a dedupe-log record
+/// written before front-coded runs is entries of ids; `dedupe::logged_ids` reads both). An
+/// event-log record is *blocks* back to back, one per
 /// scope and epoch the commit touched: the scope's length (u16) and name, the epoch (u64), the
 /// entries' length (u32), then the numbered entries of that scope's event bodies, in order.
 mod records {
@@ -1790,7 +1786,8 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).expect("reopen");
         let names = table_names(&store);
         assert!(names.contains(&"event_log".to_string()), "{names:?}");
-        assert!(names.contains(&"dedupe_groups".to_string()), "{names:?}");
+        assert!(names.contains(&"dedupe_pairs".to_string()), "{names:?}");
+        assert!(!names.contains(&"dedupe_groups".to_string()), "{names:?}");
         assert!(!names.contains(&"dedupe".to_string()), "{names:?}");
         assert!(!names.contains(&"event_runs".to_string()), "{names:?}");
         assert!(!names.contains(&"events".to_string()), "{names:?}");
@@ -1845,10 +1842,10 @@ mod tests {
         let store = EmbeddedStore::open(dir.path()).expect("open");
         let names = table_names(&store);
         assert!(!names.contains(&"dedupe".to_string()), "{names:?}");
-        // 7 000 groups of ten, not 70 000 entries.
+        // 701 groups (`id-100`..`id-199` share `id-1`, and so on), not 70 000 entries.
         let tx = store.read().expect("read");
         let groups = tx.open_table(dedupe::GROUPS).expect("groups");
-        assert_eq!(groups.len().expect("len"), 7_000);
+        assert_eq!(groups.len().expect("len"), 701);
         drop((groups, tx));
         for id in [&ids[0], &ids[65_535], &ids[65_536], &ids[69_999]] {
             assert_eq!(
