@@ -356,6 +356,26 @@ fn median(values: impl IntoIterator<Item = f64>) -> f64 {
     v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
+/// Replaces the store folder `to` with a copy of `from` (no server may have it open). Every
+/// round starts from the preloaded store. A store that kept the rounds' events grew by about
+/// five million events a round, and past a few GB the kernel's copy into the page cache
+/// (`copy_folio_from_iter_atomic`) took 29 % of the server's samples, against 4.5 % in the
+/// first seconds, most likely the page cache growing into memory this VM had not touched —
+/// so later rounds measured the host, and a faster ingest, which grew the store sooner,
+/// slowed sooner.
+fn copy_store(from: &Path, to: &Path) -> Result<()> {
+    if to.exists() {
+        std::fs::remove_dir_all(to)?;
+    }
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))
+            .with_context(|| format!("copying {}", entry.path().display()))?;
+    }
+    Ok(())
+}
+
 /// Feeds every arm of every segment of every rollout `per_arm` healthy events.
 fn preload(addr: &str, rollouts: usize, per_arm: u64) -> Result<u64> {
     let mut bodies = Vec::new();
@@ -623,6 +643,9 @@ fn main() -> Result<()> {
         "preloaded {n} events (every arm of every segment) in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+    // Each round starts from this store (see [`copy_store`]).
+    let preloaded = dir.path().join("data.preloaded");
+    copy_store(&data, &preloaded)?;
 
     if o.instructions {
         return instructions(&o, dir.path(), &stagegate, &still, &baseline);
@@ -707,6 +730,7 @@ fn main() -> Result<()> {
         // at once on the other, alternating which goes first: this host's speed drifts by the
         // minute, and a pair measured back to back drifts least.
         let b = bare()?;
+        copy_store(&preloaded, &data)?;
         let s = serve(&still)?;
         let pair = |connections: usize, kind: &str, delay_ms: u64| -> Result<(Run, Run)> {
             if round % 2 == 1 {
