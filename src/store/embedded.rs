@@ -3,8 +3,9 @@
 //! One file, `stagegate.redb`, in `data_dir`. Every write is a single ACID transaction with
 //! immediate durability, so what the API acknowledges survives kill -9: an event batch with its
 //! dedupe keys; a decision's new state with its receipt (never one without the other). A group
-//! commit appends its events to the *event log*, grouped by scope and epoch, in records of at
-//! most 64 KiB each keyed by the last event number it holds (see [`records`]), plus its ids in
+//! commit appends its events to the *event log*, each packed (see [`packed`]), grouped by scope
+//! and epoch, in records of at most 64 KiB each keyed by the last event number it holds (see
+//! [`records`]), plus its ids in
 //! the dedupe index (grouped: ordered ids share an entry per hundred or more, see [`dedupe`]) and
 //! one dedupe-log record (the commit's new ids, front-coded): a few pages at the end of each
 //! B-tree, however many rollouts the commit touches.
@@ -30,9 +31,7 @@ use redb::{
 };
 use rustc_hash::FxHashMap;
 
-use super::{
-    BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates, decode_event,
-};
+use super::{BatchItem, Change, Health, Store, StoreError, StoredEvent, StoredStates};
 use crate::core::affected::TagRecord;
 use crate::core::clock::Millis;
 use crate::core::evidence::Checkpoint;
@@ -40,6 +39,8 @@ use crate::core::notice::Outbox;
 use crate::core::receipt::Receipt;
 
 mod dedupe;
+mod packed;
+mod varint;
 
 const STATES: TableDefinition<&str, &[u8]> = TableDefinition::new("states");
 const RECEIPTS: TableDefinition<u64, &[u8]> = TableDefinition::new("receipts");
@@ -414,8 +415,10 @@ impl EmbeddedStore {
             // This commit's events, grouped by scope and epoch, in order of first appearance.
             let mut blocks: Vec<Block<'_>> = Vec::new();
             let mut block_of: FxHashMap<(&str, u64), usize> = FxHashMap::default();
-            // Each accepted event's block, number and text, in order of acceptance.
-            let mut logged: Vec<(usize, u64, &[u8])> = Vec::new();
+            // Each accepted event's block, number and where it lies in `packed`, in order of
+            // acceptance.
+            let mut logged: Vec<(usize, u64, std::ops::Range<usize>)> = Vec::new();
+            let mut packed_events: Vec<u8> = Vec::new();
             for items in groups {
                 let mut fresh = Vec::with_capacity(items.len());
                 for (item, new) in items.iter().zip(&mut is_new) {
@@ -434,7 +437,9 @@ impl EmbeddedStore {
                             });
                             blocks.len() - 1
                         });
-                        logged.push((at, seq, &stored.body));
+                        let start = packed_events.len();
+                        packed::pack(&item.event, &mut packed_events);
+                        logged.push((at, seq, start..packed_events.len()));
                     }
                     fresh.push(true);
                 }
@@ -472,8 +477,9 @@ impl EmbeddedStore {
                 // Grouped by block, each block's events in order (the sort is stable).
                 logged.sort_by_key(|&(block, _, _)| block);
                 let pieces = records::pieces(
-                    logged.iter().map(|&(block, seq, body)| {
-                        (blocks[block].scope, blocks[block].epoch, seq, body)
+                    logged.iter().map(|(block, seq, at)| {
+                        let block = &blocks[*block];
+                        (block.scope, block.epoch, *seq, &packed_events[at.clone()])
                     }),
                     records::PIECE_BYTES,
                 );
@@ -707,10 +713,7 @@ impl Store for EmbeddedStore {
                     f(StoredEvent {
                         scope: scope.to_string(),
                         epoch,
-                        event: decode_event(
-                            std::str::from_utf8(body)
-                                .map_err(|e| records::damaged(e.to_string()))?,
-                        )?,
+                        event: packed::decode(body)?,
                     });
                     n += 1;
                 }

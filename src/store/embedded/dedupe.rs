@@ -20,7 +20,7 @@
 
 use redb::{ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 
-use super::dberr;
+use super::{dberr, varint};
 use crate::store::StoreError;
 
 /// Group key (an id without its last two bytes) → the sorted pairs of last bytes of its
@@ -209,8 +209,8 @@ impl<'a> LogRun<'a> {
             .zip(&self.id)
             .take_while(|(a, b)| a == b)
             .count();
-        leb128(self.out, shared);
-        leb128(self.out, self.id.len() - shared);
+        varint::put(self.out, shared);
+        varint::put(self.out, self.id.len() - shared);
         self.out.extend_from_slice(&self.id[shared..]);
         std::mem::swap(&mut self.last, &mut self.id);
     }
@@ -226,18 +226,6 @@ impl<'a> LogRun<'a> {
             let len = u32::try_from(len).unwrap_or(u32::MAX);
             self.out[self.at..self.at + 4].copy_from_slice(&len.to_le_bytes());
         }
-    }
-}
-
-fn leb128(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let byte = (n & 0x7F) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
     }
 }
 
@@ -286,8 +274,8 @@ pub(super) fn logged_ids(mut record: &[u8]) -> Result<LoggedIds, StoreError> {
         let mut run = take(&mut record, u32::from_le_bytes(len) as usize, "run")?;
         let mut last: Vec<u8> = Vec::new();
         while !run.is_empty() {
-            let shared = read_leb128(&mut run)?;
-            let rest = read_leb128(&mut run)?;
+            let shared = read_len(&mut run)?;
+            let rest = read_len(&mut run)?;
             if shared > last.len() {
                 return Err(damaged("an id sharing more than the one before it has"));
             }
@@ -308,21 +296,8 @@ fn take<'a>(buf: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8], StoreE
     Ok(head)
 }
 
-fn read_leb128(buf: &mut &[u8]) -> Result<usize, StoreError> {
-    let mut n: usize = 0;
-    for shift in (0..usize::BITS).step_by(7) {
-        let (&byte, rest) = buf
-            .split_first()
-            .ok_or_else(|| damaged("a truncated length"))?;
-        *buf = rest;
-        n |= usize::from(byte & 0x7F)
-            .checked_shl(shift)
-            .ok_or_else(|| damaged("a length too large"))?;
-        if byte & 0x80 == 0 {
-            return Ok(n);
-        }
-    }
-    Err(damaged("a length too long"))
+fn read_len(buf: &mut &[u8]) -> Result<usize, StoreError> {
+    varint::get(buf).ok_or_else(|| damaged("a truncated or overlong length"))
 }
 
 /// Ids moved per step of [`migrate`]: bounds its memory on a store of millions.
