@@ -131,23 +131,31 @@ fn unpack(mut buf: &[u8]) -> Result<TaskEvent, StoreError> {
         version,
         subject,
         attributes,
-        mode: if flags & READ_ONLY != 0 {
-            Mode::ReadOnly
-        } else {
-            Mode::Full
-        },
+        mode: mode(flags & READ_ONLY != 0),
         ts,
         quality,
         latency_ms,
         cost_usd,
         fallback: (flags & FALLBACK != 0).then_some(values & FALLBACK_TRUE != 0),
-        review: (flags & REVIEW != 0).then_some(if values & REVIEW_REJECTED != 0 {
-            Review::Rejected
-        } else {
-            Review::Approved
-        }),
+        review: (flags & REVIEW != 0).then(|| review(values & REVIEW_REJECTED != 0)),
         signals,
     })
+}
+
+fn mode(read_only: bool) -> Mode {
+    if read_only {
+        Mode::ReadOnly
+    } else {
+        Mode::Full
+    }
+}
+
+fn review(rejected: bool) -> Review {
+    if rejected {
+        Review::Rejected
+    } else {
+        Review::Approved
+    }
 }
 
 fn damaged(detail: &str) -> StoreError {
@@ -235,23 +243,13 @@ mod tests {
                         version: version.into(),
                         subject: subject.map(Into::into),
                         attributes: attrs,
-                        mode: if read_only {
-                            Mode::ReadOnly
-                        } else {
-                            Mode::Full
-                        },
+                        mode: mode(read_only),
                         ts,
                         quality,
                         latency_ms,
                         cost_usd,
                         fallback,
-                        review: rejected.map(|r| {
-                            if r {
-                                Review::Rejected
-                            } else {
-                                Review::Approved
-                            }
-                        }),
+                        review: rejected.map(review),
                         signals,
                     }
                 },
