@@ -5,10 +5,10 @@
 //! dedupe keys; a decision's new state with its receipt (never one without the other). A group
 //! commit appends its events to the *event log*, each packed (see [`packed`]), grouped by scope
 //! and epoch, in records of at most 64 KiB each keyed by the last event number it holds (see
-//! [`records`]), plus its ids in
-//! the dedupe index (grouped: ordered ids share an entry per hundred or more, see [`dedupe`]) and
-//! one dedupe-log record (the commit's new ids, front-coded): a few pages at the end of each
-//! B-tree, however many rollouts the commit touches.
+//! [`records`]), plus its ids in the dedupe index (grouped: ordered ids share an entry per
+//! hundred or more, see [`dedupe`]) and one dedupe-log record (the commit's new ids,
+//! front-coded): a few pages at the end of each B-tree, however many rollouts the commit
+//! touches.
 //!
 //! Start-up reads evidence *checkpoints* (aggregates with the event sequence number they cover)
 //! plus the tail of the log after them, in one pass for every scope, so it stays flat however
@@ -415,8 +415,8 @@ impl EmbeddedStore {
             // This commit's events, grouped by scope and epoch, in order of first appearance.
             let mut blocks: Vec<Block<'_>> = Vec::new();
             let mut block_of: FxHashMap<(&str, u64), usize> = FxHashMap::default();
-            // Each accepted event's block, number and where it lies in `packed`, in order of
-            // acceptance.
+            // Each accepted event's block, number and where it lies in `packed_events`, in order
+            // of acceptance.
             let mut logged: Vec<(usize, u64, std::ops::Range<usize>)> = Vec::new();
             let mut packed_events: Vec<u8> = Vec::new();
             for items in groups {
