@@ -6,9 +6,9 @@
 //! page cache, and `fdatasync` waited for). A packed event holds the same validated event in
 //! about half that: a tag byte, which no JSON text starts with, a byte of flags saying which
 //! optional fields are present (and the two booleans' values), the names with LEB128 lengths,
-//! and the numbers as their little-endian bytes, so each reads back bit for bit. Fields the
-//! event does not keep (a key the application sent that no reader uses) are not stored, as the
-//! typed event never had them.
+//! and the numbers as their little-endian bytes, so each reads back bit for bit. Ingest refuses
+//! unknown fields, so the event holds everything the text said; only its spelling (spacing,
+//! key order, how a number was written) is not kept, and no reader used it.
 //!
 //! [`decode`] reads a body in either form: packed, or text as earlier stores wrote it.
 
